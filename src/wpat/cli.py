@@ -1,0 +1,59 @@
+"""The ``wpat`` command line: ``wpat train | eval | landscape | lsc | plot | presets``.
+
+Each subcommand lives in :mod:`wpat.commands` as a module with ``configure(parser)`` and
+``run(args) -> int``; this file only dispatches. User errors (:class:`WpatError`) print one line
+and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from wpat import __version__
+from wpat.errors import WpatError
+
+COMMANDS = {
+    "train": "train a model (AT/TRADES/MART with AWP/RWP/...) from a preset or YAML config",
+    "eval": "robustness of a run's best/last checkpoints under the attacks of Table 2 (FGSM ... AA)",
+    "presets": "list the configuration presets shipped with wpat",
+    "landscape": "weight loss landscape of checkpoints (AWP Algorithm 1)",
+    "lsc": "training adversarial losses in LSC groups per epoch (RWP Fig. 1c)",
+    "plot": "learning curves of runs on one figure, weight histograms",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wpat", description="Adversarial training with weight perturbation.")
+    parser.add_argument("--version", action="version", version=f"wpat {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"wpat.commands.{name}")
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+        module.configure(command)
+        command.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.handler(args) or 0)
+    except WpatError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"wpat: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wpat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""``wpat lsc RUN_DIR``: LSC groups of the training adversarial losses through training
+(RWP §3, eq. 7, Fig. 1c; see :mod:`wpat.analysis.lsc`).
+
+By default the histogram per epoch and the fraction below ``perturb.c_min`` come from the run's
+``metrics.jsonl``. ``--recompute`` measures them instead at each checkpoint of the run
+(``epoch-NNN.pt``, ``best.pt``, ``last.pt``) on ``--n-examples`` (default 1000) training
+examples with the training attack's PGD on CE, eval-mode BN (for runs whose log lacks them).
+Writes ``lsc.png`` and ``lsc.csv`` into ``--out`` (default: the run directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wpat import experiment
+from wpat.analysis import (adversarial_losses, list_checkpoints, load_model, lsc_from_losses,
+                           lsc_table, plot_lsc, read_history, run_config)
+from wpat.analysis.curves import examples, run_dir
+from wpat.analysis.lsc import LSCTable
+from wpat.errors import WpatError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `wpat train`")
+    parser.add_argument("--recompute", action="store_true",
+                        help="measure the losses at the run's checkpoints instead of reading the log")
+    parser.add_argument("--n-examples", type=int, default=1000, help="training examples with --recompute (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subset and PGD with --recompute (default 0)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: the run's run.device)")
+    parser.add_argument("--out", help="output directory (default: the run directory)")
+
+
+def recompute(path: Path, n_examples: int, seed: int, device_name: str | None) -> LSCTable:
+    """The LSC table measured at every checkpoint of the run in ``path``."""
+    refs = list_checkpoints([path])
+    _, cfg, _ = load_model(refs[0].path)  # one data subset and one attack for every checkpoint
+    x, y = examples(cfg, "train", n_examples, seed)
+    attack = experiment.eval_attack(cfg, cfg.attack.steps)
+    device = experiment.resolve_device(device_name or cfg.run.device)
+    losses = {}
+    for ref in refs:
+        model, _, _ = load_model(ref.path, device)
+        losses[ref.epoch] = adversarial_losses(model, x, y, attack, batch_size=cfg.eval.batch_size, seed=seed)[0].cpu()
+        print(f"{ref.label}: {(losses[ref.epoch] < cfg.perturb.c_min).float().mean().item():.3f} below c_min")
+    return lsc_from_losses(losses, cfg.perturb.c_min)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = run_dir(args.run_dir)
+    if args.n_examples < 1:
+        raise WpatError("--n-examples must be an integer >= 1")
+    if args.recompute:
+        table = recompute(path, args.n_examples, args.seed, args.device)
+    else:
+        table = lsc_table(read_history(path), run_config(path).perturb.c_min)
+    png = plot_lsc(table, Path(args.out or path) / "lsc.png")
+    print(f"wrote {png} and {png.with_suffix('.csv').name} ({len(table.epochs)} epochs, {table.source})")
+    return 0

@@ -1,0 +1,30 @@
+"""Plain-text tables shaped like the papers' (markdown, readable in a terminal too)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def percent(value: Any) -> str:
+    """0.7312 -> '73.12'; missing or NaN -> '-'."""
+    if value is None or value != value:
+        return "-"
+    return f"{100 * value:.2f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def training_table(summary: dict[str, Any], attack_name: str = "PGD-20") -> str:
+    """Best and last checkpoints of a run: natural and robust test accuracy (%)."""
+    rows = []
+    for kind in ("best", "last"):
+        r = summary.get(kind) or {}
+        rows.append([kind, r.get("epoch", "-"), percent(r.get("test_nat_acc")), percent(r.get("test_pgd_acc")),
+                     percent(r.get("train_pgd_acc")), percent(r.get("robust_gap"))])
+    return markdown_table(["checkpoint", "epoch", "natural", attack_name, f"train {attack_name}", "gap"], rows)

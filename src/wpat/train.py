@@ -1,0 +1,327 @@
+"""The training loop: adversarial training with an optional weight perturbation.
+
+One step (DESIGN.md §2):
+
+1. the attack crafts ``x_adv`` from input gradients only;
+2. ``loss_fn(m) = objective.per_example(m, x, x_adv, y)`` (shape [B]);
+3. after its warm-up, the weight perturbation computes ``v`` from ``loss_fn``;
+4. the optimizer steps at ``w + v``, then ``v`` is subtracted again, as the authors' code does.
+
+Each epoch ends with natural and PGD-20 accuracy on the test set and on a fixed training subset
+(their difference is the robust generalization gap), the RWP paper's loss-stationary statistics,
+and two checkpoints: ``last.pt`` (everything needed to resume) and ``best.pt`` (highest test
+PGD-20 accuracy, or validation accuracy with ``run.select=val``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from wpat import experiment
+from wpat.checkpoint import FORMAT, is_wpat_checkpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
+from wpat.config import Config, config_from_dict, dump_config
+from wpat.data import DeviceLoader, dataset_spec
+from wpat.errors import WpatError
+from wpat.evaluate import accuracy
+from wpat.perturb import WeightPerturbation, perturbed
+from wpat.schedules import learning_rate
+
+# Loss-stationary-condition bins of the RWP paper (Fig. 1c): [0, 0.5), [0.5, 1), ..., [5, inf).
+LSC_EDGES = [0.5 * i for i in range(11)] + [math.inf]
+
+
+@dataclass
+class EpochStats:
+    """Per-epoch training statistics, accumulated on the device (no per-step host sync)."""
+
+    device: torch.device
+    c_min: float
+    loss_sum: torch.Tensor = None
+    below: torch.Tensor = None
+    count: int = 0
+    lsc_hist: torch.Tensor = None
+    perturb_steps: list = field(default_factory=list)
+    v_over_w: list = field(default_factory=list)
+    rwp_frac_below: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.below = torch.zeros((), device=self.device)
+        self.lsc_hist = torch.zeros(len(LSC_EDGES) - 1, device=self.device)
+        self.edges = torch.tensor(LSC_EDGES[1:-1], device=self.device)
+
+    def add(self, losses: torch.Tensor, stats: dict[str, torch.Tensor] | None) -> None:
+        losses = losses.detach()
+        self.loss_sum += losses.sum()
+        self.below += (losses < self.c_min).sum()
+        self.count += len(losses)
+        self.lsc_hist += torch.bincount(torch.bucketize(losses, self.edges, right=True),
+                                        minlength=len(LSC_EDGES) - 1)[: len(LSC_EDGES) - 1]
+        if stats:
+            if "frac_below" in stats:
+                self.rwp_frac_below.append(torch.as_tensor(stats["frac_below"], dtype=torch.float32))
+            if "steps" in stats:
+                self.perturb_steps.append(torch.as_tensor(stats["steps"], dtype=torch.float32))
+            if "v_over_w" in stats:
+                self.v_over_w.append(torch.as_tensor(stats["v_over_w"], dtype=torch.float32))
+
+    def summary(self) -> dict[str, Any]:
+        """One host sync per epoch: the means of everything accumulated."""
+        mean = lambda xs: torch.stack(xs).mean().item() if xs else float("nan")  # noqa: E731
+        n = max(self.count, 1)
+        return {
+            "train_loss": (self.loss_sum / n).item(),
+            # the RWP paper's statistic: training adversarial losses (at w+v) below c_min
+            "lsc_frac_below": (self.below / n).item(),
+            "lsc_hist": self.lsc_hist.cpu().tolist(),
+            # measured by RWP's search at w, before the perturbation
+            "rwp_frac_below": mean(self.rwp_frac_below),
+            "perturb_steps": mean(self.perturb_steps),
+            "v_over_w": mean(self.v_over_w),
+        }
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, objective,
+               perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer):
+    """One adversarial training step; returns the per-example losses at ``w + v`` and the
+    perturbation's statistics."""
+    x_adv = attack(model, x, y)
+    model.train()
+
+    def loss_fn(m: nn.Module, index: torch.Tensor | None = None) -> torch.Tensor:
+        if index is None:
+            return objective.per_example(m, x, x_adv, y)
+        return objective.per_example(m, x[index], x_adv[index], y[index])
+
+    v = perturbation.compute(model, loss_fn) if perturbation is not None else {}
+    with perturbed(model, v):
+        losses = loss_fn(model)
+        optimizer.zero_grad(set_to_none=True)
+        losses.mean().backward()
+        optimizer.step()
+    return losses.detach(), (perturbation.stats if perturbation is not None else None)
+
+
+class Trainer:
+    """Owns a run directory; ``fit()`` trains from scratch or resumes ``last.pt``."""
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.device = experiment.resolve_device(cfg.run.device)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        if cfg.run.deterministic:
+            torch.use_deterministic_algorithms(True)
+        seed_everything(cfg.run.seed)
+        self.spec = dataset_spec(cfg.data.name)
+        self.splits = experiment.load_splits(cfg)
+        self.model = experiment.model_from_config(cfg).to(self.device)
+        self.objective = experiment.objective_from_config(cfg)
+        self.attack = experiment.train_attack(cfg)
+        self.test_attack = experiment.eval_attack(cfg)
+        self.perturbation = experiment.perturbation_from_config(cfg)
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                                         weight_decay=o.weight_decay, nesterov=o.nesterov)
+        augment = cfg.data.augment or self.spec.augment
+        self.loader = DeviceLoader(self.splits.x_train, self.splits.y_train, cfg.data.batch_size,
+                                   shuffle=True, drop_last=True, augment=augment,
+                                   device=self.device, seed=cfg.run.seed)
+        n = min(cfg.eval.n_train, len(self.splits.x_train))
+        self.train_eval = experiment._first(self.splits.x_train, self.splits.y_train, n, cfg.run.seed + 1)
+        self.epoch = 0  # epochs completed
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"metric": -1.0, "epoch": 0}
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "kind": "last",
+            "config": self.cfg.to_dict(),
+            "model_name": self.cfg.model.name,
+            "dataset": self.cfg.data.name,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "best": dict(self.best),
+            "history": self.history,
+            "rng": rng_state(),
+        }
+
+    def weights_only_state(self, kind: str) -> dict[str, Any]:
+        """A checkpoint for evaluation and analysis: no optimizer or RNG state."""
+        state = {k: v for k, v in self.state().items() if k not in ("optimizer", "rng")}
+        state["kind"] = kind
+        return state
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.epoch = int(ckpt["epoch"])
+        self.best = dict(ckpt["best"])
+        self.history = list(ckpt["history"])
+        set_rng_state(ckpt["rng"])
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        steps_per_epoch = len(self.loader)
+        for epoch in range(self.epoch, cfg.schedule.epochs):
+            self.loader.set_epoch(epoch)
+            active = self.perturbation is not None and epoch >= cfg.perturb.warmup
+            stats = EpochStats(self.device, cfg.perturb.c_min)
+            started = time.perf_counter()
+            bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
+                       disable=not cfg.run.progress, dynamic_ncols=True)
+            for i, (x, y) in enumerate(bar):
+                lr = learning_rate(epoch + i / steps_per_epoch, cfg.optim.lr, cfg.schedule)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                losses, pstats = train_step(self.model, x, y, self.attack, self.objective,
+                                            self.perturbation if active else None, self.optimizer)
+                stats.add(losses, pstats)
+            seconds = time.perf_counter() - started
+            record = {"epoch": epoch + 1, "lr": lr, "perturb_active": active,
+                      "seconds": round(seconds, 3),
+                      "images_per_s": round(steps_per_epoch * cfg.data.batch_size / seconds, 1)}
+            record.update(stats.summary())
+            if not math.isfinite(record["train_loss"]):
+                raise WpatError(
+                    f"the training loss became {record['train_loss']} in epoch {epoch + 1}; "
+                    f"stopped, the last good checkpoint is kept in {self.run_dir} "
+                    f"(lower optim.lr or perturb.gamma)")
+            self.epoch = epoch + 1
+            if self.epoch % cfg.eval.every == 0 or self.epoch == cfg.schedule.epochs:
+                record.update(self.evaluate())
+            self.history.append(record)
+            self.save(record)
+            if cfg.run.progress:
+                tqdm.write(format_epoch(record))
+        return self.summary()
+
+    def evaluate(self) -> dict[str, float]:
+        s, bs = self.splits, self.cfg.eval.batch_size
+        metrics = {
+            "test_nat_acc": accuracy(self.model, s.x_test, s.y_test, None, bs),
+            "test_pgd_acc": accuracy(self.model, s.x_test, s.y_test, self.test_attack, bs),
+            "train_nat_acc": accuracy(self.model, *self.train_eval, None, bs),
+            "train_pgd_acc": accuracy(self.model, *self.train_eval, self.test_attack, bs),
+        }
+        metrics["robust_gap"] = metrics["train_pgd_acc"] - metrics["test_pgd_acc"]
+        if len(s.x_val):
+            metrics["val_nat_acc"] = accuracy(self.model, s.x_val, s.y_val, None, bs)
+            metrics["val_pgd_acc"] = accuracy(self.model, s.x_val, s.y_val, self.test_attack, bs)
+        return metrics
+
+    def save(self, record: dict[str, Any]) -> None:
+        key = "val_pgd_acc" if self.cfg.run.select == "val" else "test_pgd_acc"
+        if key in record and record[key] > self.best["metric"]:
+            self.best = {"metric": record[key], "epoch": self.epoch, "selected_by": key}
+            save_atomic(self.weights_only_state("best"), self.run_dir / "best.pt")
+        if self.cfg.run.keep_every and self.epoch % self.cfg.run.keep_every == 0:
+            save_atomic(self.weights_only_state("epoch"), self.run_dir / f"epoch-{self.epoch:03d}.pt")
+        # last.pt goes last: once it names this epoch, best.pt and the metrics are already there
+        write_metrics(self.run_dir, self.history)
+        save_atomic(self.state(), self.run_dir / "last.pt")
+
+    def summary(self) -> dict[str, Any]:
+        by_epoch = {r["epoch"]: r for r in self.history}
+        best = by_epoch.get(self.best["epoch"], {})
+        last = self.history[-1] if self.history else {}
+        return {"run_dir": str(self.run_dir), "eval_steps": self.cfg.eval.steps, "best_epoch": self.best["epoch"], "best": best, "last": last}
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def format_epoch(r: dict[str, Any]) -> str:
+    text = f"epoch {r['epoch']:>3}  lr {r['lr']:.4g}  loss {r['train_loss']:.3f}"
+    if "test_pgd_acc" in r:
+        text += (f"  test nat {100 * r['test_nat_acc']:.2f}  pgd {100 * r['test_pgd_acc']:.2f}"
+                 f"  train pgd {100 * r['train_pgd_acc']:.2f}  gap {100 * r['robust_gap']:.2f}")
+    if r.get("perturb_active"):
+        text += f"  steps {r['perturb_steps']:.2f}  |v|/|w| {r['v_over_w']:.4f}"
+    return text + f"  {r['images_per_s']:.0f} img/s"
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl and metrics.csv, rewritten whole (atomically) from the run's history so a
+    resumed run never carries rows of epochs it is about to redo."""
+    lines = "".join(json.dumps(r) + "\n" for r in history)
+    _write_text_atomic(run_dir / "metrics.jsonl", lines)
+    columns = [k for k in history[0] if k != "lsc_hist"] if history else []
+    for r in history:
+        columns += [k for k in r if k not in columns and k != "lsc_hist"]
+    tmp = run_dir / ".metrics.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, run_dir / "metrics.csv")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    if (run_dir / "last.pt").exists():
+        raise WpatError(f"{run_dir} already holds a run; resume it with `wpat train --resume {run_dir}` "
+                        f"or choose another run.name=...")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise WpatError(f"run.out_dir: cannot write to {run_dir} ({err.strerror})") from None
+    return run_dir
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train a new run described by ``cfg``; returns the best/last summary."""
+    run_dir = prepare_run_dir(cfg)
+    trainer = Trainer(cfg, run_dir)
+    dump_config(cfg, run_dir / "config.yaml")
+    return trainer.fit()
+
+
+def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its ``last.pt``; the result equals an uninterrupted run."""
+    run_dir = Path(run_dir)
+    path = run_dir / "last.pt" if run_dir.is_dir() else run_dir
+    ckpt = load_checkpoint(path)
+    if not is_wpat_checkpoint(ckpt) or ckpt.get("kind") != "last":
+        raise WpatError(f"{path}: not a resumable wpat checkpoint (expected a run's last.pt)")
+    cfg = config_from_dict(ckpt["config"])
+    if progress is not None:
+        cfg.run.progress = progress
+    trainer = Trainer(cfg, path.parent)
+    trainer.load_state(ckpt)
+    return trainer.fit()
