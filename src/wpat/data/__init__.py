@@ -1,0 +1,33 @@
+"""Datasets: readers of the official file formats, specs, on-device batching and augmentation.
+
+    from wpat.data import load_dataset, dataset_spec, DeviceLoader
+
+    x, y = load_dataset("fashion_mnist", "train")             # uint8 [N,1,28,28], int64 [N]
+    spec = dataset_spec("fashion_mnist")
+    loader = DeviceLoader(x, y, 128, shuffle=True, drop_last=True, augment=spec.augment)
+"""
+
+# The reader modules register themselves in DATASETS on import.
+from wpat.data import cifar, idx, svhn  # noqa: F401
+from wpat.data.datasets import DATASETS, SPLITS, load_dataset
+from wpat.data.download import Source, fetch
+from wpat.data.loader import AUGMENTATIONS, DeviceLoader
+from wpat.data.locate import cache_dir, search_dirs
+from wpat.data.specs import SPECS, DatasetSpec, dataset_spec
+from wpat.data.split import split_validation
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DATASETS",
+    "SPECS",
+    "SPLITS",
+    "DatasetSpec",
+    "DeviceLoader",
+    "Source",
+    "cache_dir",
+    "dataset_spec",
+    "fetch",
+    "load_dataset",
+    "search_dirs",
+    "split_validation",
+]
