@@ -1,0 +1,122 @@
+"""Projected gradient descent (here: ascent) on the input, L∞ or L2 (Madry et al., *Towards Deep
+Learning Models Resistant to Adversarial Attacks*, ICLR 2018: the inner maximisation of the
+saddle-point problem (2.1) by the PGD update of §2.1; the x' of AWP paper eq. 1 and RWP eq. 1).
+
+Each of ``steps`` iterations takes one forward and one input-only backward:
+
+    L∞:  δ ← Π(δ + α · sign(∇_δ ℓ))
+    L2:  δ ← Π(δ + α · ∇_δ ℓ / ‖∇_δ ℓ‖₂)         (per example)
+
+where ℓ is the per-example attack loss (summed over the batch before differentiating, so one
+example's step does not depend on the batch size) and Π projects onto the ε-ball (clamp for L∞,
+rescaling onto the sphere for L2) and then onto the box x + δ ∈ [0, 1]. For L2 the box clamp only
+shrinks coordinates towards 0, so the result stays in the ball.
+
+Arguments (``eps`` and ``alpha`` in pixel units of inputs scaled to [0, 1]):
+
+- ``eps``: radius ε of the threat model, > 0 (papers: 8/255 L∞, 128/255 L2).
+- ``alpha``: step size, > 0 (papers: 2/255 L∞, 15/255 L2).
+- ``steps``: iterations, >= 1 (papers: 10 for training, 20 for testing).
+- ``norm``: ``"linf"`` (default) or ``"l2"``.
+- ``random_start`` (default True) and ``init``: ``"uniform"`` (default) draws δ₀ uniformly in
+  the L∞ ball, or, for L2, a Gaussian direction with a radius uniform in [0, ε];
+  ``"normal"`` draws δ₀ = 0.001 · N(0, 1) whatever ε, as the TRADES and MART codes do.
+- ``restarts`` (default 1): independent random starts; per example the result of the best run
+  is kept, where a misclassified result beats a correctly classified one and ties are broken by
+  the higher attack loss. With ``restarts`` > 1 every run costs one extra forward to score it
+  (in the crafting mode, so in "train" mode it also updates the BN running statistics).
+- ``loss``: the name of a per-example attack loss in ``ATTACK_LOSSES`` (default ``"ce"``).
+- ``bn_mode``: the model's mode while crafting, ``"train"``, ``"eval"`` or None (default,
+  the caller's mode); see :mod:`wpat.attacks.base`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from wpat.attacks.base import ATTACKS, NORMS, Attack, Ball, require_count, require_positive
+from wpat.attacks.losses import ATTACK_LOSSES
+from wpat.errors import WpatError
+from wpat.registry import Registry
+
+STARTS = Registry("random start")
+
+
+@STARTS.register("uniform")
+def _uniform_start(ball: Ball, delta: Tensor, eps: float) -> Tensor:
+    return ball.sample_(delta, eps)
+
+
+@STARTS.register("normal")
+def _normal_start(ball: Ball, delta: Tensor, eps: float) -> Tensor:
+    # TRADES' and MART's codes: a tiny jitter, independent of ε; it only has to move off δ = 0,
+    # where the gradient of the KL vanishes.
+    return delta.normal_(0.0, 0.001)
+
+
+@ATTACKS.register("pgd")
+class PGD(Attack):
+    """``PGD(eps, alpha, steps)(model, x, y) -> x_adv``; see the module docstring."""
+
+    def __init__(self, eps: float, alpha: float, steps: int, *, norm: str = "linf",
+                 random_start: bool = True, init: str = "uniform", restarts: int = 1,
+                 loss: str = "ce", bn_mode: str | None = None) -> None:
+        super().__init__(bn_mode=bn_mode)
+        owner = type(self).__name__
+        require_positive(owner, "eps", eps)
+        require_positive(owner, "alpha", alpha)
+        require_count(owner, "steps", steps)
+        require_count(owner, "restarts", restarts)
+        if restarts > 1 and not random_start:
+            raise WpatError(f"{owner}: restarts={restarts} needs random_start=True "
+                            "(without it every run is the same)")
+        self.eps, self.alpha, self.steps, self.restarts = eps, alpha, steps, restarts
+        self.ball = NORMS.build(norm)
+        self.start = STARTS.get(init) if random_start else None
+        self.loss = ATTACK_LOSSES.get(loss)
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        x = x.float()  # deltas and projections stay fp32 whatever the batch's dtype
+        logits_clean = None
+        if self.loss.needs_clean:
+            with torch.no_grad():
+                logits_clean = model(x)
+        # The box x + δ ∈ [0, 1] as per-coordinate bounds on δ, built once for every step.
+        low, high = -x, 1 - x
+        best = self._run(model, x, y, logits_clean, low, high)
+        if self.restarts > 1:
+            best_loss, best_wrong = self._score(model, x + best, y, logits_clean)
+            for _ in range(self.restarts - 1):
+                delta = self._run(model, x, y, logits_clean, low, high)
+                loss, wrong = self._score(model, x + delta, y, logits_clean)
+                better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
+                best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), delta, best)
+                best_loss = torch.where(better, loss, best_loss)
+                best_wrong |= wrong
+        # x + δ can exceed the box by one rounding error.
+        return (x + best).clamp_(0, 1)
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, logits_clean: Tensor | None,
+             low: Tensor, high: Tensor) -> Tensor:
+        """One attack from one (random) start; returns δ."""
+        delta = torch.zeros_like(x)
+        if self.start is not None:
+            self.start(self.ball, delta, self.eps)
+            self.ball.project_(delta, self.eps)
+        delta.clamp_(low, high).requires_grad_(True)
+        for _ in range(self.steps):
+            loss = self.loss(model(x + delta), y, logits_clean)
+            (grad,) = torch.autograd.grad(loss.sum(), delta)
+            with torch.no_grad():
+                self.ball.ascend_(delta, grad, self.alpha)
+                self.ball.project_(delta, self.eps)
+                delta.clamp_(low, high)
+        return delta.detach()
+
+    @torch.no_grad()
+    def _score(self, model: nn.Module, x_adv: Tensor, y: Tensor,
+               logits_clean: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Per-example (attack loss, misclassified) at the end of a run, to compare restarts."""
+        logits = model(x_adv)
+        return self.loss(logits, y, logits_clean), logits.argmax(dim=1) != y

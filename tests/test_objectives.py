@@ -1,0 +1,142 @@
+"""wpat.objectives against hand computations on fixed logits.
+
+The "model" is the identity, so ``x`` and ``x_adv`` *are* the clean and adversarial logits and
+each formula can be checked term by term in float64.
+"""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from wpat.errors import WpatError
+from wpat.objectives import AT, MART, OBJECTIVES, TRADES, build_objective
+
+IDENTITY = nn.Identity()
+CLEAN = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0], [-2.0, 4.0, 0.0]])
+ADV = torch.tensor([[0.5, 1.5, -0.5], [0.0, 2.5, 1.0], [2.0, 0.0, 1.0], [-1.0, 3.0, 0.5]])
+Y = torch.tensor([0, 2, 1, 1])
+
+
+def softmax_rows(logits):
+    return [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in logits.tolist()]
+
+
+def hand_ce(logits, y):
+    return [-math.log(p[t]) for p, t in zip(softmax_rows(logits), y.tolist())]
+
+
+def hand_kl(clean, adv, tiny=0.0):
+    return [sum(pc * (math.log(pc) - math.log(pa + tiny)) for pc, pa in zip(p, q))
+            for p, q in zip(softmax_rows(clean), softmax_rows(adv))]
+
+
+def close(actual, expected):
+    expected = torch.tensor(expected, dtype=actual.dtype)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_at_is_cross_entropy_on_the_adversarial_logits():
+    loss = AT().per_example(IDENTITY, CLEAN, ADV, Y)
+    assert loss.shape == (4,)
+    close(loss, hand_ce(ADV, Y))
+
+
+def test_trades_is_clean_ce_plus_beta_kl():
+    loss = TRADES(beta=2.5).per_example(IDENTITY, CLEAN, ADV, Y)
+    assert loss.shape == (4,)
+    close(loss, [c + 2.5 * k for c, k in zip(hand_ce(CLEAN, Y), hand_kl(CLEAN, ADV))])
+
+
+def test_trades_with_beta_zero_is_clean_ce():
+    close(TRADES(beta=0.0).per_example(IDENTITY, CLEAN, ADV, Y), hand_ce(CLEAN, Y))
+
+
+def test_trades_kl_is_non_negative_and_zero_without_perturbation():
+    clean, adv = 5 * torch.randn(1000, 10), 5 * torch.randn(1000, 10)
+    y = torch.randint(0, 10, (1000,))
+    natural = TRADES(beta=0.0).per_example(IDENTITY, clean, adv, y)
+    kl = TRADES(beta=1.0).per_example(IDENTITY, clean, adv, y) - natural
+    assert kl.min() >= -1e-5
+    torch.testing.assert_close(TRADES(beta=1.0).per_example(IDENTITY, clean, clean, y), natural)
+
+
+def test_mart_matches_its_formula():
+    lam = 3.0
+    loss = MART(lam=lam).per_example(IDENTITY, CLEAN, ADV, Y)
+    assert loss.shape == (4,)
+    expected = []
+    for i, t in enumerate(Y.tolist()):
+        p_adv, p_clean = softmax_rows(ADV)[i], softmax_rows(CLEAN)[i]
+        wrong = max(p for k, p in enumerate(p_adv) if k != t)
+        bce = -math.log(p_adv[t]) - math.log(1.0001 - wrong + 1e-12)
+        kl = hand_kl(CLEAN[i:i + 1], ADV[i:i + 1], tiny=1e-12)[0]
+        expected.append(bce + lam * kl * (1.0000001 - p_clean[t]))
+    close(loss, expected)
+
+
+def test_mart_with_lam_zero_is_its_bce():
+    loss = MART(lam=0.0).per_example(IDENTITY, CLEAN, ADV, Y)
+    p_adv = softmax_rows(ADV)
+    wrong = [max(p for k, p in enumerate(row) if k != t) for row, t in zip(p_adv, Y.tolist())]
+    close(loss, [c - math.log(1.0001 - w + 1e-12) for c, w in zip(hand_ce(ADV, Y), wrong)])
+
+
+@pytest.mark.parametrize("objective", [AT(), TRADES(), MART()], ids=["at", "trades", "mart"])
+def test_gradients_reach_the_inputs_the_formula_uses(objective):
+    clean, adv = CLEAN.clone().requires_grad_(True), ADV.clone().requires_grad_(True)
+    objective.per_example(IDENTITY, clean, adv, Y).sum().backward()
+    assert adv.grad.abs().sum() > 0
+    # AT ignores the clean batch; TRADES and MART differentiate through both forwards.
+    assert (clean.grad is None) == isinstance(objective, AT)
+
+
+@pytest.mark.parametrize("objective", [AT(), TRADES(), MART()], ids=["at", "trades", "mart"])
+def test_per_example_leaves_the_model_mode_alone(objective):
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    for training in (True, False):
+        model.train(training)
+        objective.per_example(model, CLEAN, ADV, Y)
+        assert model.training is training and model[1].training is training
+
+
+def test_attack_recipes_follow_the_authors_code():
+    def recipe(cls):
+        return cls.attack_loss, cls.attack_init, cls.attack_bn_mode
+
+    assert recipe(AT) == ("ce", "uniform", "train")  # AWP's AT code (Rice et al.)
+    assert recipe(TRADES) == ("kl", "normal", "eval")  # TRADES' and AWP's TRADES code
+    assert recipe(MART) == ("ce", "normal", "eval")  # MART's mart.py
+
+
+def test_recipes_name_registered_attack_options():
+    from wpat.attacks import ATTACK_LOSSES
+    from wpat.attacks.base import BN_MODES
+    from wpat.attacks.pgd import STARTS
+
+    for name in OBJECTIVES.names():
+        cls = OBJECTIVES.get(name)
+        assert cls.attack_loss in ATTACK_LOSSES and cls.attack_init in STARTS
+        assert cls.attack_bn_mode in BN_MODES
+
+
+def test_build_by_name_with_options():
+    assert {"at", "trades", "mart"} <= set(OBJECTIVES.names())
+    assert build_objective("trades", beta=1.5).beta == 1.5
+    assert build_objective("mart", lam=2.0).lam == 2.0
+    assert isinstance(build_objective("at"), AT)
+
+
+@pytest.mark.parametrize("name, key, value", [
+    ("trades", "beta", -1.0), ("trades", "beta", float("nan")), ("mart", "lam", -0.5),
+    ("mart", "lam", float("inf")),
+])
+def test_negative_weights_raise_a_clear_error(name, key, value):
+    with pytest.raises(WpatError, match=key):
+        build_objective(name, **{key: value})
+
+
+def test_unknown_objective_lists_choices():
+    with pytest.raises(WpatError, match="at, mart, trades"):
+        build_objective("alp")
