@@ -182,7 +182,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             if not isinstance(value, (list, tuple)):
                 raise ValueError
             return [parse_number(str(v)) for v in value]
-    except (ValueError, ZeroDivisionError, OverflowError, TypeError):
+    except (ValueError, ZeroDivisionError, OverflowError, TypeError, yaml.YAMLError):
         pass
     name = getattr(expected, "__name__", str(expected))
     raise WpatError(f"{key}: {value!r} is not a valid {name}")

@@ -46,7 +46,14 @@ class Registry:
             ) from None
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self.get(name)(*args, **kwargs)
+        factory = self.get(name)
+        parameters = inspect.signature(factory).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        unknown = [k for k in kwargs if k not in parameters and not takes_any]
+        if unknown:
+            raise WpatError(f"{self.kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
+                            f"its options: {', '.join(p for p in parameters if p not in ('self', 'args', 'kwargs'))}")
+        return factory(*args, **kwargs)
 
     def build_from(self, name: str, options: Mapping[str, Any]) -> Any:
         """Build ``name`` with the entries of ``options`` that its factory accepts.

@@ -1,0 +1,142 @@
+"""Crash safety, exact resume, clear errors (the reliability issue)."""
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import fashion_mnist_available
+from wpat.checkpoint import load_checkpoint
+from wpat.cli import main
+from wpat.config import Config, load_config
+from wpat.errors import WpatError
+
+needs_fmnist = pytest.mark.skipif(not fashion_mnist_available(), reason="Debian's dataset-fashion-mnist is not installed")
+
+TINY = ["data.name=fashion_mnist", "model.name=small_cnn", "model.width=4", "data.train_subset=320",
+        "data.test_subset=64", "data.batch_size=32", "eval.n_train=32", "eval.steps=2", "attack.steps=2",
+        "attack.alpha=0.05", "perturb.name=rwp", "perturb.steps=2", "schedule.epochs=4",
+        "run.threads=1", "run.deterministic=true", "run.progress=false"]
+
+
+def _train_cmd(out_dir, name, *extra):
+    return [sys.executable, "-m", "wpat.cli", "train", *TINY, f"run.out_dir={out_dir}", f"run.name={name}", *extra]
+
+
+def _final_weights(run_dir):
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    return ckpt["epoch"], ckpt["model"], ckpt["history"]
+
+
+@needs_fmnist
+def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+    started = time.monotonic()
+    subprocess.run(_train_cmd(tmp_path, "clean"), check=True, capture_output=True)
+    duration = time.monotonic() - started  # start-up (~2 s) + 4 short epochs
+    run_dir = tmp_path / "killed"
+    rng = random.Random(1)
+    kills = 0
+    for attempt in range(30):
+        if (run_dir / "last.pt").exists():
+            if load_checkpoint(run_dir / "last.pt")["epoch"] == 4:
+                break
+            cmd = [sys.executable, "-m", "wpat.cli", "train", "--resume", str(run_dir)]
+        else:
+            cmd = _train_cmd(tmp_path, "killed")
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kills < 4:
+            time.sleep(rng.uniform(0.3, 0.9) * duration)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode in (0, -signal.SIGKILL), err.decode()
+        # whatever the moment of the kill, every checkpoint on disk loads
+        for name in ("last.pt", "best.pt"):
+            if (run_dir / name).exists():
+                load_checkpoint(run_dir / name)
+    assert kills >= 1
+    epoch, killed, history = _final_weights(run_dir)
+    _, clean, clean_history = _final_weights(tmp_path / "clean")
+    assert epoch == 4
+    for key in clean:
+        assert torch.equal(killed[key], clean[key]), key
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in h]  # noqa: E731
+    assert strip(history) == strip(clean_history)
+    leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+    assert leftovers == [] or all(p.endswith(".tmp") for p in leftovers)
+
+
+@needs_fmnist
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    from wpat.objectives.at import AT
+
+    real = AT.per_example
+    calls = {"n": 0}
+
+    def poisoned(self, model, x, x_adv, y):
+        calls["n"] += 1
+        losses = real(self, model, x, x_adv, y)
+        return losses * float("nan") if calls["n"] > 12 else losses  # 10 steps per epoch
+
+    monkeypatch.setattr(AT, "per_example", poisoned)
+    code = main(["train", *TINY, "perturb.name=none", f"run.out_dir={tmp_path}", "run.name=nan"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nan" in err.lower() and "Traceback" not in err
+    assert load_checkpoint(tmp_path / "nan" / "last.pt")["epoch"] == 1
+
+
+def test_existing_run_is_never_overwritten(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"precious")
+    code = main(["train", *TINY, f"run.out_dir={tmp_path}", "run.name=r"])
+    assert code == 2 and "--resume" in capsys.readouterr().err
+    assert (run / "last.pt").read_bytes() == b"precious"
+
+
+def test_unwritable_run_dir_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = main(["train", *TINY, f"run.out_dir={blocker}", "run.name=x"])
+    assert code == 2 and "run.out_dir" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_and_debug_shows_the_traceback(capsys):
+    assert main(["train", "attack.eps=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("wpat: error: attack.eps")
+    assert main(["train", "attack.eps=-1", "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+SECTIONS = {f.name: list(getattr(Config(), f.name).__dataclass_fields__) for f in Config.__dataclass_fields__.values()}
+KEYS = [f"{s}.{k}" for s, ks in SECTIONS.items() for k in ks] + ["data.nope", "nope.name", "model"]
+VALUES = st.one_of(
+    st.sampled_from(["0", "-1", "1e309", "nan", "inf", "-inf", "8/255", "1/0", "abc", "", "null", "true",
+                     "[1, 2]", "[0.9, 0.1]", "cifar10", "wrn34_10", "l2", "2**31", "1e-300", "{a: 1}"]),
+    st.integers(-10, 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), max_size=4))
+def test_fuzzed_config_values_never_raise_anything_but_a_clear_error(pairs):
+    overrides = [f"{k}={v}" for k, v in pairs]
+    try:
+        cfg = load_config(None, overrides)
+    except WpatError as err:
+        assert str(err) and "\n" not in str(err)
+        return
+    assert cfg.attack.eps > 0 and math.isfinite(cfg.attack.eps)
+    assert cfg.perturb.gamma >= 0 and cfg.data.batch_size >= 1
