@@ -14,19 +14,22 @@ import argparse
 from pathlib import Path
 
 from wpat import experiment
-from wpat.analysis import (adversarial_losses, list_checkpoints, load_model, lsc_from_losses,
-                           lsc_table, plot_lsc, read_history, run_config)
-from wpat.analysis.curves import examples, run_dir
+from wpat.analysis import (adversarial_losses, analysis_attack, examples, list_checkpoints,
+                           lsc_from_losses, lsc_table, plot_lsc, read_history, run_config)
+from wpat.analysis.curves import run_dir
 from wpat.analysis.lsc import LSCTable
 from wpat.errors import WpatError
+from wpat.evaluate import model_from_checkpoint
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `wpat train`")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of `wpat train`")
     parser.add_argument("--recompute", action="store_true",
-                        help="measure the losses at the run's checkpoints instead of reading the log")
-    parser.add_argument("--n-examples", type=int, default=1000, help="training examples with --recompute (default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subset and PGD with --recompute (default 0)")
+                        help="measure the losses at the run's checkpoints, not from the log")
+    parser.add_argument("--n-examples", type=int, default=1000,
+                        help="training examples with --recompute (default 1000)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the subset and PGD with --recompute (default 0)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: the run's run.device)")
     parser.add_argument("--out", help="output directory (default: the run directory)")
 
@@ -34,15 +37,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def recompute(path: Path, n_examples: int, seed: int, device_name: str | None) -> LSCTable:
     """The LSC table measured at every checkpoint of the run in ``path``."""
     refs = list_checkpoints([path])
-    _, cfg, _ = load_model(refs[0].path)  # one data subset and one attack for every checkpoint
+    _, cfg, _ = model_from_checkpoint(refs[0].path)  # one subset and attack for all checkpoints
     x, y = examples(cfg, "train", n_examples, seed)
-    attack = experiment.eval_attack(cfg, cfg.attack.steps)
+    attack = analysis_attack(cfg)
     device = experiment.resolve_device(device_name or cfg.run.device)
     losses = {}
     for ref in refs:
-        model, _, _ = load_model(ref.path, device)
-        losses[ref.epoch] = adversarial_losses(model, x, y, attack, batch_size=cfg.eval.batch_size, seed=seed)[0].cpu()
-        print(f"{ref.label}: {(losses[ref.epoch] < cfg.perturb.c_min).float().mean().item():.3f} below c_min")
+        model = model_from_checkpoint(ref.path)[0].to(device)
+        loss = adversarial_losses(model, x, y, attack, batch_size=cfg.eval.batch_size, seed=seed)[0]
+        losses[ref.epoch] = loss.cpu()
+        print(f"{ref.label}: {(loss < cfg.perturb.c_min).float().mean().item():.3f} below c_min")
     return lsc_from_losses(losses, cfg.perturb.c_min)
 
 
@@ -55,5 +59,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         table = lsc_table(read_history(path), run_config(path).perturb.c_min)
     png = plot_lsc(table, Path(args.out or path) / "lsc.png")
-    print(f"wrote {png} and {png.with_suffix('.csv').name} ({len(table.epochs)} epochs, {table.source})")
+    print(f"wrote {png} and {png.with_suffix('.csv').name} "
+          f"({len(table.epochs)} epochs, {table.source})")
     return 0

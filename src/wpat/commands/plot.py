@@ -12,37 +12,45 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wpat.analysis import (layer_weights, load_model, plot_curves, plot_weight_histograms,
-                           read_history, run_label)
+from wpat.analysis import (layer_weights, plot_curves, plot_weight_histograms, read_history,
+                           run_label)
 from wpat.analysis.curves import run_dir
 from wpat.errors import WpatError
+from wpat.evaluate import model_from_checkpoint
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by `wpat train`")
-    parser.add_argument("--labels", nargs="+", help="legend labels, one per run (default: the methods)")
-    parser.add_argument("--out", default=".", help="output directory (default: the current directory)")
-    parser.add_argument("--weights", action="store_true", help="also plot per-layer weight histograms")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    parser.add_argument("--labels", nargs="+", help="legend labels, one per run (default: methods)")
+    parser.add_argument("--out", default=".", help="output directory (default: the current one)")
+    parser.add_argument("--weights", action="store_true",
+                        help="also plot per-layer weight histograms")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
                         help="the checkpoint whose weights --weights shows (default best)")
 
 
 def labels_for(paths: list[Path], labels: list[str] | None) -> list[str]:
+    """``--labels``, else the runs' methods, else (if two share one) their directory names."""
     if labels is not None:
-        if len(labels) != len(paths):
-            raise WpatError(f"--labels: {len(labels)} labels for {len(paths)} runs")
+        if len(labels) != len(paths) or len(set(labels)) < len(labels):
+            raise WpatError(f"--labels: expected {len(paths)} distinct labels, one per run, "
+                            f"got {len(labels)}")
         return labels
-    methods = [run_label(p) for p in paths]
-    return methods if len(set(methods)) == len(methods) else [p.name for p in paths]
+    for candidate in ([run_label(p) for p in paths], [p.name for p in paths]):
+        if len(set(candidate)) == len(candidate):
+            return candidate
+    return [str(p) for p in paths]
 
 
 def run(args: argparse.Namespace) -> int:
     paths = [run_dir(p) for p in args.run_dirs]
     labels = labels_for(paths, args.labels)
     out = Path(args.out)
-    written = [plot_curves({label: read_history(p) for label, p in zip(labels, paths)}, out / "curves.png")]
+    runs = dict(zip(labels, paths))
+    written = [plot_curves({label: read_history(p) for label, p in runs.items()}, out / "curves.png")]
     if args.weights:
-        weights = {label: layer_weights(load_model(p / f"{args.checkpoint}.pt")[0]) for label, p in zip(labels, paths)}
+        weights = {label: layer_weights(model_from_checkpoint(p / f"{args.checkpoint}.pt")[0])
+                   for label, p in runs.items()}
         written.append(plot_weight_histograms(weights, out / "weights.png"))
     print("wrote " + ", ".join(f"{p} (+ {p.with_suffix('.csv').name})" for p in written))
     return 0

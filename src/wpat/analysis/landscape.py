@@ -1,0 +1,146 @@
+"""Weight loss landscape (Wu, Xia, Wang, NeurIPS 2020, §3 eq. 5, Appendix B, Algorithm 1).
+
+The adversarial loss along random directions in weight space::
+
+    1-D:  g(α)    = ρ(w + α·d)            (AWP Fig. 1, 2c; Fig. 5 repeats it over directions)
+    2-D:  g(α, β) = ρ(w + α·d + β·e)      shown as |g(α, β) − g(0, 0)|  (Fig. 6)
+    ρ(w)  = (1/n) Σ_i CE(f_w(x'_i), y_i),   x'_i = PGD-K1 against f_w itself
+
+Directions (Algorithm 1, lines 2-7; Li et al., NeurIPS 2018, "filter normalization"): d ~ N(0, I)
+and every filter is rescaled to the norm of the same filter of the weights,
+
+    d_{l,j} ← d_{l,j} / ‖d_{l,j}‖_F · ‖w_{l,j}‖_F,
+
+where a filter is a slice along the first dimension (a conv output channel, a row of a linear
+weight) of every conv/linear weight (``wpat.perturb.perturbed_parameters``). As in Li et al.'s
+``ignore="biasbn"``, one-dimensional parameters (BatchNorm weights and biases, biases) get a zero
+direction: they keep their values at every point. ``d`` is drawn from the parameter *shapes* by
+a CPU ``torch.Generator``, so one seed gives the same raw direction on every device and for every
+checkpoint of an architecture; each checkpoint then normalizes it with its own weights' norms,
+as the paper does for each epoch's plot. That is what lets epochs overlay on one figure.
+
+Adversarial examples are crafted afresh at every point, against f_{w+αd} (Algorithm 1, lines
+9-14); re-using those crafted against f_w underestimates ρ (§3). The model is in eval mode, so
+BatchNorm uses (and keeps) its running statistics. Before each point the torch RNG is re-seeded
+with ``seed``: all points share the PGD random starts (so the curve's changes come from the
+weights, not the starts) and α = 0 reproduces ``adversarial_losses(..., seed=seed)`` exactly.
+The weights are restored bitwise from a copy afterwards, whatever happens.
+
+Arguments common to :func:`landscape_1d` and :func:`landscape_2d`:
+    x, y: examples (uint8 0..255 or float in [0, 1]) and labels; Algorithm 1 uses training data.
+    attack: ``attack(model, x, y) -> x_adv``; ``wpat.analysis.analysis_attack(cfg)`` is the
+        paper's: PGD on CE with the training attack's ε, step size η1 and steps K1 (10).
+    alphas, betas: coordinates along d and e, in units of the filter norms (dimensionless; the
+        paper plots α ∈ [−1, 1]).
+    batch_size: examples per forward (default 500); seed: PGD seed (default 0).
+
+Cost: each point is one attack (K1 forward+backward) and one forward on the n examples; a 2-D
+landscape has len(alphas) · len(betas) points.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wpat.attacks import crafting_mode
+from wpat.evaluate import Attack, to_unit_float
+from wpat.perturb import add_perturbation, perturbed_parameters
+
+Direction = dict[str, Tensor]
+
+
+def filter_normalized_direction(model: nn.Module, generator: torch.Generator) -> Direction:
+    """A Gaussian direction over the conv/linear weights, each filter scaled to ‖w_{l,j}‖.
+
+    ``generator`` is a CPU generator; drawing from it in parameter order makes the raw
+    direction depend only on its seed and the shapes. Parameters absent from the result
+    (1-D ones) have a zero direction.
+    """
+    direction = {}
+    for name, w in perturbed_parameters(model):
+        d = torch.randn(w.shape, generator=generator).to(w)
+        w_norm = w.detach().flatten(1).norm(dim=1)
+        d_norm = d.flatten(1).norm(dim=1).clamp_min(1e-10)  # Li et al.'s guard; ‖d‖ > 0 a.s.
+        direction[name] = d * (w_norm / d_norm).view(-1, *[1] * (d.dim() - 1))
+    return direction
+
+
+@torch.no_grad()
+def _restore(params: Mapping[str, nn.Parameter], saved: Mapping[str, Tensor]) -> None:
+    for name, w in saved.items():
+        params[name].copy_(w)
+
+
+@contextmanager
+def _weights_kept(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+    """Yield copies of the named parameters; copy them back on exit (bitwise, unlike w+αd-αd)."""
+    params = dict(model.named_parameters())
+    saved = {name: params[name].detach().clone() for name in names}
+    try:
+        yield saved
+    finally:
+        _restore(params, saved)
+
+
+def adversarial_losses(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, *,
+                       batch_size: int = 500, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Per-example CE loss and correctness (bool) on ``attack``'s examples against ``model``.
+
+    Eval mode (every module's flag is restored after); the torch RNG is seeded with ``seed``
+    inside a fork, so the caller's random stream is left as it was.
+    """
+    device = next(model.parameters()).device
+    losses, correct = [], []
+    with crafting_mode(model, "eval"), \
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in range(0, len(x), batch_size):
+            xb = to_unit_float(x[start:start + batch_size].to(device))
+            yb = y[start:start + batch_size].to(device)
+            x_adv = attack(model, xb, yb)
+            with torch.no_grad():
+                logits = model(x_adv)
+            losses.append(F.cross_entropy(logits, yb, reduction="none"))
+            correct.append(logits.argmax(1) == yb)
+    return torch.cat(losses), torch.cat(correct)
+
+
+def _landscape(model: nn.Module, x: Tensor, y: Tensor, attack: Attack,
+               directions: Sequence[Direction], points: Sequence[Sequence[float]],
+               batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean adversarial loss and accuracy at w + Σ_k c_k·d_k for each coefficient tuple c."""
+    params = dict(model.named_parameters())
+    loss, acc = [], []
+    with _weights_kept(model, list(directions[0])) as saved:
+        for coefficients in points:
+            _restore(params, saved)  # from w each time: no rounding drift along the grid
+            for c, d in zip(coefficients, directions):
+                add_perturbation(model, d, float(c))
+            losses, correct = adversarial_losses(model, x, y, attack, batch_size=batch_size,
+                                                 seed=seed)
+            loss.append(losses.mean().item())
+            acc.append(correct.float().mean().item())
+    return np.array(loss), np.array(acc)
+
+
+def landscape_1d(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, direction: Direction,
+                 alphas: Sequence[float], *, batch_size: int = 500,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """g(α) = ρ(w + α·d) and the adversarial accuracy there, each of shape [len(alphas)]."""
+    return _landscape(model, x, y, attack, [direction], [(a,) for a in alphas], batch_size, seed)
+
+
+def landscape_2d(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, d: Direction,
+                 e: Direction, alphas: Sequence[float], betas: Sequence[float], *,
+                 batch_size: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """g(α, β) = ρ(w + α·d + β·e) and the adversarial accuracy, each [len(alphas), len(betas)]."""
+    grid = [(a, b) for a in alphas for b in betas]
+    loss, acc = _landscape(model, x, y, attack, [d, e], grid, batch_size, seed)
+    shape = (len(alphas), len(betas))
+    return loss.reshape(shape), acc.reshape(shape)

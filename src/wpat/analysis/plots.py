@@ -1,0 +1,213 @@
+"""The analyses' figures: each a PNG with the data it shows written beside it as CSV.
+
+- :func:`plot_landscape_1d` -- g(α) per checkpoint, several directions (AWP Fig. 1, 5);
+- :func:`plot_landscape_2d` -- the relative landscape |g(α, β) − g(0, 0)| (AWP Fig. 6);
+- :func:`plot_lsc` -- LSC histogram per epoch and fraction below c_min (RWP §3, Fig. 1c);
+- :func:`plot_curves` -- robust/natural learning curves and the robust gap of several runs
+  (AWP Fig. 1a, RWP Fig. 2c);
+- :func:`plot_weight_histograms` -- per-layer weight histograms, log counts (AWP Fig. 4).
+
+Figures are built on ``matplotlib.figure.Figure`` and saved through its Agg canvas: no pyplot,
+no global backend switch, no display needed. Each function returns the PNG's path; the CSV has
+the same name with ``.csv``. Accuracies are stored as fractions and drawn in percent.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor
+
+from wpat.analysis.curves import CURVE_KEYS, curve_rows
+from wpat.analysis.lsc import LSCTable
+from wpat.errors import WpatError
+
+MAX_PANELS = 12  # weight histograms: beyond this many layers, an evenly spaced selection
+
+
+def _save(fig: Figure, path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``fig`` to ``path`` (PNG) and ``rows`` to the CSV beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    with open(path.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _sequential_colors(n: int) -> list:
+    """Dark (early) to light (late), stopping before viridis' hard-to-see yellow."""
+    return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.85, max(n, 1))][:n]
+
+
+def _qualitative_colors() -> Iterator:
+    """One distinct colour per run, repeating after ten."""
+    return itertools.cycle(colormaps["tab10"].colors)
+
+
+def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, list]:
+    ncols = min(n, ncols)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
+def _spread(n: int, limit: int) -> list[int]:
+    """All of ``range(n)``, or ``limit`` evenly spaced indices including the first and last."""
+    return np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)).tolist()
+
+
+def plot_landscape_1d(curves: Mapping[str, np.ndarray], alphas: Sequence[float],
+                      path: str | Path) -> Path:
+    """One line per checkpoint (label → losses [directions, len(alphas)]); the first direction
+    drawn solid, the others thin, in the same colour (AWP Fig. 5's repeatability check)."""
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    rows = []
+    for (label, losses), color in zip(curves.items(), _sequential_colors(len(curves))):
+        for k, loss in enumerate(np.atleast_2d(losses)):
+            first = k == 0
+            ax.plot(alphas, loss, color=color, lw=1.8 if first else 0.8, alpha=1.0 if first else 0.6,
+                    label=label if first else None)
+            rows += [{"label": label, "direction": k, "alpha": a, "loss": v}
+                     for a, v in zip(alphas, loss)]
+    n_dirs = max(np.atleast_2d(v).shape[0] for v in curves.values())
+    ax.set_xlabel("α (along a filter-normalized random direction d)")
+    ax.set_ylabel("adversarial loss ρ(w + αd)")
+    ax.set_title(f"Weight loss landscape ({n_dirs} direction{'s' if n_dirs > 1 else ''})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path, rows)
+
+
+def plot_landscape_2d(surfaces: Mapping[str, np.ndarray], alphas: Sequence[float],
+                      betas: Sequence[float], path: str | Path) -> Path:
+    """One contour panel per checkpoint (label → |g(α, β) − g(0, 0)|, shape [len(alphas),
+    len(betas)]) on one colour scale, so flatness compares across panels."""
+    fig, axes = _grid(len(surfaces), 3, (4.2, 3.6))
+    top = max(float(np.nanmax(s)) for s in surfaces.values())
+    levels = MaxNLocator(nbins=12).tick_values(0.0, top if top > 0 else 1.0)  # round numbers
+    rows = []
+    for ax, (label, relative) in zip(axes, surfaces.items()):
+        filled = ax.contourf(betas, alphas, relative, levels=levels, cmap="viridis")
+        ax.contour(betas, alphas, relative, levels=levels[::3], colors="white", linewidths=0.5)
+        ax.plot(0, 0, "r+", ms=10)
+        ax.set_title(label)
+        ax.set_xlabel("β (direction e)")
+        ax.set_ylabel("α (direction d)")
+        rows += [{"label": label, "alpha": a, "beta": b, "relative_loss": relative[i, j]}
+                 for i, a in enumerate(alphas) for j, b in enumerate(betas)]
+    fig.colorbar(filled, ax=axes, label="|g(α, β) − g(0, 0)|  (adversarial loss)")
+    fig.suptitle("Relative weight loss landscape")
+    return _save(fig, path, rows)
+
+
+def plot_lsc(table: LSCTable, path: str | Path) -> Path:
+    """Left: share of each epoch's training adversarial examples per LSC bin (heatmap); right:
+    fraction with loss below c_min through training."""
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    heat, line = fig.subplots(1, 2, width_ratios=[1.4, 1])
+    totals = table.counts.sum(axis=1, keepdims=True)
+    shares = table.counts / np.where(totals > 0, totals, 1)
+    image = heat.imshow(shares, aspect="auto", origin="lower", cmap="magma", vmin=0,
+                        interpolation="nearest")
+    labels = table.bin_labels()
+    heat.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize="small")
+    ticks = _spread(len(table.epochs), 10)
+    heat.set_yticks(ticks, [str(table.epochs[i]) for i in ticks])
+    # c_min in bin coordinates (bin k spans k-0.5 .. k+0.5); the last edge is inf
+    finite = [e for e in table.edges if math.isfinite(e)]
+    if finite[0] <= table.c_min <= finite[-1]:
+        heat.axvline(np.interp(table.c_min, finite, np.arange(len(finite))) - 0.5, color="cyan",
+                     ls="--", label=f"c_min = {table.c_min:g}")
+        heat.legend(loc="upper right", fontsize="small")
+    heat.set_xlabel("adversarial loss bin (nats)")
+    heat.set_ylabel("epoch")
+    heat.set_title(f"LSC groups of training adversarial examples ({table.source})")
+    fig.colorbar(image, ax=heat, label="fraction of the epoch's examples")
+    line.plot(table.epochs, table.frac_below, "o-", ms=3)
+    line.set_ylim(0, 1)
+    line.set_xlabel("epoch")
+    line.set_ylabel(f"fraction with loss < c_min = {table.c_min:g}")
+    line.set_title("Examples below c_min")
+    line.grid(alpha=0.3)
+    line.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save(fig, path, table.rows())
+
+
+def plot_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path:
+    """Learning curves of several runs (label → metrics.jsonl records): robust accuracy (train
+    dashed, test solid, ★ at the best test epoch), robust gap, natural accuracy."""
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    robust, gap, natural = fig.subplots(1, 3)
+    rows = []
+    for (label, history), color in zip(histories.items(), _qualitative_colors()):
+        table = curve_rows(history)
+        rows += [{"run": label, **r} for r in table]
+        epochs = [r["epoch"] for r in table]
+        col = {k: np.array([100 * r[k] for r in table]) for k in CURVE_KEYS}
+        robust.plot(epochs, col["test_pgd_acc"], color=color, label=label)
+        robust.plot(epochs, col["train_pgd_acc"], color=color, ls="--")
+        if epochs:
+            best = int(np.nanargmax(col["test_pgd_acc"]))
+            robust.plot(epochs[best], col["test_pgd_acc"][best], "*", color=color, ms=12)
+        gap.plot(epochs, col["robust_gap"], color=color, label=label)
+        natural.plot(epochs, col["test_nat_acc"], color=color, label=label)
+        natural.plot(epochs, col["train_nat_acc"], color=color, ls="--")
+    styles = [Line2D([], [], color="gray", ls="-", label="test"),
+              Line2D([], [], color="gray", ls="--", label="train"),
+              Line2D([], [], color="gray", ls="", marker="*", ms=10, label="best test")]
+    for ax, title in ((robust, "Robust accuracy (PGD)"), (gap, "Robust generalization gap"),
+                      (natural, "Natural accuracy")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("train − test robust accuracy (%)" if ax is gap else "accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    robust.legend(handles=robust.get_legend_handles_labels()[0] + styles, fontsize="small")
+    gap.legend(fontsize="small")
+    return _save(fig, path, rows)
+
+
+def plot_weight_histograms(weights: Mapping[str, Mapping[str, Tensor]], path: str | Path, *,
+                           bins: int = 80, max_panels: int = MAX_PANELS) -> Path:
+    """One panel per layer (run label → {layer name → weight}), runs overlaid on shared bins,
+    log-scale counts. Layers are those of the first run present in every run."""
+    first, *others = weights.values()
+    names = [n for n in first if all(n in w for w in others)]
+    if not names:
+        raise WpatError(f"the runs {', '.join(weights)} share no layer to compare")
+    layers = [names[i] for i in _spread(len(names), max_panels)]
+    fig, axes = _grid(len(layers), 4, (3.6, 2.8))
+    rows = []
+    for ax, layer in zip(axes, layers):
+        values = {label: w[layer].detach().flatten().double().cpu().numpy() for label, w in weights.items()}
+        edges = np.histogram_bin_edges(np.concatenate(list(values.values())), bins=bins)
+        for (label, v), color in zip(values.items(), _qualitative_colors()):
+            counts, _ = np.histogram(v, bins=edges)
+            ax.stairs(counts, edges, color=color, label=label)
+            rows += [{"layer": layer, "run": label, "bin_low": lo, "bin_high": hi, "count": int(c)}
+                     for lo, hi, c in zip(edges[:-1], edges[1:], counts)]
+        ax.set_yscale("log")
+        ax.set_title(layer, fontsize="small")
+        ax.set_xlabel("weight value", fontsize="small")
+        ax.set_ylabel("count", fontsize="small")
+        ax.tick_params(which="both", labelsize="x-small")
+    axes[0].legend(fontsize="x-small")
+    shown = f"{len(layers)} of {len(names)}" if len(layers) < len(names) else f"{len(names)}"
+    fig.suptitle(f"Weight distributions ({shown} layers, log-scale counts)")
+    return _save(fig, path, rows)
