@@ -1,0 +1,101 @@
+"""The gradient-ascent search shared by AWP, AWP-LSC and RWP.
+
+All three run the same loop on the weights (AWP eq. 10 with K2 steps; RWP eq. 8, Algorithm 1):
+
+    v = 0, D = 0
+    for k in 1..steps:
+        ℓ = loss_fn(model at w + v), train mode             # per-example losses [B]
+        m = select(ℓ)                                       # which examples count (all for AWP)
+        g = ∇_w  (1/B) Σ_i m_i ℓ_i                          # mean over the WHOLE batch
+        D += g
+        v = rescale(D, w)                                   # per layer (AWP) or global (RWP)
+
+``D`` sums the raw ascent steps. The authors take each step with a plain-SGD proxy (lr 0.01)
+and rescale the difference of the weights; the learning rate multiplies every step alike and
+cancels in the rescaling, so summing gradients is the same computation without a proxy copy or
+a state-dict reload. One forward+backward per step: the forward that gives ℓ (and so the
+selection) also gives the gradient. Subclasses choose ``select`` and ``rescale``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from wpat.perturb.base import (LossFn, WeightPerturbation, check_gamma, check_steps, global_norm,
+                               move_to, per_example, perturbed_parameters, restored)
+
+
+class MaskedAscent(WeightPerturbation):
+    """Base of the ascent searches; see the module docstring for the loop.
+
+    Class attributes a subclass may set:
+    ``selected_stat`` -- the ``stats`` key for the fraction of the batch selected at step 1;
+    ``stop_when_empty`` -- stop once no example is selected (every later step would add a zero
+    gradient, so ``v`` would not change: the exit is exact but costs a host sync per step);
+    ``subset`` -- take the gradient with ``loss_fn(model, index=selected)`` (see ``RWP``).
+    """
+
+    selected_stat: str | None = None
+    stop_when_empty: bool = False
+    subset: bool = False
+
+    def __init__(self, gamma: float, steps: int) -> None:
+        super().__init__()
+        check_gamma(type(self).__name__, gamma)
+        check_steps(type(self).__name__, steps)
+        self.gamma = float(gamma)
+        self.steps = steps
+
+    def select(self, losses: Tensor) -> Tensor | None:
+        """Boolean mask [B] of the examples whose loss is ascended; ``None`` means all."""
+        return None
+
+    def rescale(self, d: Sequence[Tensor], w: Sequence[Tensor]) -> list[Tensor]:
+        raise NotImplementedError
+
+    def compute(self, model: nn.Module, loss_fn: LossFn) -> dict[str, Tensor]:
+        names, params = zip(*perturbed_parameters(model))
+        self.stats = {}
+        d: list[Tensor] | None = None
+        v: list[Tensor] | None = None
+        updates = 0
+        with restored(model, params) as w:
+            for k in range(self.steps):
+                if k:
+                    move_to(params, w, v)
+                with torch.set_grad_enabled(not self.subset):
+                    losses = per_example(loss_fn(model))
+                mask = self.select(losses.detach())
+                if k == 0 and self.selected_stat is not None:
+                    self.stats[self.selected_stat] = mask.float().mean()
+                # Host sync, once per step: an exact early exit saves up to `steps` backwards.
+                if self.stop_when_empty and not bool(mask.any()):
+                    break
+                g = self._gradient(model, loss_fn, params, losses, mask)
+                d = g if d is None else [d_l + g_l for d_l, g_l in zip(d, g)]
+                v = self.rescale(d, w)
+                updates += 1
+        if v is None:
+            v = [torch.zeros_like(p) for p in params]
+        # torch.full, not torch.tensor: filling on the device needs no host-to-device copy.
+        self.stats["steps"] = torch.full((), updates, device=params[0].device)
+        self.stats["v_over_w"] = global_norm(v) / global_norm(w)
+        return dict(zip(names, v))
+
+    def _gradient(self, model: nn.Module, loss_fn: LossFn, params: Sequence[nn.Parameter],
+                  losses: Tensor, mask: Tensor | None) -> list[Tensor]:
+        """∇ of (1/B) Σ_i m_i ℓ_i with respect to ``params``; fills no ``.grad``."""
+        batch = losses.shape[0]
+        if self.subset:
+            index = mask.nonzero().squeeze(1)
+            objective = per_example(loss_fn(model, index=index)).sum() / batch
+        elif mask is None:
+            objective = losses.mean()
+        else:
+            objective = (losses * mask).mean()
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        # A weight outside the loss's graph gets no ascent, as in the proxy step.
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]

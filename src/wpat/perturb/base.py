@@ -1,0 +1,169 @@
+"""The weight-perturbation contract and the pieces every perturbation shares.
+
+A perturbation looks at the model and the objective's per-example loss and returns ``v``, a
+dict from ``model.named_parameters()`` names to the tensor to add (DESIGN §2 step 4)::
+
+    v = perturbation.compute(model, loss_fn)    # loss_fn(model) -> per-example losses [B]
+    with perturbed(model, v):                   # weights become w + v ...
+        loss_fn(model).mean().backward()
+        optimizer.step()                        # ... the step is taken at w + v ...
+                                                # ... and v is subtracted on exit (AWP eq. 11)
+
+``compute`` leaves the model exactly as it found it: parameters and ``.grad`` bitwise (``None``
+stays ``None``), every buffer (BN running statistics, ``num_batches_tracked``) and every
+module's train/eval flag. Only trainable parameters with more than one dimension -- conv and
+linear weights -- are perturbed (DESIGN §3); BN affine parameters and biases never are.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from wpat.errors import WpatError
+from wpat.registry import Registry
+
+# The authors' codes use this in the rescaling denominator; it makes a zero direction give v = 0.
+EPS = 1e-20
+
+LossFn = Callable[..., Tensor]
+PERTURBATIONS = Registry("weight perturbation")
+
+
+class WeightPerturbation:
+    """Base class: ``compute`` returns the perturbation ``v`` and fills ``stats``.
+
+    ``stats`` maps names to 0-d tensors on the model's device, so a training loop can keep them
+    without a host sync and read them at the end of the epoch. Every perturbation sets
+    ``"v_over_w"`` (the global ratio ‖v‖/‖W‖ over the perturbed tensors).
+    """
+
+    stats: dict[str, Tensor]
+
+    def __init__(self) -> None:
+        self.stats = {}
+
+    def compute(self, model: nn.Module, loss_fn: LossFn) -> dict[str, Tensor]:
+        """The perturbation ``v`` for ``model``'s current weights, keyed by parameter name.
+
+        ``loss_fn(model)`` must return per-example losses (shape [B]) from a forward of
+        ``model`` in its current mode. Only the names of ``perturbed_parameters(model)`` appear.
+        The model is left exactly as it was (module docstring).
+        """
+        raise NotImplementedError
+
+
+def perturbed_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The ``(name, parameter)`` pairs a perturbation may change: trainable, more than 1-D.
+
+    Frozen weights are left out: the authors' proxy step never moves them, so their ``v`` is 0.
+    """
+    chosen = [(n, p) for n, p in model.named_parameters() if p.dim() > 1 and p.requires_grad]
+    if not chosen:
+        raise WpatError(f"{type(model).__name__} has no trainable parameter with more than one "
+                        "dimension (conv/linear weight) to perturb")
+    return chosen
+
+
+@torch.no_grad()
+def add_perturbation(model: nn.Module, v: Mapping[str, Tensor], sign: float = 1.0) -> None:
+    """Add ``sign * v`` in place to the named parameters of ``model``."""
+    params = dict(model.named_parameters())
+    for name, delta in v.items():
+        params[name].add_(delta, alpha=sign)
+
+
+@contextmanager
+def perturbed(model: nn.Module, v: Mapping[str, Tensor]) -> Iterator[nn.Module]:
+    """Hold the weights at ``w + v`` inside the block, then subtract ``v``.
+
+    Subtracting (rather than restoring a copy) is the point: an optimizer step taken inside the
+    block is carried back to the unperturbed weights, ``w ← (w + v) − η∇ − v`` (AWP eq. 11,
+    RWP Algorithm 1). ``v`` is subtracted even if the block raises.
+    """
+    add_perturbation(model, v, 1.0)
+    try:
+        yield model
+    finally:
+        add_perturbation(model, v, -1.0)
+
+
+def per_example(losses: Tensor) -> Tensor:
+    """Check that ``loss_fn`` returned one loss per example (shape [B])."""
+    if losses.dim() != 1:
+        raise WpatError(f"loss_fn must return per-example losses of shape [B], "
+                        f"got shape {tuple(losses.shape)}")
+    return losses
+
+
+def global_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """The 2-norm of all ``tensors`` concatenated."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
+def rescale_per_layer(d: Sequence[Tensor], w: Sequence[Tensor], gamma: float) -> list[Tensor]:
+    """``v_l = γ · ‖w_l‖ / (‖d_l‖ + ε) · d_l`` for each layer (AWP eq. 10, Appendix D)."""
+    return [d_l * (gamma * torch.linalg.vector_norm(w_l) / (torch.linalg.vector_norm(d_l) + EPS))
+            for d_l, w_l in zip(d, w)]
+
+
+def rescale_global(d: Sequence[Tensor], w: Sequence[Tensor], gamma: float) -> list[Tensor]:
+    """``v = γ · ‖W‖ / (‖D‖ + ε) · D`` with norms over all layers concatenated (RWP Alg. 1)."""
+    scale = gamma * global_norm(w) / (global_norm(d) + EPS)
+    return [d_l * scale for d_l in d]
+
+
+@contextmanager
+def restored(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[list[Tensor]]:
+    """Let a search move ``params`` and run train-mode forwards; undo all of it on exit.
+
+    Yields copies of the unperturbed ``params``. On exit the parameters are copied back from
+    them (not ``w + v − v``, which is not bitwise ``w``), every buffer is copied back from a
+    snapshot (train-mode forwards update BN running statistics) and every module gets back
+    its own train/eval flag (``model.train(mode)`` would flatten mixed modes). ``.grad`` is not
+    touched because searches take gradients with ``torch.autograd.grad``.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    w = [p.detach().clone() for p in params]
+    model.train()
+    try:
+        yield w
+    finally:
+        with torch.no_grad():
+            for p, w_p in zip(params, w):
+                p.copy_(w_p)
+            for b, saved in buffers:
+                b.copy_(saved)
+        for m, mode in modes:
+            m.training = mode
+
+
+@torch.no_grad()
+def move_to(params: Sequence[nn.Parameter], w: Sequence[Tensor], v: Sequence[Tensor]) -> None:
+    """Set ``params`` to ``w + v`` in place (the search's current point)."""
+    for p, w_p, v_p in zip(params, w, v):
+        p.copy_(w_p).add_(v_p)
+
+
+def check(ok: bool, what: str, value: object, expected: str) -> None:
+    """Raise a one-line WpatError ``what=value: expected`` unless ``ok``."""
+    if not ok:
+        raise WpatError(f"{what}={value!r}: expected {expected}")
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_gamma(owner: str, gamma: float) -> None:
+    ok = is_number(gamma) and 0 <= gamma < float("inf")  # NaN fails the comparison
+    check(ok, f"{owner} gamma", gamma, "a finite number >= 0")
+
+
+def check_steps(owner: str, steps: int) -> None:
+    check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1,
+          f"{owner} steps", steps, "an integer >= 1")
