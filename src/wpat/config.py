@@ -116,6 +116,7 @@ class RunConfig:
     select: str = "test"  # which PGD accuracy picks the "best" checkpoint: test | val
     progress: bool = True
     deterministic: bool = False
+    channels_last: bool = True  # NHWC weights: ~1.5x faster convolutions on CPU and GPU
     keep_every: int = 0  # also keep epoch-NNN.pt every N epochs (for landscapes); 0 = none
 
 

@@ -130,6 +130,8 @@ class Trainer:
         self.spec = dataset_spec(cfg.data.name)
         self.splits = experiment.load_splits(cfg)
         self.model = experiment.model_from_config(cfg).to(self.device)
+        if cfg.run.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.objective = experiment.objective_from_config(cfg)
         self.attack = experiment.train_attack(cfg)
         self.test_attack = experiment.eval_attack(cfg)

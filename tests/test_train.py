@@ -1,0 +1,108 @@
+"""The training loop and `wpat train` end to end on real Fashion-MNIST subsets."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import fashion_mnist_available
+from wpat.checkpoint import load_checkpoint
+from wpat.cli import main
+from wpat.config import load_config
+from wpat.train import resume, train, train_step
+
+pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Debian's dataset-fashion-mnist is not installed")
+
+SMALL = ["data.train_subset=1024", "data.test_subset=256", "data.batch_size=64", "eval.n_train=128",
+         "model.width=8", "run.threads=1", "run.progress=false"]
+
+
+def test_cli_trains_and_prints_the_best_last_table(tmp_path, capsys):
+    code = main(["train", "fmnist-smallcnn-linf", *SMALL, "schedule.epochs=2", "perturb.steps=3",
+                 f"run.out_dir={tmp_path}", "run.name=cli"])
+    out = capsys.readouterr().out
+    assert code == 0
+    header = next(line for line in out.splitlines() if line.startswith("| checkpoint"))
+    assert [c.strip() for c in header.strip("|").split("|")][:4] == ["checkpoint", "epoch", "natural", "PGD-20"]
+    assert "| best" in out and "| last" in out
+    run = tmp_path / "cli"
+    assert {"config.yaml", "metrics.jsonl", "metrics.csv", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("test_nat_acc", "test_pgd_acc", "train_pgd_acc", "robust_gap", "lsc_frac_below",
+                "rwp_frac_below", "perturb_steps", "v_over_w", "lsc_hist"):
+        assert key in rows[-1], key
+    assert rows[-1]["robust_gap"] == pytest.approx(rows[-1]["train_pgd_acc"] - rows[-1]["test_pgd_acc"])
+    assert 0 <= rows[-1]["perturb_steps"] <= 3
+    assert rows[-1]["v_over_w"] == pytest.approx(0.01, rel=1e-3)  # RWP: ‖v‖ = γ‖W‖ whenever it moves
+    assert sum(rows[-1]["lsc_hist"]) == 1024 // 64 * 64
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == max(rows, key=lambda r: r["test_pgd_acc"])["epoch"]
+    assert "optimizer" not in best and best["kind"] == "best"
+
+
+def test_at_rwp_learns(tmp_path):
+    cfg = load_config("fmnist-smallcnn-linf", [*SMALL, "data.train_subset=2048", "data.test_subset=500",
+                                               "schedule.epochs=2", f"run.out_dir={tmp_path}"])
+    summary = train(cfg)
+    last = summary["last"]
+    assert last["test_nat_acc"] > 0.5 and last["test_pgd_acc"] > 0.3  # chance is 0.1
+    assert last["perturb_steps"] > 0 and last["perturb_active"]
+
+
+@pytest.mark.parametrize("objective, perturb", [("trades", "awp"), ("mart", "rwp"), ("at", "awp-lsc"),
+                                                ("at", "random")])
+def test_every_objective_runs_with_every_perturbation(tmp_path, objective, perturb):
+    cfg = load_config("fmnist-smallcnn-linf", [*SMALL, "data.train_subset=256", "data.test_subset=64",
+                                               "eval.n_train=64", "attack.steps=2", "eval.steps=2",
+                                               "schedule.epochs=1", f"objective.name={objective}",
+                                               f"perturb.name={perturb}", "perturb.high=1.0",
+                                               f"run.out_dir={tmp_path}"])
+    summary = train(cfg)
+    assert summary["last"]["perturb_active"] and torch.isfinite(torch.tensor(summary["last"]["train_loss"]))
+
+
+def test_warmup_delays_the_perturbation(tmp_path):
+    cfg = load_config("fmnist-smallcnn-linf", [*SMALL, "data.train_subset=256", "data.test_subset=64",
+                                               "eval.n_train=64", "attack.steps=2", "eval.steps=2",
+                                               "schedule.epochs=2", "perturb.warmup=1", f"run.out_dir={tmp_path}"])
+    train(cfg)
+    rows = load_checkpoint(tmp_path / cfg.run.name / "last.pt")["history"]
+    assert [r["perturb_active"] for r in rows] == [False, True]
+
+
+def test_validation_selection_and_resume_of_a_finished_run(tmp_path):
+    cfg = load_config("fmnist-smallcnn-linf", [*SMALL, "data.train_subset=512", "data.val_size=128",
+                                               "data.test_subset=64", "eval.n_train=64", "attack.steps=2",
+                                               "eval.steps=2", "schedule.epochs=2", "run.select=val",
+                                               f"run.out_dir={tmp_path}"])
+    summary = train(cfg)
+    best = load_checkpoint(tmp_path / cfg.run.name / "best.pt")
+    assert best["best"]["selected_by"] == "val_pgd_acc" and "val_pgd_acc" in summary["last"]
+    again = resume(tmp_path / cfg.run.name, progress=False)  # nothing left to do: same summary
+    assert again["last"] == summary["last"]
+
+
+def test_train_step_leaves_weights_at_w_minus_the_update_not_w_plus_v():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(8, 1, 2, 2), torch.randint(0, 3, (8,))
+    from wpat.attacks import PGD
+    from wpat.objectives import build_objective
+    from wpat.perturb import AWP
+
+    w0 = model[1].weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    attack = PGD(0.1, 0.05, 1, random_start=False)
+    x_adv = attack(model, x, y)
+    v = AWP(gamma=0.5).compute(model, lambda m: torch.nn.functional.cross_entropy(m(x_adv), y, reduction="none"))
+    torch.manual_seed(1)
+    # the update is the gradient taken at w + v, applied to w (DESIGN.md §2 step 5)
+    perturbed_model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    perturbed_model.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        perturbed_model[1].weight += v["1.weight"]
+    torch.nn.functional.cross_entropy(perturbed_model(x_adv), y).backward()
+    expected = w0 - 0.5 * perturbed_model[1].weight.grad
+    train_step(model, x, y, lambda m, a, b: x_adv, build_objective("at"), AWP(gamma=0.5), optimizer)
+    assert torch.allclose(model[1].weight, expected, atol=1e-6)
