@@ -56,7 +56,7 @@ class Splits:
     y_test: torch.Tensor
 
 
-def _first(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fixed_subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed, seeded subset of n examples (all of them when n is 0 or too large)."""
     if n <= 0 or n >= len(x):
         return x, y
@@ -68,8 +68,8 @@ def load_splits(cfg: Config) -> Splits:
     d = cfg.data
     x_train, y_train = load_dataset(d.name, "train", root=d.root, download=d.download)
     x_test, y_test = load_dataset(d.name, "test", root=d.root, download=d.download)
-    x_train, y_train = _first(x_train, y_train, d.train_subset, cfg.run.seed)
-    x_test, y_test = _first(x_test, y_test, d.test_subset, cfg.run.seed)
+    x_train, y_train = fixed_subset(x_train, y_train, d.train_subset, cfg.run.seed)
+    x_test, y_test = fixed_subset(x_test, y_test, d.test_subset, cfg.run.seed)
     x_train, y_train, x_val, y_val = split_validation(x_train, y_train, d.val_size, cfg.run.seed)
     if d.batch_size > len(x_train):
         raise WpatError(f"data.batch_size: {d.batch_size} is larger than the {len(x_train)} training examples")

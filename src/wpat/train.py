@@ -144,7 +144,7 @@ class Trainer:
                                    shuffle=True, drop_last=True, augment=augment,
                                    device=self.device, seed=cfg.run.seed)
         n = min(cfg.eval.n_train, len(self.splits.x_train))
-        self.train_eval = experiment._first(self.splits.x_train, self.splits.y_train, n, cfg.run.seed + 1)
+        self.train_eval = experiment.fixed_subset(self.splits.x_train, self.splits.y_train, n, cfg.run.seed + 1)
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"metric": -1.0, "epoch": 0}

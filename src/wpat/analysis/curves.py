@@ -94,7 +94,7 @@ def examples(cfg: Config, split: str = "train", n: int = 1000,
     """A fixed, seeded subset of ``n`` examples (uint8) of the run's ``train`` or ``test`` split."""
     splits = experiment.load_splits(cfg)
     x, y = (splits.x_train, splits.y_train) if split == "train" else (splits.x_test, splits.y_test)
-    return experiment._first(x, y, n, seed)
+    return experiment.fixed_subset(x, y, n, seed)
 
 
 def analysis_attack(cfg: Config, steps: int | None = None) -> PGD:
