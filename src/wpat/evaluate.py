@@ -42,6 +42,11 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
 
+def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
+    """The device of the model's parameters (``default`` for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device(default))
+
+
 def correct(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | None = None,
             batch_size: int = 500, device: torch.device | str | None = None,
             desc: str | None = None) -> Tensor:
@@ -50,7 +55,7 @@ def correct(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | None = None
     Bool flags on ``device`` (default: the model's); ``x`` may be uint8 (0..255) or float in
     [0, 1], on any device. Eval mode, restored afterwards. ``desc`` shows a progress bar.
     """
-    device = device or next(model.parameters()).device
+    device = device or model_device(model, x.device)
     flags = torch.empty(len(x), dtype=torch.bool, device=device)
     was_training = model.training
     model.eval()
@@ -265,23 +270,29 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, Tensor], where: str, cf
 
 
 def _describe(weights: dict[str, Tensor]) -> tuple[Any, str]:
-    """(output classes, name of the wpat architecture with this layout or a description)."""
+    """(output classes, the wpat architectures with this layout, or "an unknown network").
+
+    An architecture matches by shapes, or else by key names alone (another width or class
+    count of the same network)."""
     matrices = [v for v in weights.values() if v.dim() == 2]
     convs = [v for v in weights.values() if v.dim() == 4]
-    classes = matrices[-1].shape[0] if matrices else "unknown"
     if not matrices or not convs:
-        return classes, "an unknown network"
-    shapes, in_channels = [v.shape for v in weights.values()], convs[0].shape[1]
+        return "an unknown number of", "an unknown network"
+    classes, in_channels = matrices[-1].shape[0], convs[0].shape[1]
+    by_shape, by_name = [], []
     for name in MODELS.names():
         try:
             with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-                candidate = build_model(name, num_classes=classes, in_channels=in_channels,
-                                        mean=[0.0] * in_channels, std=[1.0] * in_channels)
+                candidate = _weights(build_model(name, num_classes=classes, in_channels=in_channels,
+                                                 mean=[0.0] * in_channels, std=[1.0] * in_channels).state_dict())
         except WpatError:
             continue
-        if [v.shape for v in _weights(candidate.state_dict()).values()] == shapes:
-            return classes, name
-    return classes, "an unknown network"
+        if [v.shape for v in candidate.values()] == [v.shape for v in weights.values()]:
+            by_shape.append(name)
+        elif list(candidate) == list(weights):
+            by_name.append(name)
+    found = by_shape or by_name
+    return classes, "/".join(found) if found else "an unknown network"
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -306,7 +317,7 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel,
     """
     from wpat.masking import masking_checks  # masking builds on accuracy() above
 
-    device = next(model.parameters()).device
+    device = model_device(model, x.device)
     x, y = to_unit_float(x.to(device)), y.to(device)
     result: dict[str, Any] = {"accuracy": {}, "seconds": {}}
     for name in check_attack_names(attacks):
@@ -333,22 +344,31 @@ def evaluate_checkpoint(path: str | os.PathLike, attacks: Sequence[str] = DEFAUL
 
     Every checkpoint is attacked on the first ``n_examples`` (0: all) test examples of its
     dataset, in fp32 and eval mode, each attack seeded with ``seed``. ``config`` is required
-    for a foreign checkpoint (see :func:`model_from_checkpoint`); ``out_dir`` keeps AutoAttack's
-    finished batches for resuming (``out_dir/autoattack/<checkpoint>``). Returns the report
+    for a foreign checkpoint (see :func:`model_from_checkpoint`); ``out_dir`` (created) keeps
+    AutoAttack's finished batches for resuming (``out_dir/autoattack/<checkpoint>``). Returns the report
     that :func:`write_report` writes: settings plus ``"checkpoints": {label: result}``.
     """
     attacks = check_attack_names(attacks)
     if n_examples < 0 or batch_size < 1:
-        raise WpatError(f"n_examples must be >= 0 (0 = all) and batch_size >= 1, got {n_examples} and {batch_size}")
+        raise WpatError(f"--n-examples must be >= 0 (0 = all) and --batch-size >= 1, "
+                        f"got {n_examples} and {batch_size}")
     started = time.perf_counter()
     device_ = resolve_device(device)
     report: dict[str, Any] = {"target": str(path), "wpat_version": __version__, "attacks": attacks,
                               "labels": {n: LABELS[n] for n in attacks}, "seed": seed,
                               "device": str(device_), "checkpoints": {}}
-    for label, ckpt_path in checkpoints_of(path).items():
-        model, cfg, info = model_from_checkpoint(ckpt_path, config)
+    # Every checkpoint and test set is read before any folder is made or any attack runs, so a
+    # bad last.pt or a missing dataset is reported at once, not after hours spent on best.pt.
+    loaded = {label: (p, *model_from_checkpoint(p, config)) for label, p in checkpoints_of(path).items()}
+    test_sets = {}
+    for _, _, cfg, _ in loaded.values():
+        if (cfg.data.name, cfg.data.root) not in test_sets:
+            test_sets[cfg.data.name, cfg.data.root] = first_test_examples(cfg, n_examples)
+    if out_dir is not None:
+        prepare_out_dir(out_dir)
+    for label, (ckpt_path, model, cfg, info) in loaded.items():
         model = model.to(device_).float().eval()
-        x, y = first_test_examples(cfg, n_examples)
+        x, y = test_sets[cfg.data.name, cfg.data.root]
         threat = ThreatModel.from_config(cfg)
         state_dir = Path(out_dir) / "autoattack" / label if out_dir is not None else None
         result = evaluate_model(model, x, y, threat, attacks, batch_size=batch_size, seed=seed,
@@ -383,16 +403,28 @@ def report_warnings(report: Mapping[str, Any]) -> list[str]:
             for w in r.get("checks", {}).get("warnings", [])]
 
 
-def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``eval.json`` (everything) and ``eval.md`` (the table, settings, warnings)."""
+def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Create ``out_dir`` and check that it is writable, before hours of attacks are spent."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        json_path, md_path = out / "eval.json", out / "eval.md"
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise WpatError(f"{out}: cannot write the evaluation there ({err.strerror})") from None
+    return out
+
+
+def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``eval.json`` (everything) and ``eval.md`` (the table, settings, warnings)."""
+    out = prepare_out_dir(out_dir)
+    json_path, md_path = out / "eval.json", out / "eval.md"
+    try:
         _write_atomic(json_path, json.dumps(report, indent=2) + "\n")
         _write_atomic(md_path, _markdown(report))
     except OSError as err:
-        raise WpatError(f"--out: cannot write the evaluation to {out} ({err.strerror})") from None
+        raise WpatError(f"{out}: cannot write the evaluation there ({err.strerror})") from None
     return json_path, md_path
 
 

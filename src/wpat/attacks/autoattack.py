@@ -87,7 +87,7 @@ class AutoAttack(Attack):
             x_adv = x.clone()
             x_adv[stored["index"]] = stored["x_adv"]
             return x_adv
-        device = next((p.device for p in model.parameters()), x.device)
+        device = next((p.device for p in model.parameters()), x.device)  # the model's
         adversary = pyautoattack.AutoAttack(model, attacks=self.attacks, device=device, eps=self.eps,
                                             norm=NORMS[self.norm], seed=self.seed, version=self.version)
         x_adv, _predictions = adversary.run_standard_evaluation(x, y, batch_size=self.batch_size)

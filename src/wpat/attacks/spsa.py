@@ -17,8 +17,9 @@ corrected, as cleverhans' ``TensorAdam``):
 
     m ← β₁ m + (1 − β₁) ĝ,   s ← β₂ s + (1 − β₂) ĝ²,   u ← Π(u + lr · m̂ / (√ŝ + ε))
 
-where Π projects onto the ε-ball and the box x + u ∈ [0, 1]. u starts at a random point of the
-ball (uniform for L∞, as cleverhans). An example whose current point is misclassified stops
+where Π projects onto the ε-ball and the box x + u ∈ [0, 1] (the queries x' ± δv may leave the
+box by δ, as in cleverhans). u starts at a random point of the ball (uniform for L∞, as
+cleverhans). An example whose current point is misclassified stops
 there (cleverhans' ``early_stop_loss_threshold=0``, which "guarantees that if a successful
 attack is found, it is returned"), and one misclassified at x is returned as x: SPSA never
 raises the accuracy above the natural one.

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-from wpat.errors import WpatError
-
 ATTACK_HELP = ("comma-separated columns: natural, fgsm, pgd20, pgd100, cw, spsa, aa "
                "(default: natural,fgsm,pgd20,pgd100,cw; spsa and aa are slow)")
 
@@ -40,10 +38,6 @@ def run(args: argparse.Namespace) -> int:
                                results_table, write_report)
 
     attacks = [a.strip() for a in args.attacks.split(",")] if args.attacks is not None else DEFAULT_ATTACKS
-    if args.n_examples < 0:
-        raise WpatError(f"--n-examples: {args.n_examples} is invalid; expected an integer >= 0 (0 = all)")
-    if args.batch_size < 1:
-        raise WpatError(f"--batch-size: {args.batch_size} is invalid; expected an integer >= 1")
     out = args.out or default_out_dir(args.target)
     report = evaluate_checkpoint(args.target, attacks, n_examples=args.n_examples, batch_size=args.batch_size,
                                  device=args.device, seed=args.seed, config=args.config, out_dir=out,
