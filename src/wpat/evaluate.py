@@ -29,6 +29,7 @@ from wpat.checkpoint import FORMAT, is_wpat_checkpoint, load_checkpoint
 from wpat.config import Config, config_from_dict, load_config
 from wpat.data import dataset_spec, load_dataset
 from wpat.errors import WpatError
+from wpat.fs import writable_dir
 from wpat.experiment import model_from_config, resolve_device
 from wpat.models import MODELS, build_model
 from wpat.registry import Registry
@@ -61,7 +62,7 @@ def correct(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | None = None
     model.eval()
     try:
         starts = range(0, len(x), batch_size)
-        for start in tqdm(starts, desc=desc, disable=desc is None, leave=False, dynamic_ncols=True):
+        for start in tqdm(starts, desc=desc, disable=None if desc is not None else True, leave=False, dynamic_ncols=True):
             xb = to_unit_float(x[start:start + batch_size].to(device))
             yb = y[start:start + batch_size].to(device)
             if attack is not None:
@@ -405,15 +406,7 @@ def report_warnings(report: Mapping[str, Any]) -> list[str]:
 
 def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
     """Create ``out_dir`` and check that it is writable, before hours of attacks are spent."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise WpatError(f"{out}: cannot write the evaluation there ({err.strerror})") from None
-    return out
+    return writable_dir(out_dir, "--out")
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:

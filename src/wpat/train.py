@@ -16,6 +16,7 @@ PGD-20 accuracy, or validation accuracy with ``run.select=val``).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from wpat.checkpoint import FORMAT, is_wpat_checkpoint, load_checkpoint, rng_sta
 from wpat.config import Config, config_from_dict, dump_config
 from wpat.data import DeviceLoader, dataset_spec
 from wpat.errors import WpatError
+from wpat.fs import writable_dir, write_text_atomic
 from wpat.evaluate import accuracy
 from wpat.perturb import WeightPerturbation, perturbed
 from wpat.schedules import learning_rate
@@ -191,7 +193,8 @@ class Trainer:
             stats = EpochStats(self.device, cfg.perturb.c_min)
             started = time.perf_counter()
             bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
-                       disable=not cfg.run.progress, dynamic_ncols=True)
+                       disable=None if cfg.run.progress else True,  # None: off when not a terminal
+                       dynamic_ncols=True)
             for i, (x, y) in enumerate(bar):
                 lr = learning_rate(epoch + i / steps_per_epoch, cfg.optim.lr, cfg.schedule)
                 for group in self.optimizer.param_groups:
@@ -273,22 +276,15 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl and metrics.csv, rewritten whole (atomically) from the run's history so a
     resumed run never carries rows of epochs it is about to redo."""
     lines = "".join(json.dumps(r) + "\n" for r in history)
-    _write_text_atomic(run_dir / "metrics.jsonl", lines)
+    write_text_atomic(run_dir / "metrics.jsonl", lines)
     columns = [k for k in history[0] if k != "lsc_hist"] if history else []
     for r in history:
         columns += [k for k in r if k not in columns and k != "lsc_hist"]
-    tmp = run_dir / ".metrics.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, run_dir / "metrics.csv")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(run_dir / "metrics.csv", table.getvalue())
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -296,14 +292,7 @@ def prepare_run_dir(cfg: Config) -> Path:
     if (run_dir / "last.pt").exists():
         raise WpatError(f"{run_dir} already holds a run; resume it with `wpat train --resume {run_dir}` "
                         f"or choose another run.name=...")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise WpatError(f"run.out_dir: cannot write to {run_dir} ({err.strerror})") from None
-    return run_dir
+    return writable_dir(run_dir, "run.out_dir")
 
 
 def train(cfg: Config) -> dict[str, Any]:
