@@ -367,18 +367,28 @@ def evaluate_checkpoint(path: str | os.PathLike, attacks: Sequence[str] = DEFAUL
             test_sets[cfg.data.name, cfg.data.root] = first_test_examples(cfg, n_examples)
     if out_dir is not None:
         prepare_out_dir(out_dir)
+    evaluated: list[tuple[nn.Module, Config, dict[str, Any]]] = []
     for label, (ckpt_path, model, cfg, info) in loaded.items():
         model = model.to(device_).float().eval()
         x, y = test_sets[cfg.data.name, cfg.data.root]
         threat = ThreatModel.from_config(cfg)
-        state_dir = Path(out_dir) / "autoattack" / label if out_dir is not None else None
-        result = evaluate_model(model, x, y, threat, attacks, batch_size=batch_size, seed=seed,
-                                state_dir=state_dir, checks=checks, progress=label if progress else None)
+        # best.pt and last.pt hold the same weights when the last epoch was the best: attack once
+        result = next((r for m, c, r in evaluated if c == cfg and same_weights(m, model)), None)
+        if result is None:
+            state_dir = Path(out_dir) / "autoattack" / label if out_dir is not None else None
+            result = evaluate_model(model, x, y, threat, attacks, batch_size=batch_size, seed=seed,
+                                    state_dir=state_dir, checks=checks, progress=label if progress else None)
+            evaluated.append((model, cfg, result))
         report["checkpoints"][label] = {"path": str(ckpt_path), **info, "model": cfg.model.name,
                                         "dataset": cfg.data.name, "n_examples": len(x),
                                         "threat_model": asdict(threat), **result}
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 # ---------------------------------------------------------------------- reports
