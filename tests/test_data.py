@@ -183,7 +183,7 @@ def test_missing_dataset_lists_the_places_searched_and_the_fixes(tmp_path, monke
     assert "train-images-idx3-ubyte.gz" in message
     for place in (tmp_path / "nowhere", tmp_path / "env" / "mnist", tmp_path / "cache" / "wpat" / "mnist"):
         assert str(place) in message
-    assert "$WPAT_DATA" in message and "download=True" in message and "root=" in message
+    assert "$WPAT_DATA" in message and "data.download=true" in message and "data.root" in message
 
 
 def test_truncated_idx_names_file_and_expected_size(tmp_path):

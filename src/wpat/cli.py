@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"wpat: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `wpat presets | head`: the reader left, which is not an error
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("wpat: interrupted", file=sys.stderr)
         return 130

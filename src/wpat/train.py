@@ -287,18 +287,14 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     write_text_atomic(run_dir / "metrics.csv", table.getvalue())
 
 
-def prepare_run_dir(cfg: Config) -> Path:
+def train(cfg: Config) -> dict[str, Any]:
+    """Train a new run described by ``cfg``; returns the best/last summary."""
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     if (run_dir / "last.pt").exists():
         raise WpatError(f"{run_dir} already holds a run; resume it with `wpat train --resume {run_dir}` "
                         f"or choose another run.name=...")
-    return writable_dir(run_dir, "run.out_dir")
-
-
-def train(cfg: Config) -> dict[str, Any]:
-    """Train a new run described by ``cfg``; returns the best/last summary."""
-    run_dir = prepare_run_dir(cfg)
-    trainer = Trainer(cfg, run_dir)
+    trainer = Trainer(cfg, run_dir)  # reads the data first: a missing dataset leaves no empty run dir
+    writable_dir(run_dir, "run.out_dir")
     dump_config(cfg, run_dir / "config.yaml")
     return trainer.fit()
 

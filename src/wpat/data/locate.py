@@ -61,6 +61,6 @@ def locate(
         return fetch(source, cache_dir(name))
     raise WpatError(
         f"dataset {name!r}: {' or '.join(candidates)} not found in "
-        f"{', '.join(map(str, dirs))}; pass root=<dir with the files>, set $WPAT_DATA "
-        f"(files in $WPAT_DATA/{name}), or download=True"
+        f"{', '.join(map(str, dirs))}; point data.root (root= in Python) at the folder with the "
+        f"files, set $WPAT_DATA (files in $WPAT_DATA/{name}), or set data.download=true"
     )
