@@ -106,3 +106,38 @@ def test_train_step_leaves_weights_at_w_minus_the_update_not_w_plus_v():
     expected = w0 - 0.5 * perturbed_model[1].weight.grad
     train_step(model, x, y, lambda m, a, b: x_adv, build_objective("at"), AWP(gamma=0.5), optimizer)
     assert torch.allclose(model[1].weight, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("perturbation", ["rwp-none", "rwp-all", "awp"])
+def test_sharing_the_forward_at_w_with_the_search_changes_nothing(perturbation):
+    """train_step hands its forward at w to the search (and trains on it when RWP does not move);
+    the weights and BN statistics after the step equal the plain recipe: compute, then step at w+v."""
+    from wpat.attacks import PGD
+    from wpat.models import build_model
+    from wpat.objectives import build_objective
+    from wpat.perturb import AWP, RWP, perturbed
+
+    make = {"rwp-none": lambda: RWP(gamma=0.01, c_min=0.0, steps=3),
+            "rwp-all": lambda: RWP(gamma=0.01, c_min=float("inf"), steps=3),
+            "awp": lambda: AWP(gamma=0.01)}[perturbation]
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    models = [build_model("small_cnn", num_classes=10, in_channels=1, mean=(0.3,), std=(0.3,), width=4)
+              for _ in range(2)]
+    objective = build_objective("at")
+    x_adv = PGD(0.1, 0.05, 2)(models[0], x, y)
+    models[1].load_state_dict(models[0].state_dict())
+    fixed_attack = lambda m, a, b: x_adv  # noqa: E731
+    shared, plain = models
+    train_step(shared, x, y, fixed_attack, objective, make(), torch.optim.SGD(shared.parameters(), lr=0.1))
+
+    plain.train()
+    loss_fn = lambda m: objective.per_example(m, x, x_adv, y)  # noqa: E731
+    optimizer = torch.optim.SGD(plain.parameters(), lr=0.1)
+    v = make().compute(plain, loss_fn)
+    with perturbed(plain, v):
+        optimizer.zero_grad()
+        loss_fn(plain).mean().backward()
+        optimizer.step()
+    for (name, a), b in zip(shared.state_dict().items(), plain.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name

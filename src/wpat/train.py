@@ -108,9 +108,25 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, objec
             return objective.per_example(m, x, x_adv, y)
         return objective.per_example(m, x[index], x_adv[index], y[index])
 
-    v = perturbation.compute(model, loss_fn) if perturbation is not None else {}
-    with perturbed(model, v):
+    losses, v = None, {}
+    if perturbation is not None:
+        # The forward at w is the search's first step, and when the search does not move off w
+        # (RWP with no example below c_min) it is the training forward too: the step then costs
+        # what plain AT costs. Otherwise its BN statistics update is undone, so that only the
+        # forward at w + v updates them, as in the authors' code.
+        buffers = [b.clone() for b in model.buffers()]
         losses = loss_fn(model)
+        v = perturbation.compute(model, loss_fn, losses=losses)
+        if perturbation.moved:
+            with torch.no_grad():
+                for b, saved in zip(model.buffers(), buffers):
+                    b.copy_(saved)
+            losses = None
+        else:
+            v = {}  # adding a zero v would also invalidate the graph of the forward at w
+    with perturbed(model, v):
+        if losses is None:
+            losses = loss_fn(model)
         optimizer.zero_grad(set_to_none=True)
         losses.mean().backward()
         optimizer.step()

@@ -14,7 +14,9 @@ All three run the same loop on the weights (AWP eq. 10 with K2 steps; RWP eq. 8,
 and rescale the difference of the weights; the learning rate multiplies every step alike and
 cancels in the rescaling, so summing gradients is the same computation without a proxy copy or
 a state-dict reload. One forward+backward per step: the forward that gives ℓ (and so the
-selection) also gives the gradient. Subclasses choose ``select`` and ``rescale``.
+selection) also gives the gradient; the training loop hands in its own forward at ``w`` as the
+first step (``compute(..., losses=...)``), and when RWP selects nothing there it trains on that
+same forward. Subclasses choose ``select`` and ``rescale``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class MaskedAscent(WeightPerturbation):
     def rescale(self, d: Sequence[Tensor], w: Sequence[Tensor]) -> list[Tensor]:
         raise NotImplementedError
 
-    def compute(self, model: nn.Module, loss_fn: LossFn) -> dict[str, Tensor]:
+    def compute(self, model: nn.Module, loss_fn: LossFn, losses: Tensor | None = None) -> dict[str, Tensor]:
         names, params = zip(*perturbed_parameters(model))
         self.stats = {}
         d: list[Tensor] | None = None
@@ -66,8 +68,11 @@ class MaskedAscent(WeightPerturbation):
             for k in range(self.steps):
                 if k:
                     move_to(params, w, v)
-                with torch.set_grad_enabled(not self.subset):
-                    losses = per_example(loss_fn(model))
+                if k or losses is None:
+                    with torch.set_grad_enabled(not self.subset):
+                        losses = per_example(loss_fn(model))
+                else:
+                    losses = per_example(losses)
                 mask = self.select(losses.detach())
                 if k == 0 and self.selected_stat is not None:
                     self.stats[self.selected_stat] = mask.float().mean()
@@ -78,6 +83,7 @@ class MaskedAscent(WeightPerturbation):
                 d = g if d is None else [d_l + g_l for d_l, g_l in zip(d, g)]
                 v = self.rescale(d, w)
                 updates += 1
+        self.moved = v is not None
         if v is None:
             v = [torch.zeros_like(p) for p in params]
         # torch.full, not torch.tensor: filling on the device needs no host-to-device copy.

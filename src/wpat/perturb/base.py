@@ -42,16 +42,20 @@ class WeightPerturbation:
     """
 
     stats: dict[str, Tensor]
+    moved: bool  # False when the last ``compute`` returned v = 0 without moving off w
 
     def __init__(self) -> None:
         self.stats = {}
+        self.moved = True
 
-    def compute(self, model: nn.Module, loss_fn: LossFn) -> dict[str, Tensor]:
+    def compute(self, model: nn.Module, loss_fn: LossFn, losses: Tensor | None = None) -> dict[str, Tensor]:
         """The perturbation ``v`` for ``model``'s current weights, keyed by parameter name.
 
         ``loss_fn(model)`` must return per-example losses (shape [B]) from a forward of
         ``model`` in its current mode. Only the names of ``perturbed_parameters(model)`` appear.
-        The model is left exactly as it was (module docstring).
+        The model is left exactly as it was (module docstring). ``losses``, if given, are
+        ``loss_fn(model)`` already computed at the current weights in train mode, with their
+        graph: a search uses them as its first step instead of a forward of its own.
         """
         raise NotImplementedError
 
@@ -129,15 +133,20 @@ def restored(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[list[
     modes = [(m, m.training) for m in model.modules()]
     buffers = [(b, b.clone()) for b in model.buffers()]
     w = [p.detach().clone() for p in params]
+    versions = [p._version for p in params]
     model.train()
     try:
         yield w
     finally:
         with torch.no_grad():
-            for p, w_p in zip(params, w):
-                p.copy_(w_p)
-            for b, saved in buffers:
-                b.copy_(saved)
+            # Untouched tensors are not rewritten, so that a graph built at w before the search
+            # (the training loop's forward, which BN's backward needs too) stays usable.
+            for p, w_p, version in zip(params, w, versions):
+                if p._version != version:
+                    p.copy_(w_p)
+            for b, saved in buffers:  # BN updates its running statistics without a version bump
+                if not torch.equal(b, saved):
+                    b.copy_(saved)
         for m, mode in modes:
             m.training = mode
 

@@ -33,7 +33,7 @@ class RandomWP(WeightPerturbation):
         self.seed = seed
         self._generator: torch.Generator | None = None
 
-    def compute(self, model: nn.Module, loss_fn: LossFn) -> dict[str, Tensor]:
+    def compute(self, model: nn.Module, loss_fn: LossFn, losses: Tensor | None = None) -> dict[str, Tensor]:
         names, params = zip(*perturbed_parameters(model))
         generator = self._generator_for(params[0].device)
         w = [p.detach() for p in params]
