@@ -24,7 +24,7 @@ needs_fmnist = pytest.mark.skipif(not fashion_mnist_available(), reason="Debian'
 TINY = ["data.name=fashion_mnist", "model.name=small_cnn", "model.width=4", "data.train_subset=320",
         "data.test_subset=64", "data.batch_size=32", "eval.n_train=32", "eval.steps=2", "attack.steps=2",
         "attack.alpha=0.05", "perturb.name=rwp", "perturb.steps=2", "schedule.epochs=4",
-        "run.threads=1", "run.deterministic=true", "run.progress=false"]
+        "run.threads=1", "run.deterministic=true", "run.progress=false", "run.checkpoint_every=3"]
 
 
 def _train_cmd(out_dir, name, *extra):
@@ -140,3 +140,30 @@ def test_fuzzed_config_values_never_raise_anything_but_a_clear_error(pairs):
         return
     assert cfg.attack.eps > 0 and math.isfinite(cfg.attack.eps)
     assert cfg.perturb.gamma >= 0 and cfg.data.batch_size >= 1
+
+
+@needs_fmnist
+def test_resume_from_a_mid_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    import wpat.train as training
+
+    clean = training.train(load_config(None, [*TINY, "schedule.epochs=2", f"run.out_dir={tmp_path}", "run.name=a"]))
+    real_step, calls = training.train_step, {"n": 0}
+
+    def crash_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 18:  # epoch 2, step 8: after the step-6 checkpoint
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(load_config(None, [*TINY, "schedule.epochs=2", f"run.out_dir={tmp_path}", "run.name=b"]))
+    ckpt = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 6)
+    monkeypatch.setattr(training, "train_step", real_step)
+    resumed = training.resume(tmp_path / "b")
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}  # noqa: E731
+    assert strip(resumed["last"]) == strip(clean["last"])

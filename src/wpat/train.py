@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -58,6 +59,7 @@ class EpochStats:
     perturb_steps: list = field(default_factory=list)
     v_over_w: list = field(default_factory=list)
     rwp_frac_below: list = field(default_factory=list)
+    seconds: float = 0.0  # training time of the epoch before a mid-epoch checkpoint
 
     def __post_init__(self) -> None:
         self.loss_sum = torch.zeros((), device=self.device)
@@ -79,6 +81,21 @@ class EpochStats:
                 self.perturb_steps.append(torch.as_tensor(stats["steps"], dtype=torch.float32))
             if "v_over_w" in stats:
                 self.v_over_w.append(torch.as_tensor(stats["v_over_w"], dtype=torch.float32))
+
+    LISTS = ("perturb_steps", "v_over_w", "rwp_frac_below")
+
+    def state(self) -> dict[str, Any]:
+        """The partial sums, for a checkpoint taken in the middle of an epoch."""
+        state = {"loss_sum": self.loss_sum, "below": self.below, "count": self.count,
+                 "lsc_hist": self.lsc_hist, "seconds": self.seconds}
+        state.update({k: torch.stack(getattr(self, k)) if getattr(self, k) else None for k in self.LISTS})
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.loss_sum, self.below, self.lsc_hist = state["loss_sum"], state["below"], state["lsc_hist"]
+        self.count, self.seconds = state["count"], state["seconds"]
+        for k in self.LISTS:
+            setattr(self, k, list(state[k].unbind()) if state[k] is not None else [])
 
     def summary(self) -> dict[str, Any]:
         """One host sync per epoch: the means of everything accumulated."""
@@ -164,6 +181,8 @@ class Trainer:
         n = min(cfg.eval.n_train, len(self.splits.x_train))
         self.train_eval = experiment.fixed_subset(self.splits.x_train, self.splits.y_train, n, cfg.run.seed + 1)
         self.epoch = 0  # epochs completed
+        self.step = 0  # batches completed in the current epoch
+        self.resume_stats: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"metric": -1.0, "epoch": 0}
 
@@ -179,6 +198,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
+            "step": self.step,
             "best": dict(self.best),
             "history": self.history,
             "rng": rng_state(),
@@ -194,6 +214,8 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch = int(ckpt["epoch"])
+        self.step = int(ckpt.get("step", 0))
+        self.resume_stats = ckpt.get("epoch_stats")
         self.best = dict(ckpt["best"])
         self.history = list(ckpt["history"])
         set_rng_state(ckpt["rng"])
@@ -207,17 +229,30 @@ class Trainer:
             self.loader.set_epoch(epoch)
             active = self.perturbation is not None and epoch >= cfg.perturb.warmup
             stats = EpochStats(self.device, cfg.perturb.c_min)
-            started = time.perf_counter()
-            bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
+            if self.resume_stats is not None:  # resuming in the middle of this epoch
+                stats.load_state(self.resume_stats)
+                self.resume_stats = None
+            started = time.perf_counter() - stats.seconds
+            # A resumed epoch re-draws the batches it had done (same order and augmentation,
+            # from the epoch's seed) and skips them.
+            batches = itertools.islice(enumerate(self.loader), self.step, None)
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
+                       total=steps_per_epoch, initial=self.step,
                        disable=None if cfg.run.progress else True,  # None: off when not a terminal
                        dynamic_ncols=True)
-            for i, (x, y) in enumerate(bar):
+            for i, (x, y) in bar:
                 lr = learning_rate(epoch + i / steps_per_epoch, cfg.optim.lr, cfg.schedule)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 losses, pstats = train_step(self.model, x, y, self.attack, self.objective,
                                             self.perturbation if active else None, self.optimizer)
                 stats.add(losses, pstats)
+                self.step = i + 1
+                every = cfg.run.checkpoint_every
+                if every and self.step % every == 0 and self.step < steps_per_epoch:
+                    stats.seconds = time.perf_counter() - started
+                    self.save_mid_epoch(stats)
+            self.step = 0
             seconds = time.perf_counter() - started
             record = {"epoch": epoch + 1, "lr": lr, "perturb_active": active,
                       "seconds": round(seconds, 3),
@@ -261,6 +296,14 @@ class Trainer:
         # last.pt goes last: once it names this epoch, best.pt and the metrics are already there
         write_metrics(self.run_dir, self.history)
         save_atomic(self.state(), self.run_dir / "last.pt")
+
+    def save_mid_epoch(self, stats: EpochStats) -> None:
+        """last.pt after ``self.step`` batches of an epoch, unless the loss is no longer finite."""
+        if not torch.isfinite(stats.loss_sum):  # the one host sync of a mid-epoch checkpoint
+            return  # the epoch's end reports it; the last good checkpoint stays
+        state = self.state()
+        state["epoch_stats"] = stats.state()
+        save_atomic(state, self.run_dir / "last.pt")
 
     def summary(self) -> dict[str, Any]:
         by_epoch = {r["epoch"]: r for r in self.history}
