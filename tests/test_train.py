@@ -141,3 +141,13 @@ def test_sharing_the_forward_at_w_with_the_search_changes_nothing(perturbation):
         optimizer.step()
     for (name, a), b in zip(shared.state_dict().items(), plain.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_bf16_autocast_trains_with_fp32_weights_and_evaluation(tmp_path):
+    cfg = load_config("fmnist-smallcnn-linf", [*SMALL, "data.train_subset=256", "data.test_subset=64",
+                                               "eval.n_train=64", "attack.steps=2", "eval.steps=2",
+                                               "schedule.epochs=1", "run.amp=true", f"run.out_dir={tmp_path}"])
+    summary = train(cfg)
+    assert torch.isfinite(torch.tensor(summary["last"]["train_loss"])) and summary["last"]["perturb_steps"] >= 0
+    weights = load_checkpoint(tmp_path / cfg.run.name / "last.pt")["model"]
+    assert all(t.dtype in (torch.float32, torch.int64) for t in weights.values())

@@ -116,6 +116,7 @@ class RunConfig:
     select: str = "test"  # which PGD accuracy picks the "best" checkpoint: test | val
     progress: bool = True
     deterministic: bool = False
+    amp: bool = False  # bf16 autocast for training forwards/backwards (GPU); deltas and eval stay fp32
     channels_last: bool = True  # NHWC weights: ~1.5x faster convolutions on CPU and GPU
     checkpoint_every: int = 0  # also write last.pt every N training steps; 0 = at epoch ends only
     keep_every: int = 0  # also keep epoch-NNN.pt every N epochs (for landscapes); 0 = none

@@ -244,8 +244,9 @@ class Trainer:
                 lr = learning_rate(epoch + i / steps_per_epoch, cfg.optim.lr, cfg.schedule)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                losses, pstats = train_step(self.model, x, y, self.attack, self.objective,
-                                            self.perturbation if active else None, self.optimizer)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
+                    losses, pstats = train_step(self.model, x, y, self.attack, self.objective,
+                                                self.perturbation if active else None, self.optimizer)
                 stats.add(losses, pstats)
                 self.step = i + 1
                 every = cfg.run.checkpoint_every
