@@ -64,11 +64,13 @@ class MaskedAscent(WeightPerturbation):
         d: list[Tensor] | None = None
         v: list[Tensor] | None = None
         updates = 0
-        with restored(model, params) as w:
+        with restored(model, params) as snapshot:
+            w = snapshot.w
             for k in range(self.steps):
                 if k:
                     move_to(params, w, v)
                 if k or losses is None:
+                    snapshot.forwarded = True
                     with torch.set_grad_enabled(not self.subset):
                         losses = per_example(loss_fn(model))
                 else:
@@ -79,6 +81,7 @@ class MaskedAscent(WeightPerturbation):
                 # Host sync, once per step: an exact early exit saves up to `steps` backwards.
                 if self.stop_when_empty and not bool(mask.any()):
                     break
+                snapshot.forwarded |= self.subset  # the subset gradient runs its own forward
                 g = self._gradient(model, loss_fn, params, losses, mask)
                 d = g if d is None else [d_l + g_l for d_l, g_l in zip(d, g)]
                 v = self.rescale(d, w)

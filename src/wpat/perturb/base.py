@@ -18,6 +18,7 @@ linear weights -- are perturbed (DESIGN §3); BN affine parameters and biases ne
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -120,32 +121,41 @@ def rescale_global(d: Sequence[Tensor], w: Sequence[Tensor], gamma: float) -> li
     return [d_l * scale for d_l in d]
 
 
+@dataclass
+class Snapshot:
+    """What ``restored`` saved: the unperturbed weights ``w``. A search that runs a forward
+    sets ``forwarded`` so that the BN running statistics are put back on exit."""
+
+    w: list[Tensor]
+    forwarded: bool = False
+
+
 @contextmanager
-def restored(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[list[Tensor]]:
+def restored(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[Snapshot]:
     """Let a search move ``params`` and run train-mode forwards; undo all of it on exit.
 
-    Yields copies of the unperturbed ``params``. On exit the parameters are copied back from
-    them (not ``w + v − v``, which is not bitwise ``w``), every buffer is copied back from a
-    snapshot (train-mode forwards update BN running statistics) and every module gets back
-    its own train/eval flag (``model.train(mode)`` would flatten mixed modes). ``.grad`` is not
-    touched because searches take gradients with ``torch.autograd.grad``.
+    Yields a :class:`Snapshot` with copies of the unperturbed ``params``. On exit the parameters
+    are copied back from them (not ``w + v − v``, which is not bitwise ``w``), the buffers are
+    copied back from a snapshot if the search ran a forward (train-mode forwards update BN
+    running statistics), and every module gets back its own train/eval flag
+    (``model.train(mode)`` would flatten mixed modes). Tensors the search did not touch are not
+    rewritten, so a graph built before the search (the training loop's forward at ``w``) stays
+    usable for backward. ``.grad`` is not touched: searches use ``torch.autograd.grad``.
     """
     modes = [(m, m.training) for m in model.modules()]
     buffers = [(b, b.clone()) for b in model.buffers()]
-    w = [p.detach().clone() for p in params]
-    versions = [p._version for p in params]
+    snapshot = Snapshot(w=[p.detach().clone() for p in params])
+    versions = [p._version for p in params]  # bumped by every in-place move of a weight
     model.train()
     try:
-        yield w
+        yield snapshot
     finally:
         with torch.no_grad():
-            # Untouched tensors are not rewritten, so that a graph built at w before the search
-            # (the training loop's forward, which BN's backward needs too) stays usable.
-            for p, w_p, version in zip(params, w, versions):
+            for p, w_p, version in zip(params, snapshot.w, versions):
                 if p._version != version:
                     p.copy_(w_p)
-            for b, saved in buffers:  # BN updates its running statistics without a version bump
-                if not torch.equal(b, saved):
+            if snapshot.forwarded:
+                for b, saved in buffers:
                     b.copy_(saved)
         for m, mode in modes:
             m.training = mode
