@@ -17,14 +17,14 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from wpat import __version__
-from wpat.attacks import CW, FGSM, PGD, SPSA, AutoAttack
+from wpat.attacks import CW, FGSM, PGD, SPSA, AutoAttack, crafting_mode
 from wpat.checkpoint import FORMAT, is_wpat_checkpoint, load_checkpoint
 from wpat.config import Config, config_from_dict, load_config
 from wpat.data import dataset_spec, load_dataset
@@ -48,30 +48,36 @@ def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch
     return next((p.device for p in model.parameters()), torch.device(default))
 
 
-def correct(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | None = None,
-            batch_size: int = 500, device: torch.device | str | None = None,
-            desc: str | None = None) -> Tensor:
-    """Per example, whether ``model`` classifies ``x`` (or ``attack``'s example of it) as ``y``.
+def attacked_logits(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | None = None,
+                    batch_size: int = 500, device: torch.device | str | None = None,
+                    desc: str | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches of ``(logits, labels)`` of eval-mode ``model`` on ``x`` or ``attack``'s examples.
 
-    Bool flags on ``device`` (default: the model's); ``x`` may be uint8 (0..255) or float in
-    [0, 1], on any device. Eval mode, restored afterwards. ``desc`` shows a progress bar.
+    ``x`` may be uint8 (0..255) or float in [0, 1], on any device; batches go to ``device``
+    (default: the model's). Every module's train/eval flag is restored once the batches are
+    consumed. ``desc`` shows a progress bar.
     """
     device = device or model_device(model, x.device)
-    flags = torch.empty(len(x), dtype=torch.bool, device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        starts = range(0, len(x), batch_size)
+    starts = range(0, len(x), batch_size)
+    with crafting_mode(model, "eval"):
         for start in tqdm(starts, desc=desc, disable=None if desc is not None else True, leave=False, dynamic_ncols=True):
             xb = to_unit_float(x[start:start + batch_size].to(device))
             yb = y[start:start + batch_size].to(device)
             if attack is not None:
                 xb = attack(model, xb, yb)
             with torch.no_grad():
-                flags[start:start + len(yb)] = model(xb).argmax(1) == yb
-    finally:
-        model.train(was_training)
-    return flags
+                logits = model(xb)
+            yield logits, yb
+
+
+def correct(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | None = None,
+            batch_size: int = 500, device: torch.device | str | None = None,
+            desc: str | None = None) -> Tensor:
+    """Per example, whether ``model`` classifies ``x`` (or ``attack``'s example of it) as ``y``:
+    bool flags on ``device`` (default: the model's); see :func:`attacked_logits`."""
+    device = device or model_device(model, x.device)
+    flags = [logits.argmax(1) == yb for logits, yb in attacked_logits(model, x, y, attack, batch_size, device, desc)]
+    return torch.cat(flags) if flags else torch.empty(0, dtype=torch.bool, device=device)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack | None = None,

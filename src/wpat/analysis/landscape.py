@@ -48,8 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wpat.attacks import crafting_mode
-from wpat.evaluate import Attack, to_unit_float
+from wpat.evaluate import Attack, attacked_logits
 from wpat.perturb import add_perturbation, perturbed_parameters
 
 Direction = dict[str, Tensor]
@@ -97,15 +96,9 @@ def adversarial_losses(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, *
     """
     device = next(model.parameters()).device
     losses, correct = [], []
-    with crafting_mode(model, "eval"), \
-            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for start in range(0, len(x), batch_size):
-            xb = to_unit_float(x[start:start + batch_size].to(device))
-            yb = y[start:start + batch_size].to(device)
-            x_adv = attack(model, xb, yb)
-            with torch.no_grad():
-                logits = model(x_adv)
+        for logits, yb in attacked_logits(model, x, y, attack, batch_size, device):
             losses.append(F.cross_entropy(logits, yb, reduction="none"))
             correct.append(logits.argmax(1) == yb)
     return torch.cat(losses), torch.cat(correct)
