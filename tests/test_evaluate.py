@@ -49,7 +49,7 @@ def run(tmp_path_factory):
     x, y = load_dataset("fashion_mnist", "train")
     x, y = x[:1200].float() / 255, y[:1200]
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    attack = experiment.train_attack(cfg)
+    attack = experiment.train_attack(cfg, experiment.objective_from_config(cfg))
     for epoch in (1, 2):
         for i in range(0, len(x), 64):
             x_adv = attack(model, x[i:i + 64], y[i:i + 64])

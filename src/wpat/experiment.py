@@ -76,9 +76,8 @@ def load_splits(cfg: Config) -> Splits:
     return Splits(x_train, y_train, x_val, y_val, x_test, y_test)
 
 
-def train_attack(cfg: Config) -> PGD:
-    """PGD-K with the objective's attack loss, random start and BN mode (DESIGN.md §2)."""
-    objective = objective_from_config(cfg)
+def train_attack(cfg: Config, objective) -> PGD:
+    """PGD-K with ``objective``'s attack loss, random start and BN mode (DESIGN.md §2)."""
     a = cfg.attack
     return PGD(a.eps, a.alpha, a.steps, norm=a.norm, random_start=a.random_start,
                init=objective.attack_init, loss=objective.attack_loss,

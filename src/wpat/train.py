@@ -168,7 +168,7 @@ class Trainer:
         if cfg.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.objective = experiment.objective_from_config(cfg)
-        self.attack = experiment.train_attack(cfg)
+        self.attack = experiment.train_attack(cfg, self.objective)
         self.test_attack = experiment.eval_attack(cfg)
         self.perturbation = experiment.perturbation_from_config(cfg)
         o = cfg.optim
