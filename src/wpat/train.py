@@ -188,27 +188,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def state(self) -> dict[str, Any]:
+    def weights_only_state(self, kind: str) -> dict[str, Any]:
+        """A checkpoint for evaluation and analysis: no optimizer or RNG state."""
         return {
             "format": FORMAT,
-            "kind": "last",
+            "kind": kind,
             "config": self.cfg.to_dict(),
             "model_name": self.cfg.model.name,
             "dataset": self.cfg.data.name,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "best": dict(self.best),
             "history": self.history,
-            "rng": rng_state(),
         }
 
-    def weights_only_state(self, kind: str) -> dict[str, Any]:
-        """A checkpoint for evaluation and analysis: no optimizer or RNG state."""
-        state = {k: v for k, v in self.state().items() if k not in ("optimizer", "rng")}
-        state["kind"] = kind
-        return state
+    def state(self) -> dict[str, Any]:
+        """Everything ``--resume`` needs: the weights-only state plus optimizer and RNG states."""
+        return {**self.weights_only_state("last"), "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
