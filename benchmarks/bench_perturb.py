@@ -36,11 +36,11 @@ from torch import nn
 
 from wpat.attacks import PGD
 from wpat.models import build_model
-from wpat.objectives import build_objective
+from wpat.objectives import OBJECTIVES
 from wpat.perturb import AWP, RWP, WeightPerturbation
 from wpat.train import train_step
 
-OBJECTIVE = build_objective("at")  # CE on x_adv
+OBJECTIVE = OBJECTIVES.build("at")  # CE on x_adv
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "perturb.md"
 

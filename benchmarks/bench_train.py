@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from wpat.attacks import PGD
 from wpat.models import build_model
-from wpat.objectives import build_objective
-from wpat.report import markdown_table
+from wpat.objectives import OBJECTIVES
+from wpat.tables import markdown_table
 from wpat.train import train_step
 
 SHAPES = {"small_cnn": (1, 28, 28, (0.286,), (0.353,)), "preact_resnet18": (3, 32, 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))}
@@ -53,8 +53,8 @@ def reference_style_pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10):
 
 
 def make_steps(model, optimizer):
-    at = build_objective("at")
-    trades = build_objective("trades", beta=6.0)
+    at = OBJECTIVES.build("at")
+    trades = OBJECTIVES.build("trades", beta=6.0)
     pgd = PGD(8 / 255, 2 / 255, 10, bn_mode="train")
     kl_pgd = PGD(8 / 255, 2 / 255, 10, init="normal", loss="kl", bn_mode="eval")
 

@@ -22,15 +22,15 @@ from torch import nn
 from conftest import fashion_mnist_available
 from wpat import cli, experiment
 from wpat.analysis import (LSCTable, adversarial_losses, filter_normalized_direction,
-                           landscape_1d, landscape_2d, list_checkpoints, lsc_counts, lsc_table,
-                           plot_curves, plot_landscape_1d, plot_landscape_2d, plot_lsc,
-                           plot_weight_histograms)
+                           landscape_1d, landscape_2d, list_checkpoints, lsc_table, plot_curves,
+                           plot_landscape_1d, plot_landscape_2d, plot_lsc, plot_weight_histograms)
 from wpat.attacks import PGD
 from wpat.checkpoint import FORMAT, save_atomic
 from wpat.config import dump_config, load_config
 from wpat.errors import WpatError
+from wpat.metrics import LSC_EDGES, lsc_histogram
 from wpat.perturb import add_perturbation
-from wpat.train import LSC_EDGES, write_metrics
+from wpat.run_log import write_metrics
 
 WEIGHTS = ["conv.weight", "fc.weight"]
 
@@ -170,7 +170,7 @@ def test_landscape_restores_the_weights_when_the_attack_fails():
 
 def test_lsc_counts_use_the_training_logs_bins():
     losses = torch.tensor([0.0, 0.49, 0.5, 1.7, 4.99, 5.0, 40.0])
-    counts = lsc_counts(losses)
+    counts = lsc_histogram(losses)
     assert len(counts) == len(LSC_EDGES) - 1 == 11
     assert counts[0] == 2 and counts[1] == 1 and counts[3] == 1  # 0.5 goes up; 1.7 in [1.5, 2)
     assert counts[9] == 1 and counts[10] == 2  # 5.0 and above in [5, inf)
@@ -250,9 +250,10 @@ def test_weight_histograms_cap_the_panels_and_keep_the_last_layer(tmp_path):
 
 def fabricate_run(root, name: str, perturb: str = "none"):
     """A 2-epoch run directory as `wpat train` with run.keep_every=1 leaves it."""
-    cfg = load_config(None, ["model.width=2", "data.train_subset=64", "data.test_subset=32",
-                             "data.batch_size=32", "schedule.epochs=2", "run.device=cpu",
-                             f"perturb.name={perturb}", f"run.out_dir={root}", f"run.name={name}"])
+    cfg = load_config(None, ["model.small_cnn.width=2", "data.train_subset=64",
+                             "data.test_subset=32", "data.batch_size=32", "schedule.epochs=2",
+                             "run.device=cpu", f"perturb.name={perturb}", f"run.out_dir={root}",
+                             f"run.name={name}"])
     run_dir = root / name
     run_dir.mkdir(parents=True)
     dump_config(cfg, run_dir / "config.yaml")
@@ -300,6 +301,17 @@ def test_cli_plot_overlays_runs_and_weight_histograms(runs, tmp_path):
     assert_picture_with_data(tmp_path / "curves.png", 4)
     assert {r["run"] for r in read_csv(tmp_path / "weights.csv")} == {"AT", "AT-AWP"}
     assert cli.main(["plot", *map(str, runs), "--labels", "only-one"]) == 2
+
+
+def test_cli_plot_writes_into_the_run_directory_and_says_so(tmp_path, capsys, monkeypatch):
+    run = fabricate_run(tmp_path / "runs", "solo")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli.main(["plot", str(run)]) == 0
+    assert_picture_with_data(run / "curves.png", 2)
+    assert not list(elsewhere.iterdir())  # nothing in the current directory
+    assert str(run / "curves.png") in capsys.readouterr().out
 
 
 def test_cli_lsc_plots_the_logged_histograms(runs, tmp_path):

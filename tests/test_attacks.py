@@ -3,14 +3,17 @@ model, weights and BN statistics are left as documented, and bad arguments fail 
 
 import copy
 
+import pyautoattack
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wpat.attacks import ATTACK_LOSSES, ATTACKS, CW, FGSM, PGD, build_attack
-from wpat.attacks.base import L2Ball
+from wpat.attacks import ATTACK_LOSSES, ATTACKS, BALLS, CW, FGSM, PGD, SPSA, AutoAttack, ball
+from wpat.attacks.base import L2Ball, LinfBall, crafting_mode
+from wpat.attacks.pgd import STARTS
 from wpat.errors import WpatError
+from wpat.threat import BNMode, Norm, ThreatModel
 
 EPS = 0.1
 L2_EPS = 0.5
@@ -251,10 +254,80 @@ def test_works_inside_no_grad(model, data):
 
 
 def test_registry_builds_by_name():
-    assert {"fgsm", "pgd", "cw"} <= set(ATTACKS.names())
-    assert isinstance(build_attack("pgd", eps=EPS, alpha=0.01, steps=2, norm="l2"), PGD)
-    assert isinstance(build_attack("fgsm", eps=EPS), FGSM)
-    assert isinstance(build_attack("cw", eps=EPS, alpha=0.01, steps=2), CW)
+    assert {"autoattack", "cw", "fgsm", "pgd", "spsa"} <= set(ATTACKS.names())
+    assert isinstance(ATTACKS.build("pgd", eps=EPS, alpha=0.01, steps=2, norm="l2"), PGD)
+    assert isinstance(ATTACKS.build("fgsm", eps=EPS), FGSM)
+    assert isinstance(ATTACKS.build("cw", eps=EPS, alpha=0.01, steps=2), CW)
+    assert isinstance(ATTACKS.build("spsa", eps=EPS, steps=2), SPSA)
+    assert isinstance(ATTACKS.build("autoattack", eps=EPS, attacks=["apgd-ce"]), AutoAttack)
+
+
+def own_doc(component) -> str:
+    """The docstring ``component`` defines itself (a class's own, not one it inherits)."""
+    doc = component.__dict__.get("__doc__") if isinstance(component, type) else component.__doc__
+    return (doc or "").strip()
+
+
+@pytest.mark.parametrize("registry", [ATTACKS, ATTACK_LOSSES, STARTS],
+                         ids=["attacks", "attack-losses", "starts"])
+def test_every_registered_component_documents_itself(registry):
+    for name in registry.names():
+        assert own_doc(registry.get(name)), f"{registry.kind} {name!r} has no docstring of its own"
+
+
+def test_attack_classes_carry_their_papers():
+    for cls, cites in ((PGD, "Madry"), (FGSM, "Goodfellow"), (CW, "Carlini"), (SPSA, "Uesato"),
+                       (AutoAttack, "Croce")):
+        assert cites in own_doc(cls) and "Args" in own_doc(cls), cls.__name__
+
+
+@pytest.mark.parametrize("name", ["pgd", "fgsm", "cw", "spsa", "autoattack"])
+def test_unknown_option_is_one_line_naming_the_valid_ones(name):
+    with pytest.raises(WpatError) as e:
+        ATTACKS.build(name, eps=EPS, foo=1)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"attack {name!r} has no option 'foo'; its options: ")
+    assert "eps" in message.split("its options: ")[1]
+
+
+def test_cw_rejects_a_loss_it_fixes():
+    with pytest.raises(WpatError, match="has no option 'loss'"):
+        ATTACKS.build("cw", eps=EPS, alpha=0.01, steps=1, loss="ce")
+
+
+def test_norms_and_bn_modes_are_closed_sets_accepting_their_strings():
+    assert isinstance(ball("linf"), LinfBall) and ball(Norm.L2) is BALLS[Norm.L2]
+    assert set(BALLS) == set(Norm)
+    attack = PGD(EPS, 0.01, 1, norm="l2", bn_mode="train")
+    assert attack.norm is Norm.L2 and attack.bn_mode is BNMode.TRAIN
+    assert isinstance(attack.ball, L2Ball)
+    assert PGD(EPS, 0.01, 1).bn_mode is None  # None: leave the caller's mode
+    assert SPSA(EPS).bn_mode is BNMode.EVAL and AutoAttack(EPS).bn_mode is BNMode.EVAL
+
+
+@pytest.mark.parametrize("make, mentions", [
+    (lambda: ball("l1"), "norm: 'l1' is invalid; expected one of linf, l2"),
+    (lambda: Norm.parse("L-inf", "attack.norm"), "attack.norm: 'L-inf' is invalid"),
+    (lambda: BNMode.parse("test", "attack.bn_mode"), "expected one of train, eval"),
+    (lambda: PGD(EPS, 0.01, 1, norm="l1"), "PGD norm: 'l1' is invalid"),
+    (lambda: FGSM(EPS, bn_mode="test"), "FGSM bn_mode: 'test' is invalid"),
+    (lambda: CW(EPS, 0.01, 1, norm=None), "CW norm: None is invalid"),
+    (lambda: SPSA(EPS, norm="l1"), "SPSA norm"),
+    (lambda: SPSA(EPS, bn_mode="training"), "SPSA bn_mode"),
+    (lambda: AutoAttack(EPS, norm="Linf"), "AutoAttack norm"),
+    (lambda: crafting_mode(nn.Identity(), "test").__enter__(), "bn_mode"),
+])
+def test_bad_norm_or_bn_mode_is_one_clear_line(make, mentions):
+    with pytest.raises(WpatError) as e:
+        make()
+    assert mentions in str(e.value) and "\n" not in str(e.value)
+
+
+def test_pgd_from_threat_uses_the_threat_models_ball_and_step():
+    attack = PGD.from_threat(ThreatModel("l2", 0.5, 0.1), 7)
+    assert (attack.eps, attack.alpha, attack.steps, attack.norm) == (0.5, 0.1, 7, Norm.L2)
+    assert attack.bn_mode is BNMode.EVAL
 
 
 @pytest.mark.parametrize("kwargs, mentions", [
@@ -273,7 +346,7 @@ def test_registry_builds_by_name():
 ])
 def test_bad_arguments_raise_a_clear_error(kwargs, mentions):
     with pytest.raises(WpatError, match=mentions):
-        build_attack("pgd", **kwargs)
+        ATTACKS.build("pgd", **kwargs)
 
 
 def test_bad_fgsm_eps_names_fgsm():
@@ -283,7 +356,7 @@ def test_bad_fgsm_eps_names_fgsm():
 
 def test_unknown_attack_lists_choices():
     with pytest.raises(WpatError, match="fgsm, pgd"):
-        build_attack("deepfool")
+        ATTACKS.build("deepfool")
 
 
 def test_attack_losses_on_fixed_logits():
@@ -298,3 +371,54 @@ def test_attack_losses_on_fixed_logits():
     torch.testing.assert_close(get("kl")(logits, y, clean), (p * (p.log() - q.log())).sum(1))
     assert get("kl")(logits, y, clean)[1] == pytest.approx(0, abs=1e-6)
     assert [get(n).needs_clean for n in ("ce", "cw", "kl")] == [False, False, True]
+
+
+# ---------------------------------------------------------------------- AutoAttack
+
+
+def test_autoattack_predictions_are_pyautoattacks_own(model, data):
+    x, y = data[0][:12], data[1][:12]
+    eps = EPS  # breaks some examples (3 of 12), not all
+    adversary = pyautoattack.AutoAttack(model, attacks=["apgd-ce"], version="custom", eps=eps,
+                                        norm="Linf", seed=0, device="cpu")
+    x_ref, y_ref = adversary.run_standard_evaluation(x, y, batch_size=12)
+    attack = AutoAttack(eps, attacks=["apgd-ce"], seed=0, batch_size=12)
+    predictions = attack.predictions(model, x, y)
+    assert predictions.dtype == y.dtype and predictions.shape == y.shape
+    assert torch.equal(predictions, y_ref)
+    assert 0 < (predictions != y).sum() < len(y)
+    x_adv = attack(model, x, y)
+    torch.testing.assert_close(x_adv, x_ref, rtol=0, atol=1e-6)
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    # Where AutoAttack gave up, x_adv is x and the verdict is the clean prediction.
+    with torch.no_grad():
+        assert torch.equal(predictions[predictions == y], model(x).argmax(1)[predictions == y])
+
+
+def test_autoattack_resumes_adversarials_and_predictions(model, data, tmp_path, monkeypatch):
+    x, y = data[0][:8], data[1][:8]
+    attack = AutoAttack(0.15, attacks=["apgd-ce"], batch_size=8, state_dir=tmp_path)
+    x_adv, predictions = attack.run(model, x, y)
+    assert len(list(tmp_path.glob("autoattack-*.pt"))) == 1
+
+    def no_attack(*args, **kwargs):
+        raise AssertionError("a finished call must not be attacked again")
+
+    monkeypatch.setattr(pyautoattack, "AutoAttack", no_attack)
+    resumed = AutoAttack(0.15, attacks=["apgd-ce"], batch_size=8, state_dir=tmp_path)
+    assert torch.equal(resumed.predictions(model, x, y), predictions)
+    assert torch.equal(resumed(model, x, y), x_adv)
+    with pytest.raises(AssertionError, match="must not be attacked"):
+        resumed(model, x[:4], y[:4])  # another call: not the stored result
+
+
+def test_autoattack_reruns_a_state_file_without_predictions(model, data, tmp_path):
+    x, y = data[0][:8], data[1][:8]
+    attack = AutoAttack(0.15, attacks=["apgd-ce"], batch_size=8, state_dir=tmp_path)
+    x_adv, predictions = attack.run(model, x, y)
+    (path,) = tmp_path.glob("autoattack-*.pt")
+    stored = torch.load(path, weights_only=True)
+    del stored["y_adv"]  # as an older version kept it
+    torch.save(stored, path)
+    assert torch.equal(attack.predictions(model, x, y), predictions)
+    assert "y_adv" in torch.load(path, weights_only=True)

@@ -2,17 +2,27 @@ import math
 
 import pytest
 
+from wpat import experiment
 from wpat.config import Config, config_from_dict, list_presets, load_config, parse_number
 from wpat.errors import WpatError
 from wpat.registry import Registry
-from wpat.schedules import learning_rate
+from wpat.schedules import SCHEDULES
+
+
+def learning_rate(t, lr, s):
+    return SCHEDULES.build(s.name, epochs=s.epochs, **s.options.get(s.name, {}))(t, lr)
+
+
+def options(section):
+    return section.options[section.name]
 
 
 def test_fractions_and_units_parse():
     assert parse_number("8/255") == pytest.approx(8 / 255)
-    cfg = load_config(None, ["attack.eps=8/255", "attack.alpha=2/255", "perturb.c_min=inf"])
+    cfg = load_config(None, ["attack.eps=8/255", "attack.alpha=2/255", "perturb.rwp.c_min=inf",
+                             "perturb.rwp.gamma=1/200", "perturb.rwp.steps=3"])
     assert cfg.attack.eps == pytest.approx(8 / 255)
-    assert cfg.perturb.c_min == math.inf
+    assert cfg.perturb.options["rwp"] == {"c_min": math.inf, "gamma": 0.005, "steps": 3}
 
 
 @pytest.mark.parametrize("name", list_presets())
@@ -24,26 +34,30 @@ def test_every_preset_loads_and_validates(name):
 def test_presets_carry_the_papers_hyperparameters():
     c10 = load_config("cifar10-preactresnet18-linf")
     assert (c10.attack.eps, c10.attack.alpha, c10.attack.steps) == pytest.approx((8 / 255, 2 / 255, 10))
-    assert (c10.perturb.name, c10.perturb.gamma, c10.perturb.c_min, c10.perturb.steps) == ("rwp", 0.01, 1.7, 10)
+    assert c10.perturb.name == "rwp"
+    assert c10.perturb.options["rwp"] == {"gamma": 0.01, "c_min": 1.7, "steps": 10}
+    assert c10.perturb.options["awp"] == {"gamma": 0.01, "steps": 1}
     assert (c10.optim.lr, c10.optim.momentum, c10.optim.weight_decay) == (0.1, 0.9, 5e-4)
     assert c10.schedule.epochs == 200 and c10.eval.steps == 20
-    assert load_config("cifar100-preactresnet18-linf").perturb.c_min == 4.0
+    assert load_config("cifar100-preactresnet18-linf").perturb.options["rwp"]["c_min"] == 4.0
     l2 = load_config("cifar100-preactresnet18-l2")
     assert (l2.data.name, l2.attack.norm) == ("cifar100", "l2")
     assert (l2.attack.eps, l2.attack.alpha) == pytest.approx((128 / 255, 15 / 255))
     svhn = load_config("svhn-preactresnet18-linf")
     assert svhn.attack.alpha == pytest.approx(1 / 255) and svhn.perturb.warmup == 5
     trades = load_config("cifar10-wrn34-10-trades")
-    assert (trades.model.name, trades.objective.name, trades.perturb.gamma, trades.perturb.warmup) == (
-        "wrn34_10", "trades", 0.005, 10)
+    assert (trades.model.name, trades.objective.name, trades.perturb.warmup) == ("wrn34_10", "trades", 10)
+    assert options(trades.perturb)["gamma"] == 0.005 and trades.perturb.options["awp"]["gamma"] == 0.005
 
 
 @pytest.mark.parametrize("override, fragment", [
     ("attack.eps=0", "attack.eps"),
     ("attack.eps=-0.1", "attack.eps"),
-    ("perturb.gamma=-1", "perturb.gamma"),
-    ("perturb.c_min=-0.5", "perturb.c_min"),
-    ("perturb.steps=0", "perturb.steps"),
+    ("perturb.rwp.gamma=-1", "perturb.rwp: RWP gamma"),
+    ("perturb.rwp.c_min=-0.5", "perturb.rwp: RWP c_min"),
+    ("perturb.rwp.steps=0", "perturb.rwp: RWP steps"),
+    ("perturb.rwp.low=1", "perturb.rwp: weight perturbation 'rwp' has no option 'low'; its options: gamma"),
+    ("perturb.rpw.c_min=1", "perturb.rpw: there is no weight perturbation 'rpw'"),
     ("attack.steps=0", "attack.steps"),
     ("model.name=resnet9000", "model.name: .resnet9000. is invalid; expected one of preact_resnet18"),
     ("data.name=imagenet", "data.name"),
@@ -53,12 +67,17 @@ def test_presets_carry_the_papers_hyperparameters():
     ("data.batch_size=abc", "data.batch_size"),
     ("nosuch.key=1", "sections"),
     ("data.nosuch=1", "valid keys in data"),
+    ("model.small_cnn.depth=3", "model.small_cnn: "),
+    ("schedule.piecewise.milestones=[0.8,0.5]", "schedule.piecewise: Piecewise milestones"),
     ("novalue", "section.key=value"),
     ("run.select=val", "run.select"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(override, fragment):
-    with pytest.raises(WpatError, match=fragment):
-        load_config(None, [override])
+    """Each on one line, when the config is loaded or (names and component options) when its
+    components are built, before any data is read."""
+    with pytest.raises(WpatError, match=fragment) as err:
+        experiment.build_components(load_config(None, ["perturb.name=rwp", override]))
+    assert "\n" not in str(err.value)
 
 
 def test_unknown_preset_lists_presets(tmp_path):
@@ -74,9 +93,11 @@ def test_unknown_preset_lists_presets(tmp_path):
 
 def test_yaml_base_and_overrides_compose(tmp_path):
     child = tmp_path / "mine.yaml"
-    child.write_text("base: cifar10-preactresnet18-linf\nperturb:\n  name: awp\n")
+    child.write_text("base: cifar10-preactresnet18-linf\nperturb:\n  name: awp\n  rwp:\n    c_min: 2.5\n")
     cfg = load_config(str(child), ["schedule.epochs=3"])
     assert (cfg.data.name, cfg.perturb.name, cfg.schedule.epochs, cfg.run.name) == ("cifar10", "awp", 3, "mine")
+    # a subsection merges option by option with its base
+    assert cfg.perturb.options["rwp"] == {"gamma": 0.01, "c_min": 2.5, "steps": 10}
 
 
 def test_resolved_dump_round_trips():
@@ -85,20 +106,23 @@ def test_resolved_dump_round_trips():
     assert again == cfg and isinstance(again, Config)
 
 
-def test_registry_lists_choices_and_filters_options():
+def test_registry_lists_choices_and_rejects_unknown_options():
     reg = Registry("thing")
 
-    @reg.register("a")
+    @reg.register("a", label="A")
     def make_a(x: int, y: int = 2):
         return x, y
 
-    assert reg.build_from("a", {"x": 1, "z": 9, "y": None}) == (1, 2)
+    assert reg.build("a", x=1) == (1, 2) and reg.info("a") == {"label": "A"}
+    with pytest.raises(WpatError, match="thing 'a' has no option 'z'; its options: x, y"):
+        reg.build("a", x=1, z=9)
     with pytest.raises(WpatError, match="unknown thing 'b'; valid choices: a"):
         reg.get("b")
 
 
 def test_schedules():
     s = load_config(None, ["schedule.epochs=200"]).schedule
+    s.options["piecewise"] = {"milestones": [0.5, 0.75]}
     assert learning_rate(0, 0.1, s) == pytest.approx(0.1)
     assert learning_rate(99.9, 0.1, s) == pytest.approx(0.1)
     assert learning_rate(100, 0.1, s) == pytest.approx(0.01)

@@ -12,23 +12,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import fashion_mnist_available
+from conftest import SEED, fashion_mnist_available
 from wpat import experiment
 from wpat.attacks import SPSA, AutoAttack
 from wpat.checkpoint import FORMAT, save_atomic
 from wpat.config import dump_config, load_config
 from wpat.data import load_dataset
 from wpat.errors import WpatError
-from wpat.evaluate import (LABELS, ThreatModel, accuracy, evaluate_checkpoint, evaluate_model,
-                           fit_state_dict, model_from_checkpoint, results_table)
-from wpat.masking import masking_checks, ordering_warnings
+from wpat.evaluation import (COLUMNS, evaluate_checkpoint, evaluate_model, labels, masking_checks,
+                             ordering_warnings, results_table)
+from wpat.loading import fit_state_dict, model_from_checkpoint
+from wpat.metrics import accuracy
 from wpat.models import build_model
+from wpat.threat import ThreatModel
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 
 EPS = 0.1
 N_EVAL = 64
-CONFIG = ["model.width=8", "attack.steps=3", "attack.alpha=0.04"]
+CONFIG = ["model.small_cnn.width=8", "attack.steps=3", "attack.alpha=0.04"]
 
 
 def write_checkpoint(model, cfg, path, kind, epoch):
@@ -44,7 +46,7 @@ def run(tmp_path_factory):
     last.pt after epoch 2 (about 10 s on one core)."""
     run_dir = tmp_path_factory.mktemp("run")
     cfg = load_config(None, CONFIG)
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     model = experiment.model_from_config(cfg)
     x, y = load_dataset("fashion_mnist", "train")
     x, y = x[:1200].float() / 255, y[:1200]
@@ -78,7 +80,10 @@ def test_stronger_attacks_leave_less_accuracy(run):
     for result in report["checkpoints"].values():
         acc = result["accuracy"]
         assert result["n_examples"] == N_EVAL
-        assert acc["pgd100"] <= acc["pgd20"] <= acc["fgsm"] <= acc["natural"]
+        # Stronger attacks leave less, up to the sampling noise the library's own masking check
+        # allows (restarts and step counts differ, so a borderline example may flip either way).
+        assert ordering_warnings(acc, N_EVAL) == []
+        assert acc["pgd20"] < acc["natural"] and acc["pgd100"] < acc["natural"]
     last = report["checkpoints"]["last"]
     assert last["epoch"] == 2 and last["accuracy"]["natural"] > 0.4  # it did learn (chance: 0.1)
     assert last["accuracy"]["pgd20"] < last["accuracy"]["natural"]
@@ -96,8 +101,18 @@ def test_table_has_the_papers_columns(run):
     header, rule, row = results_table(report).splitlines()
     assert [c.strip() for c in header.strip("|").split("|")] == ["Checkpoint", "Epoch", "Natural", "FGSM"]
     assert row.startswith("| last") and f"{100 * report['checkpoints']['last']['accuracy']['natural']:.2f}" in row
-    assert LABELS == {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd100": "PGD-100",
-                      "cw": "CW∞", "spsa": "SPSA", "aa": "AA"}
+    assert labels() == {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd100": "PGD-100",
+                        "cw": "CW∞", "spsa": "SPSA", "aa": "AA"}
+
+
+def test_every_column_has_a_label_and_a_docstring_of_its_own():
+    docs = {}
+    for name in COLUMNS:
+        assert COLUMNS.info(name)["label"].strip(), name
+        doc = (COLUMNS.get(name).__doc__ or "").strip()
+        assert doc, f"{name} has no docstring"
+        docs[name] = doc
+    assert len(set(docs.values())) == len(docs), docs  # none shares another's (e.g. PGD-20/100)
 
 
 # ---------------------------------------------------------------------- SPSA
@@ -214,7 +229,7 @@ def test_standard_autoattack_is_at_least_as_strong_as_pgd20(run, tmp_path):
 
 def test_ordering_warnings_allow_sampling_noise_only():
     assert ordering_warnings({"natural": 0.80, "fgsm": 0.50, "pgd20": 0.51}, n=1000) == []
-    found = ordering_warnings({"natural": 0.80, "fgsm": 0.50, "pgd20": 0.60}, n=1000, labels=LABELS)
+    found = ordering_warnings({"natural": 0.80, "fgsm": 0.50, "pgd20": 0.60}, n=1000, labels=labels())
     assert len(found) == 1 and "PGD-20" in found[0] and "FGSM" in found[0]
 
 

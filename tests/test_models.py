@@ -158,7 +158,7 @@ def test_wide_resnet_bad_depth(depth):
     [
         ("wide_resnet", {"widen": 0}, "widen=0"),
         ("small_cnn", {"width": 0}, "width=0"),
-        ("preact_resnet18", {"depth": 34}, "depth"),
+        ("preact_resnet18", {"depth": 34}, "model 'preact_resnet18' has no option 'depth'"),
         ("small_cnn", {"num_classes": 0}, "num_classes=0"),
     ],
 )
@@ -166,6 +166,39 @@ def test_bad_model_arguments(name, kwargs, match):
     kwargs = {"num_classes": 10, **kwargs}
     with pytest.raises(WpatError, match=match):
         build_model(name, mean=MEAN[3], std=STD[3], **kwargs)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("small_cnn", "num_classes, in_channels, width"),
+    ("wide_resnet", "num_classes, in_channels, depth, widen"),
+    ("wrn34_10", "num_classes, in_channels"),
+])
+def test_unknown_option_is_one_line_naming_the_valid_ones(name, options):
+    with pytest.raises(WpatError) as e:
+        make(name, foo=1)
+    assert str(e.value) == f"model {name!r} has no option 'foo'; its options: {options}"
+
+
+def test_models_register_through_the_registry():
+    assert set(MODELS.names()) == {"preact_resnet18", "wide_resnet", "wrn34_10", "wrn28_10",
+                                   "vgg19", "small_cnn"}
+    net = MODELS.build("small_cnn", 10, 1, width=4)
+    assert net.features[0].out_channels == 4
+
+
+def test_every_model_documents_itself():
+    from wpat.models.preact_resnet import PreActResNet
+    from wpat.models.small_cnn import SmallCNN
+    from wpat.models.vgg import VGG
+
+    for name in MODELS.names():
+        factory = MODELS.get(name)
+        assert (factory.__doc__ or "").strip(), f"model {name!r} has no docstring of its own"
+    for cls in (PreActResNet, SmallCNN, VGG, Normalize):
+        assert (cls.__dict__.get("__doc__") or "").strip(), cls.__name__
+    assert "Zagoruyko" in MODELS.get("wide_resnet").__doc__
+    assert "depth" in MODELS.get("wide_resnet").__doc__
+    assert "width" in MODELS.get("small_cnn").__doc__
 
 
 def test_normalize_defaults_to_the_number_of_values():

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from wpat.errors import WpatError
-from wpat.objectives import AT, MART, OBJECTIVES, TRADES, build_objective
+from wpat.objectives import AT, MART, OBJECTIVES, TRADES
+from wpat.threat import BNMode
 
 IDENTITY = nn.Identity()
 CLEAN = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0], [-2.0, 4.0, 0.0]])
@@ -112,20 +113,19 @@ def test_attack_recipes_follow_the_authors_code():
 
 def test_recipes_name_registered_attack_options():
     from wpat.attacks import ATTACK_LOSSES
-    from wpat.attacks.base import BN_MODES
     from wpat.attacks.pgd import STARTS
 
     for name in OBJECTIVES.names():
         cls = OBJECTIVES.get(name)
         assert cls.attack_loss in ATTACK_LOSSES and cls.attack_init in STARTS
-        assert cls.attack_bn_mode in BN_MODES
+        assert isinstance(cls.attack_bn_mode, BNMode)
 
 
 def test_build_by_name_with_options():
     assert {"at", "trades", "mart"} <= set(OBJECTIVES.names())
-    assert build_objective("trades", beta=1.5).beta == 1.5
-    assert build_objective("mart", lam=2.0).lam == 2.0
-    assert isinstance(build_objective("at"), AT)
+    assert OBJECTIVES.build("trades", beta=1.5).beta == 1.5
+    assert OBJECTIVES.build("mart", lam=2.0).lam == 2.0
+    assert isinstance(OBJECTIVES.build("at"), AT)
 
 
 @pytest.mark.parametrize("name, key, value", [
@@ -134,9 +134,30 @@ def test_build_by_name_with_options():
 ])
 def test_negative_weights_raise_a_clear_error(name, key, value):
     with pytest.raises(WpatError, match=key):
-        build_objective(name, **{key: value})
+        OBJECTIVES.build(name, **{key: value})
 
 
 def test_unknown_objective_lists_choices():
     with pytest.raises(WpatError, match="at, mart, trades"):
-        build_objective("alp")
+        OBJECTIVES.build("alp")
+
+
+@pytest.mark.parametrize("name, options", [("at", "none"), ("trades", "beta"), ("mart", "lam")])
+def test_unknown_option_is_one_line_naming_the_valid_ones(name, options):
+    with pytest.raises(WpatError) as e:
+        OBJECTIVES.build(name, foo=1)
+    assert str(e.value) == f"objective {name!r} has no option 'foo'; its options: {options}"
+
+
+def test_an_option_of_another_objective_is_rejected():
+    with pytest.raises(WpatError, match="'trades' has no option 'lam'; its options: beta"):
+        OBJECTIVES.build("trades", lam=6.0)
+
+
+def test_every_objective_documents_itself():
+    for name in OBJECTIVES.names():
+        doc = (OBJECTIVES.get(name).__dict__.get("__doc__") or "").strip()
+        assert doc, f"objective {name!r} has no docstring of its own"
+    for cls, cites in ((AT, "Madry"), (TRADES, "Zhang"), (MART, "Wang")):
+        assert cites in cls.__doc__ and "eq." in cls.__doc__
+    assert "beta" in TRADES.__doc__ and "lam" in MART.__doc__

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wpat.errors import WpatError
-from wpat.perturb import (AWP, RWP, LSCRangeAWP, RandomWP, add_perturbation, build_perturbation,
+from wpat.perturb import (AWP, RWP, LSCRangeAWP, RandomWP, add_perturbation, PERTURBATIONS,
                           perturbed, perturbed_parameters)
 
 BATCH = 16
@@ -192,7 +192,7 @@ def test_compute_leaves_model_bitwise_unchanged(name, with_grads):
         return loss_fn(m)
 
     before = snapshot(model)
-    v = ALL[name]().compute(model, recording_loss_fn)
+    v = ALL[name]().compute(model, recording_loss_fn).v
     assert sorted(v) == WEIGHTS  # only >1-D weights: no bias, no BN affine
     assert any(t.any() for t in v.values())
     assert_bitwise_same(model, before)
@@ -210,7 +210,7 @@ def test_perturbed_parameters_are_the_multidimensional_trainable_ones():
 def test_perturbed_steps_at_w_plus_v_and_carries_the_update_back():
     model, _, _, loss_fn = make_problem()
     w = {n: p.detach().clone() for n, p in model.named_parameters()}
-    v = AWP(gamma=0.05).compute(model, loss_fn)
+    v = AWP(gamma=0.05).compute(model, loss_fn).v
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with perturbed(model, v):
         for n in WEIGHTS:
@@ -227,7 +227,7 @@ def test_perturbed_steps_at_w_plus_v_and_carries_the_update_back():
 def test_perturbed_subtracts_v_when_the_block_raises():
     model, _, _, loss_fn = make_problem()
     w = {n: p.detach().clone() for n, p in model.named_parameters()}
-    v = AWP(gamma=0.05).compute(model, loss_fn)
+    v = AWP(gamma=0.05).compute(model, loss_fn).v
     with pytest.raises(RuntimeError, match="boom"):
         with perturbed(model, v):
             raise RuntimeError("boom")
@@ -249,7 +249,7 @@ def test_awp_is_gamma_times_layer_norm_along_the_normalized_mean_loss_gradient()
     model, _, _, loss_fn = make_problem()
     gamma = 0.02
     g = mean_loss_grad(model, loss_fn)
-    v = AWP(gamma=gamma).compute(model, loss_fn)
+    v = AWP(gamma=gamma).compute(model, loss_fn).v
     params = dict(model.named_parameters())
     for n in WEIGHTS:
         torch.testing.assert_close(v[n].norm(), gamma * params[n].norm())
@@ -258,7 +258,7 @@ def test_awp_is_gamma_times_layer_norm_along_the_normalized_mean_loss_gradient()
 
 def test_awp_agrees_with_the_authors_proxy_algorithm():
     model, x, y, loss_fn = make_problem()
-    assert_agrees(AWP(gamma=0.01).compute(model, loss_fn), reference_awp(model, x, y, 0.01))
+    assert_agrees(AWP(gamma=0.01).compute(model, loss_fn).v, reference_awp(model, x, y, 0.01))
 
 
 def test_awp_two_steps_ascends_again_at_w_plus_v_and_rescales_the_sum():
@@ -272,7 +272,7 @@ def test_awp_two_steps_ascends_again_at_w_plus_v_and_rescales_the_sum():
     g2 = mean_loss_grad(shifted, loss_fn)
     total = {n: g1[n] + g2[n] for n in WEIGHTS}
     expected = {n: gamma * w[n].norm() / total[n].norm() * total[n] for n in WEIGHTS}
-    v = AWP(gamma=gamma, steps=2).compute(model, loss_fn)
+    v = AWP(gamma=gamma, steps=2).compute(model, loss_fn).v
     assert_agrees(v, expected, rtol=1e-5)
     assert (v["conv1.weight"] - v1["conv1.weight"]).norm() > 1e-3 * v1["conv1.weight"].norm()
 
@@ -282,26 +282,28 @@ def test_awp_two_steps_ascends_again_at_w_plus_v_and_rescales_the_sum():
 def test_rwp_global_norm_is_gamma_times_global_weight_norm():
     model, _, _, loss_fn = make_problem()
     rwp = RWP(gamma=0.03, c_min=math.inf, steps=4)
-    v = rwp.compute(model, loss_fn)
+    result = rwp.compute(model, loss_fn)
+    v = result.v
     w = [p for _, p in perturbed_parameters(model)]
     torch.testing.assert_close(global_norm(v[n] for n in WEIGHTS), 0.03 * global_norm(w))
     # global, not per layer: the layers' ratios differ
     ratios = norms(v[n] for n in WEIGHTS) / norms(w)
     assert ratios.max() > 1.5 * ratios.min()
-    assert int(rwp.stats["steps"]) == 4
-    assert float(rwp.stats["frac_below"]) == 1.0
-    assert rwp.stats["v_over_w"].item() == pytest.approx(0.03, rel=1e-5)
+    assert int(result.stats["perturb_steps"]) == 4
+    assert float(result.stats["rwp_frac_below"]) == 1.0
+    assert result.stats["v_over_w"].item() == pytest.approx(0.03, rel=1e-5)
 
 
 def test_rwp_is_zero_when_every_loss_is_at_least_c_min():
     model, _, _, loss_fn = make_problem()
     c_min = float(train_losses(model, loss_fn).min())  # strict: the smallest loss is not below
     rwp = RWP(gamma=0.05, c_min=c_min)
-    v = rwp.compute(model, loss_fn)
+    result = rwp.compute(model, loss_fn)
+    v = result.v
     assert sorted(v) == WEIGHTS and not any(t.any() for t in v.values())
-    assert int(rwp.stats["steps"]) == 0
-    assert float(rwp.stats["frac_below"]) == 0.0
-    assert float(rwp.stats["v_over_w"]) == 0.0
+    assert int(result.stats["perturb_steps"]) == 0
+    assert float(result.stats["rwp_frac_below"]) == 0.0
+    assert float(result.stats["v_over_w"]) == 0.0
 
 
 def test_rwp_one_step_all_selected_is_globally_normalized_awp():
@@ -309,7 +311,7 @@ def test_rwp_one_step_all_selected_is_globally_normalized_awp():
     g = mean_loss_grad(model, loss_fn)
     w = [p for _, p in perturbed_parameters(model)]
     scale = 0.05 * global_norm(w) / global_norm(g.values())
-    v = RWP(gamma=0.05, c_min=math.inf, steps=1).compute(model, loss_fn)
+    v = RWP(gamma=0.05, c_min=math.inf, steps=1).compute(model, loss_fn).v
     for n in WEIGHTS:
         torch.testing.assert_close(v[n], scale * g[n])
 
@@ -327,10 +329,11 @@ def test_rwp_agrees_with_the_authors_proxy_algorithm(which):
     losses = train_losses(model, loss_fn)
     c_min = {"all": math.inf, "partial": split_c_min(losses), "none": 0.0}[which]
     rwp = RWP(gamma=0.05, c_min=c_min, steps=10)
-    v = rwp.compute(model, loss_fn)
+    result = rwp.compute(model, loss_fn)
+    v = result.v
     assert_agrees(v, reference_rwp(model, x, y, 0.05, c_min, 10))
     expected_frac = float((losses < c_min).float().mean())
-    assert float(rwp.stats["frac_below"]) == expected_frac
+    assert float(result.stats["rwp_frac_below"]) == expected_frac
     if which == "partial":
         assert 0 < expected_frac < 1
 
@@ -341,8 +344,9 @@ def test_rwp_early_exit_gives_the_v_of_running_all_steps():
     s = train_losses(model, loss_fn).sort().values
     c_min = float((s[0] + s[1]) / 2)
     rwp = RWP(gamma=0.3, c_min=c_min, steps=10)
-    v = rwp.compute(model, loss_fn)
-    assert 0 < int(rwp.stats["steps"]) < 10  # the exit did fire, after an update
+    result = rwp.compute(model, loss_fn)
+    v = result.v
+    assert 0 < int(result.stats["perturb_steps"]) < 10  # the exit did fire, after an update
     assert_agrees(v, reference_rwp(model, x, y, 0.3, c_min, 10, early_exit=False))
 
 
@@ -361,9 +365,9 @@ def test_rwp_subset_matches_exact_when_losses_do_not_depend_on_the_batch():
         return F.cross_entropy(m(x[index]), y[index], reduction="none")
 
     c_min = split_c_min(train_losses(model, loss_fn))
-    exact = RWP(gamma=0.05, c_min=c_min, steps=3).compute(model, loss_fn)
+    exact = RWP(gamma=0.05, c_min=c_min, steps=3).compute(model, loss_fn).v
     assert not indices  # the exact default never asks for a subset
-    subset = RWP(gamma=0.05, c_min=c_min, steps=3, subset=True).compute(model, loss_fn)
+    subset = RWP(gamma=0.05, c_min=c_min, steps=3, subset=True).compute(model, loss_fn).v
     assert_agrees(subset, exact, rtol=1e-5)
     selected = (train_losses(model, loss_fn) < c_min).nonzero().squeeze(1)
     assert torch.equal(indices[0], selected)
@@ -373,8 +377,8 @@ def test_rwp_subset_matches_exact_when_losses_do_not_depend_on_the_batch():
 
 def test_lsc_full_range_is_awp():
     model, _, _, loss_fn = make_problem()
-    lsc = LSCRangeAWP(gamma=0.02, low=0.0, high=math.inf).compute(model, loss_fn)
-    awp = AWP(gamma=0.02).compute(model, loss_fn)
+    lsc = LSCRangeAWP(gamma=0.02, low=0.0, high=math.inf).compute(model, loss_fn).v
+    awp = AWP(gamma=0.02).compute(model, loss_fn).v
     assert all(torch.equal(lsc[n], awp[n]) for n in WEIGHTS)
 
 
@@ -387,16 +391,17 @@ def test_lsc_ascends_only_the_band_low_inclusive_high_exclusive():
     assert int(band.sum()) == 6
     g = mean_loss_grad(model, loss_fn, weight=band)
     lsc = LSCRangeAWP(gamma=0.02, low=low, high=high)
-    v = lsc.compute(model, loss_fn)
+    result = lsc.compute(model, loss_fn)
+    v = result.v
     params = dict(model.named_parameters())
     for n in WEIGHTS:
         torch.testing.assert_close(v[n], 0.02 * params[n].norm() / g[n].norm() * g[n])
-    assert float(lsc.stats["frac_in_range"]) == 6 / BATCH
+    assert float(result.stats["lsc_frac_in_range"]) == 6 / BATCH
 
 
 def test_lsc_empty_band_gives_zero():
     model, _, _, loss_fn = make_problem()
-    v = LSCRangeAWP(gamma=0.02, low=100.0, high=200.0).compute(model, loss_fn)
+    v = LSCRangeAWP(gamma=0.02, low=100.0, high=200.0).compute(model, loss_fn).v
     assert not any(t.any() for t in v.values())
 
 
@@ -407,22 +412,22 @@ def test_random_wp_layer_norms_seeded_stream_and_no_loss_evaluation():
         raise AssertionError("random WP must not evaluate the loss")
 
     first = RandomWP(gamma=0.2, seed=3)
-    a, b = first.compute(model, no_loss), first.compute(model, no_loss)
-    again = RandomWP(gamma=0.2, seed=3).compute(model, no_loss)
+    a, b = first.compute(model, no_loss).v, first.compute(model, no_loss).v
+    again = RandomWP(gamma=0.2, seed=3).compute(model, no_loss).v
     params = dict(model.named_parameters())
     for n in WEIGHTS:
         torch.testing.assert_close(a[n].norm(), 0.2 * params[n].norm())
         assert torch.equal(a[n], again[n])  # same seed, same stream
         assert not torch.equal(a[n], b[n])  # a new direction every call
-    assert first.stats["v_over_w"].item() == pytest.approx(0.2, rel=1e-5)
+    assert RandomWP(gamma=0.2).compute(model, no_loss).stats["v_over_w"].item() == pytest.approx(0.2, rel=1e-5)
 
 
 def test_random_wp_without_seed_follows_the_global_rng():
     model, *_ = make_problem()
     torch.manual_seed(7)
-    a = RandomWP(gamma=0.1).compute(model, None)
+    a = RandomWP(gamma=0.1).compute(model, None).v
     torch.manual_seed(7)
-    b = RandomWP(gamma=0.1).compute(model, None)
+    b = RandomWP(gamma=0.1).compute(model, None).v
     assert all(torch.equal(a[n], b[n]) for n in WEIGHTS)
 
 
@@ -448,13 +453,21 @@ def test_bad_values_raise_wpat_error_naming_the_value(build, shown):
 
 
 def test_build_perturbation_by_name():
-    rwp = build_perturbation("rwp", gamma=0.02, c_min=4.0)
+    rwp = PERTURBATIONS.build("rwp", gamma=0.02, c_min=4.0)
     assert isinstance(rwp, RWP) and rwp.c_min == 4.0 and rwp.steps == 10
-    assert isinstance(build_perturbation("awp-lsc", high=1.5), LSCRangeAWP)
+    assert PERTURBATIONS.build("awp").steps == 1  # each method its own default: AWP 1, RWP K2 = 10
+    assert isinstance(PERTURBATIONS.build("awp-lsc", high=1.5), LSCRangeAWP)
     with pytest.raises(WpatError, match="awp, awp-lsc, random, rwp"):
-        build_perturbation("sam")
-    with pytest.raises(WpatError, match="c_min"):
-        build_perturbation("awp", c_min=1.7)
+        PERTURBATIONS.build("sam")
+    with pytest.raises(WpatError, match="weight perturbation 'awp' has no option 'c_min'; its options: gamma, steps"):
+        PERTURBATIONS.build("awp", c_min=1.7)
+
+
+def test_every_perturbation_documents_itself():
+    for name in PERTURBATIONS.names():
+        cls = PERTURBATIONS.get(name)
+        assert cls.__dict__.get("__doc__"), name  # its own text, not the base class's
+        assert "Args:" in cls.__doc__ and "Statistics:" in cls.__doc__
 
 
 def test_loss_fn_must_return_per_example_losses():

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import fashion_mnist_available
+from conftest import SEED, fashion_mnist_available
 from wpat.checkpoint import load_checkpoint
 from wpat.cli import main
 from wpat.config import load_config
@@ -14,11 +14,11 @@ from wpat.train import resume, train, train_step
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Debian's dataset-fashion-mnist is not installed")
 
 SMALL = ["data.train_subset=1024", "data.test_subset=256", "data.batch_size=64", "eval.n_train=128",
-         "model.width=8", "run.threads=1", "run.progress=false"]
+         "model.small_cnn.width=8", "run.threads=1", "run.progress=false", f"run.seed={SEED}"]
 
 
 def test_cli_trains_and_prints_the_best_last_table(tmp_path, capsys):
-    code = main(["train", "fmnist-smallcnn-linf", *SMALL, "schedule.epochs=2", "perturb.steps=3",
+    code = main(["train", "fmnist-smallcnn-linf", *SMALL, "schedule.epochs=2", "perturb.rwp.steps=3",
                  f"run.out_dir={tmp_path}", "run.name=cli"])
     out = capsys.readouterr().out
     assert code == 0
@@ -56,7 +56,7 @@ def test_every_objective_runs_with_every_perturbation(tmp_path, objective, pertu
     cfg = load_config("fmnist-smallcnn-linf", [*SMALL, "data.train_subset=256", "data.test_subset=64",
                                                "eval.n_train=64", "attack.steps=2", "eval.steps=2",
                                                "schedule.epochs=1", f"objective.name={objective}",
-                                               f"perturb.name={perturb}", "perturb.high=1.0",
+                                               f"perturb.name={perturb}", "perturb.awp-lsc.high=1.0",
                                                f"run.out_dir={tmp_path}"])
     summary = train(cfg)
     assert summary["last"]["perturb_active"] and torch.isfinite(torch.tensor(summary["last"]["train_loss"]))
@@ -88,23 +88,23 @@ def test_train_step_leaves_weights_at_w_minus_the_update_not_w_plus_v():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     x, y = torch.rand(8, 1, 2, 2), torch.randint(0, 3, (8,))
     from wpat.attacks import PGD
-    from wpat.objectives import build_objective
+    from wpat.objectives import OBJECTIVES
     from wpat.perturb import AWP
 
     w0 = model[1].weight.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     attack = PGD(0.1, 0.05, 1, random_start=False)
     x_adv = attack(model, x, y)
-    v = AWP(gamma=0.5).compute(model, lambda m: torch.nn.functional.cross_entropy(m(x_adv), y, reduction="none"))
+    v = AWP(gamma=0.5).compute(model, lambda m: torch.nn.functional.cross_entropy(m(x_adv), y, reduction="none")).v
     torch.manual_seed(1)
-    # the update is the gradient taken at w + v, applied to w (DESIGN.md §2 step 5)
+    # the update is the gradient taken at w + v, applied to w (docs/design.md, "One training step", step 5)
     perturbed_model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     perturbed_model.load_state_dict(model.state_dict())
     with torch.no_grad():
         perturbed_model[1].weight += v["1.weight"]
     torch.nn.functional.cross_entropy(perturbed_model(x_adv), y).backward()
     expected = w0 - 0.5 * perturbed_model[1].weight.grad
-    train_step(model, x, y, lambda m, a, b: x_adv, build_objective("at"), AWP(gamma=0.5), optimizer)
+    train_step(model, x, y, lambda m, a, b: x_adv, OBJECTIVES.build("at"), AWP(gamma=0.5), optimizer)
     assert torch.allclose(model[1].weight, expected, atol=1e-6)
 
 
@@ -114,7 +114,7 @@ def test_sharing_the_forward_at_w_with_the_search_changes_nothing(perturbation):
     the weights and BN statistics after the step equal the plain recipe: compute, then step at w+v."""
     from wpat.attacks import PGD
     from wpat.models import build_model
-    from wpat.objectives import build_objective
+    from wpat.objectives import OBJECTIVES
     from wpat.perturb import AWP, RWP, perturbed
 
     make = {"rwp-none": lambda: RWP(gamma=0.01, c_min=0.0, steps=3),
@@ -124,7 +124,7 @@ def test_sharing_the_forward_at_w_with_the_search_changes_nothing(perturbation):
     x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
     models = [build_model("small_cnn", num_classes=10, in_channels=1, mean=(0.3,), std=(0.3,), width=4)
               for _ in range(2)]
-    objective = build_objective("at")
+    objective = OBJECTIVES.build("at")
     x_adv = PGD(0.1, 0.05, 2)(models[0], x, y)
     models[1].load_state_dict(models[0].state_dict())
     fixed_attack = lambda m, a, b: x_adv  # noqa: E731
@@ -134,7 +134,7 @@ def test_sharing_the_forward_at_w_with_the_search_changes_nothing(perturbation):
     plain.train()
     loss_fn = lambda m: objective.per_example(m, x, x_adv, y)  # noqa: E731
     optimizer = torch.optim.SGD(plain.parameters(), lr=0.1)
-    v = make().compute(plain, loss_fn)
+    v = make().compute(plain, loss_fn).v
     with perturbed(plain, v):
         optimizer.zero_grad()
         loss_fn(plain).mean().backward()

@@ -1,13 +1,18 @@
 """The typed configuration tree: YAML presets, ``key=value`` overrides, validation, resolved dump.
 
 A run is fully described by one :class:`Config`. It is read from a YAML preset, then patched by
-command-line overrides such as ``perturb.gamma=0.005`` or ``attack.eps=8/255`` (fractions are
-accepted wherever a number is, because the field writes ε as 8/255). Every value is checked
-before any work starts; a bad one raises :class:`WpatError` naming the key, the value and what is
-allowed. The resolved tree is written next to the run so it can be reproduced exactly.
+command-line overrides such as ``attack.eps=8/255`` or ``perturb.rwp.c_min=4`` (fractions are
+accepted wherever a number is, because the field writes ε as 8/255). A component's options live
+under its own name (``perturb.rwp.*``, ``perturb.awp.*``, ``model.small_cnn.*``), so a value
+reaches only the component it names. This layer imports no component: it checks its own values
+when a config is loaded (a bad one raises :class:`WpatError` naming the key, the value and what
+is allowed); component names and options are checked by the components' registries when
+``wpat.experiment.build_components`` builds them, before any data is read. The resolved tree is
+written next to the run so it can be reproduced exactly.
 
 Units: ``attack.eps`` and ``attack.alpha`` are in pixel units of inputs scaled to [0, 1];
-``perturb.gamma`` is relative to the weight norm; learning rates are absolute; epochs are epochs.
+a perturbation's ``gamma`` is relative to the weight norm; learning rates are absolute; epochs are
+epochs; a rotation is in degrees.
 """
 
 from __future__ import annotations
@@ -23,8 +28,16 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from wpat.errors import WpatError
+from wpat.threat import BNMode, Norm
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+# Sections whose ``name`` picks a component keep that component's options in a subsection named
+# after it (``perturb.rwp.c_min``, ``model.small_cnn.width``): a setting reaches only the
+# component it names, and switching ``perturb.name`` never hands one method's options to another.
+# The options' defaults and checks live in the components; they are checked when built.
+Options = dict  # component name -> {option: value}
 
 
 @dataclass
@@ -36,15 +49,17 @@ class DataConfig:
     train_subset: int = 0  # use only this many (seeded) training examples; 0 = all
     test_subset: int = 0  # evaluate on this many test examples; 0 = all
     val_size: int = 0  # examples held out of train for validation-based checkpoint selection
-    augment: Union[str, None] = None  # None = the dataset's default (crop_flip for CIFAR)
+    augment: Union[str, None] = None  # none | flip | crop_flip; None = the dataset's default
+    padding: str = "zeros"  # crop_flip's 4-px padding: zeros (TRADES code) | reflect (AT code)
+    rotation: float = 0.0  # random rotation in [-r, r] degrees (the authors' CIFAR-100 AT: 15)
 
 
 @dataclass
 class ModelConfig:
     name: str = "small_cnn"
-    depth: Union[int, None] = None  # wide_resnet only
-    widen: Union[int, None] = None  # wide_resnet only
-    width: Union[int, None] = None  # small_cnn only: channels of the first block
+    mean: Union[list, None] = None  # per-channel normalization inside the model; None = the dataset's
+    std: Union[list, None] = None
+    options: Options = field(default_factory=dict)  # model.<name>.<option>, e.g. model.small_cnn.width
 
 
 @dataclass
@@ -72,21 +87,15 @@ class EvalConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "at"
-    beta: float = 6.0  # TRADES trade-off
-    lam: float = 6.0  # MART regularisation weight
+    name: str = "at"  # at | trades | mart
+    options: Options = field(default_factory=dict)  # objective.<name>.<option>, e.g. objective.trades.beta
 
 
 @dataclass
 class PerturbConfig:
     name: str = "none"  # none | awp | rwp | random | awp-lsc
-    gamma: float = 0.01  # ‖v‖ ≤ γ‖w‖ (per layer for AWP, global for RWP)
-    c_min: float = 1.7  # RWP: perturb only on examples with loss < c_min (nats)
-    steps: Union[int, None] = None  # RWP: K2 (default 10); AWP: ascent steps (default 1)
     warmup: int = 0  # epochs of plain training before the perturbation starts
-    low: float = 0.0  # awp-lsc: loss range [low, high)
-    high: float = math.inf
-    subset: bool = False  # RWP: run the search only on the selected examples
+    options: Options = field(default_factory=dict)  # perturb.<name>.<option>, e.g. perturb.rwp.c_min
 
 
 @dataclass
@@ -101,9 +110,9 @@ class OptimConfig:
 class ScheduleConfig:
     name: str = "piecewise"  # piecewise | cosine | cyclic | linear | constant
     epochs: int = 200
-    milestones: list = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs
-    decay: float = 0.1  # piecewise: multiply the lr by this at each milestone
-    peak: float = 0.4  # cyclic: fraction of the epochs at which the lr peaks
+    first_epoch: int = 0  # 1: the authors' TRADES/MART scripts, whose epochs count from 1
+    update: str = "iteration"  # iteration: lr set before every batch; epoch: once per epoch
+    options: Options = field(default_factory=dict)  # schedule.<name>.<option>, e.g. schedule.piecewise.milestones
 
 
 @dataclass
@@ -135,7 +144,16 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The resolved tree; component options appear as subsections (``perturb: {rwp: {...}}``)."""
+        tree = dataclasses.asdict(self)
+        for values in tree.values():
+            values.update(values.pop("options", {}))
+        return tree
+
+
+def component_options(section: Any) -> dict[str, Any]:
+    """The options the config gives the component ``section.name`` (a copy; may be empty)."""
+    return dict(section.options.get(section.name, {}))
 
 
 # --------------------------------------------------------------------------- parsing values
@@ -182,7 +200,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if annotation is list or get_origin(annotation) is list:
             if isinstance(value, str):
                 value = yaml.safe_load(value)
-            if not isinstance(value, (list, tuple)):
+            if not isinstance(value, (list, tuple)) or not value:
                 raise ValueError
             return [parse_number(str(v)) for v in value]
     except (ValueError, ZeroDivisionError, OverflowError, TypeError, yaml.YAMLError):
@@ -191,23 +209,46 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise WpatError(f"{key}: {value!r} is not a valid {name}")
 
 
-def _section_fields(section: Any) -> dict[str, Any]:
-    return get_type_hints(type(section))
+def parse_value(value: Any) -> Any:
+    """A component option's value: YAML scalars and lists, plus ``8/255`` and ``inf``."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            return value
+    if isinstance(value, str):
+        try:
+            return parse_number(value)
+        except (ValueError, ZeroDivisionError):
+            return value
+    if isinstance(value, list):
+        return [parse_value(v) for v in value]
+    return value
 
 
 def _set(cfg: Config, key: str, value: Any) -> None:
+    """Set ``section.key`` (a typed field) or ``section.component.option`` (a component option)."""
     parts = key.split(".")
     sections = [f.name for f in dataclasses.fields(Config)]
-    if len(parts) != 2 or parts[0] not in sections:
+    if len(parts) not in (2, 3) or parts[0] not in sections:
         raise WpatError(f"unknown config key {key!r}; sections: {', '.join(sections)} (use section.key=value)")
     section = getattr(cfg, parts[0])
-    hints = _section_fields(section)
-    if parts[1] not in hints:
-        raise WpatError(f"unknown config key {key!r}; valid keys in {parts[0]}: {', '.join(hints)}")
-    setattr(section, parts[1], _coerce(value, hints[parts[1]], key))
+    hints = {k: v for k, v in get_type_hints(type(section)).items() if k != "options"}
+    has_options = hasattr(section, "options")
+    if len(parts) == 3 and has_options:
+        section.options.setdefault(parts[1], {})[parts[2]] = parse_value(value)
+        return
+    if len(parts) == 2 and parts[1] in hints:
+        setattr(section, parts[1], _coerce(value, hints[parts[1]], key))
+        return
+    where = (f"valid keys in {parts[0]}: {', '.join(hints)}"
+             + (f"; options of a {parts[0]} go in {parts[0]}.<{parts[0]} name>.<option>" if has_options else ""))
+    raise WpatError(f"unknown config key {key!r}; {where}")
 
 
 def _flatten(tree: Any, where: str) -> dict[str, Any]:
+    """``{section: {key: value, component: {option: value}}}`` as ``section.key`` and
+    ``section.component.option`` entries."""
     if not isinstance(tree, dict):
         raise WpatError(f"{where}: expected a mapping of sections (data:, model:, ...), got {type(tree).__name__}")
     flat = {}
@@ -215,7 +256,10 @@ def _flatten(tree: Any, where: str) -> dict[str, Any]:
         if not isinstance(values, dict):
             raise WpatError(f"{where}: section {section!r} must be a mapping of key: value")
         for k, v in values.items():
-            flat[f"{section}.{k}"] = v
+            if isinstance(v, dict):
+                flat.update({f"{section}.{k}.{option}": x for option, x in v.items()})
+            else:
+                flat[f"{section}.{k}"] = v
     return flat
 
 
@@ -307,8 +351,8 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise WpatError(f"{key}: {value!r} is invalid; expected {allowed}")
 
 
-def _choice(key: str, value: Any, choices: list[str]) -> None:
-    _check(value in choices, key, value, f"one of {', '.join(choices)}")
+def _choice(key: str, value: Any, choices: list) -> None:
+    _check(value in choices, key, value, f"one of {', '.join(map(str, choices))}")
 
 
 def _finite(x: float) -> bool:
@@ -316,56 +360,42 @@ def _finite(x: float) -> bool:
 
 
 def validate(cfg: Config) -> None:
-    """Check every value; names come from the registries so new components are accepted."""
-    # Imported here: the registries import torch-heavy modules that config users may not need.
-    from wpat.data import DATASETS
-    from wpat.models import MODELS
-    from wpat.objectives import OBJECTIVES
-    from wpat.perturb import PERTURBATIONS
-    from wpat.schedules import SCHEDULES
-
-    d, m, a, e, o, p, s, r = (cfg.data, cfg.model, cfg.attack, cfg.eval, cfg.objective,
-                              cfg.perturb, cfg.schedule, cfg.run)
-    _choice("data.name", d.name, DATASETS.names())
+    """Check every value this layer owns. Component names and options are checked where the
+    components are built (``wpat.experiment.build_components``), by their own registries."""
+    d, m, a, e, p, s, r = cfg.data, cfg.model, cfg.attack, cfg.eval, cfg.perturb, cfg.schedule, cfg.run
+    for key, value in (("data.name", d.name), ("model.name", m.name), ("objective.name", cfg.objective.name),
+                       ("perturb.name", p.name), ("schedule.name", s.name)):
+        _check(bool(value), key, value, "a name")
     _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer ≥ 1")
     for key in ("train_subset", "test_subset", "val_size"):
         _check(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "an integer ≥ 0 (0 = all / none)")
-    if d.augment is not None:
-        from wpat.data import AUGMENTATIONS
-
-        _choice("data.augment", d.augment, AUGMENTATIONS.names())
-    _choice("model.name", m.name, MODELS.names())
-    _choice("attack.norm", a.norm, ["linf", "l2"])
+    _choice("data.padding", d.padding, ["zeros", "reflect"])
+    _check(_finite(d.rotation) and 0 <= d.rotation <= 180, "data.rotation", d.rotation, "degrees in [0, 180]")
+    if (m.mean is None) != (m.std is None):
+        raise WpatError("model.mean and model.std: give both (per-channel lists) or neither (the dataset's)")
+    if m.std is not None:
+        _check(len(m.mean) == len(m.std) and all(x > 0 for x in m.std), "model.std", m.std,
+               "positive numbers, one per channel like model.mean")
+    Norm.parse(a.norm, "attack.norm")
     _check(_finite(a.eps) and a.eps > 0, "attack.eps", a.eps, "a number > 0 (pixel units, e.g. 8/255)")
     _check(_finite(a.alpha) and a.alpha > 0, "attack.alpha", a.alpha, "a number > 0 (pixel units, e.g. 2/255)")
     _check(a.steps >= 1, "attack.steps", a.steps, "an integer ≥ 1")
     if a.bn_mode is not None:
-        _choice("attack.bn_mode", a.bn_mode, ["train", "eval"])
+        BNMode.parse(a.bn_mode, "attack.bn_mode")
     _check(e.steps >= 1, "eval.steps", e.steps, "an integer ≥ 1")
     if e.alpha is not None:
         _check(_finite(e.alpha) and e.alpha > 0, "eval.alpha", e.alpha, "a number > 0")
     _check(e.n_train >= 0, "eval.n_train", e.n_train, "an integer ≥ 0")
     _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "an integer ≥ 1")
     _check(e.every >= 1, "eval.every", e.every, "an integer ≥ 1")
-    _choice("objective.name", o.name, OBJECTIVES.names())
-    _check(_finite(o.beta) and o.beta >= 0, "objective.beta", o.beta, "a number ≥ 0")
-    _check(_finite(o.lam) and o.lam >= 0, "objective.lam", o.lam, "a number ≥ 0")
-    _choice("perturb.name", p.name, ["none", *PERTURBATIONS.names()])
-    _check(_finite(p.gamma) and p.gamma >= 0, "perturb.gamma", p.gamma, "a number ≥ 0")
-    _check(not math.isnan(p.c_min) and p.c_min >= 0, "perturb.c_min", p.c_min, "a number ≥ 0 (nats; inf allowed)")
-    _check(p.steps is None or p.steps >= 1, "perturb.steps", p.steps, "an integer ≥ 1")
     _check(p.warmup >= 0, "perturb.warmup", p.warmup, "an integer ≥ 0 (epochs)")
-    _check(not math.isnan(p.low) and p.low >= 0, "perturb.low", p.low, "a number ≥ 0")
-    _check(not math.isnan(p.high) and p.high > p.low, "perturb.high", p.high, f"a number > perturb.low ({p.low})")
-    _check(_finite(cfg.optim.lr) and cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "a number > 0")
-    _check(_finite(cfg.optim.momentum) and 0 <= cfg.optim.momentum < 1, "optim.momentum", cfg.optim.momentum, "a number in [0, 1)")
-    _check(_finite(cfg.optim.weight_decay) and cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "a number ≥ 0")
-    _choice("schedule.name", s.name, SCHEDULES.names())
+    o = cfg.optim
+    _check(_finite(o.lr) and o.lr > 0, "optim.lr", o.lr, "a number > 0")
+    _check(_finite(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")
+    _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number ≥ 0")
     _check(s.epochs >= 1, "schedule.epochs", s.epochs, "an integer ≥ 1")
-    _check(all(0 < f < 1 for f in s.milestones) and list(s.milestones) == sorted(s.milestones),
-           "schedule.milestones", s.milestones, "increasing fractions of the epochs in (0, 1)")
-    _check(_finite(s.decay) and 0 < s.decay <= 1, "schedule.decay", s.decay, "a number in (0, 1]")
-    _check(_finite(s.peak) and 0 < s.peak < 1, "schedule.peak", s.peak, "a fraction in (0, 1)")
+    _choice("schedule.first_epoch", s.first_epoch, [0, 1])
+    _choice("schedule.update", s.update, ["iteration", "epoch"])
     _check(r.seed >= 0, "run.seed", r.seed, "an integer ≥ 0")
     _check(r.threads >= 0, "run.threads", r.threads, "an integer ≥ 0 (0 = torch's default)")
     _check(r.checkpoint_every >= 0, "run.checkpoint_every", r.checkpoint_every, "an integer ≥ 0 (steps; 0 = epoch ends)")

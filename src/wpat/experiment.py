@@ -1,23 +1,30 @@
 """Build the parts of an experiment from a :class:`~wpat.config.Config`.
 
-Training, evaluation and the analysis commands all need the same model, data and threat model
-for a config; they are built here once so the three never drift apart.
+Training, evaluation and the analysis commands all need the same model, data, threat model and
+components for a config; they are built here once so they never drift apart. Each component is
+built by its registry from the options under its own name (``perturb.rwp.*`` for RWP), so a
+value reaches only the component it names and an option a component does not have is an error.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from wpat.attacks import PGD
-from wpat.config import Config
-from wpat.data import dataset_spec, load_dataset, split_validation
+from wpat.config import Config, component_options
+from wpat.data import DATASETS, dataset_spec, load_dataset, split_validation
 from wpat.errors import WpatError
-from wpat.models import build_model
-from wpat.objectives import OBJECTIVES
+from wpat.models import MODELS, build_model
+from wpat.objectives import OBJECTIVES, Objective
 from wpat.perturb import PERTURBATIONS, WeightPerturbation
+from wpat.registry import Registry
+from wpat.schedules import SCHEDULES, Schedule
+from wpat.threat import BNMode, ThreatModel
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,11 +44,123 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# ---------------------------------------------------------------------- components
+
+
+def _check_name(registry: Registry, key: str, name: str, extra: tuple[str, ...] = ()) -> None:
+    choices = [*extra, *registry.names()]
+    if name not in choices:
+        raise WpatError(f"{key}: {name!r} is invalid; expected one of {', '.join(choices)}")
+
+
+def _build(registry: Registry, section: Any, key: str, *args: Any, **fixed: Any) -> Any:
+    """Build ``section.name`` from ``registry`` with the options under its name.
+
+    Option subsections for other components of the same kind are allowed (a preset states the
+    settings of every method it may switch to) but must name real components."""
+    _check_name(registry, f"{key}.name", section.name, ("none",) if registry is PERTURBATIONS else ())
+    for other in section.options:
+        if other not in registry:
+            raise WpatError(f"{key}.{other}: there is no {registry.kind} {other!r}; "
+                            f"valid choices: {', '.join(registry.names())}")
+    try:
+        return registry.build(section.name, *args, **fixed, **component_options(section))
+    except WpatError as err:
+        raise WpatError(f"{key}.{section.name}: {err}") from None
+    except (TypeError, ValueError) as err:  # a value of the wrong kind that no check anticipated
+        raise WpatError(f"{key}.{section.name}: invalid option value ({err})") from None
+
+
 def model_from_config(cfg: Config) -> nn.Module:
+    """The config's architecture for its dataset, normalizing inside with ``model.mean/std``
+    (default: the dataset's statistics)."""
+    _check_name(DATASETS, "data.name", cfg.data.name)
     spec = dataset_spec(cfg.data.name)
-    extra = {k: v for k in ("depth", "widen", "width") if (v := getattr(cfg.model, k)) is not None}
-    return build_model(cfg.model.name, num_classes=spec.num_classes, in_channels=spec.shape[0],
-                       mean=spec.mean, std=spec.std, **extra)
+    mean = cfg.model.mean if cfg.model.mean is not None else spec.mean
+    std = cfg.model.std if cfg.model.std is not None else spec.std
+    if len(mean) != spec.shape[0]:
+        raise WpatError(f"model.mean/std: {len(mean)} values for the {spec.shape[0]} channels of {spec.name}")
+    _check_name(MODELS, "model.name", cfg.model.name)
+    for other in cfg.model.options:
+        _check_name(MODELS, f"model.{other}", other)
+    try:
+        return build_model(cfg.model.name, num_classes=spec.num_classes, in_channels=spec.shape[0],
+                           mean=mean, std=std, **component_options(cfg.model))
+    except WpatError as err:
+        raise WpatError(f"model.{cfg.model.name}: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise WpatError(f"model.{cfg.model.name}: invalid option value ({err})") from None
+
+
+def objective_from_config(cfg: Config) -> Objective:
+    return _build(OBJECTIVES, cfg.objective, "objective")
+
+
+def perturbation_from_config(cfg: Config) -> WeightPerturbation | None:
+    """The configured weight perturbation, or None for ``perturb.name=none``."""
+    if cfg.perturb.name == "none":
+        for other in cfg.perturb.options:  # the preset's settings for the methods it may switch to
+            _check_name(PERTURBATIONS, f"perturb.{other}", other)
+        return None
+    return _build(PERTURBATIONS, cfg.perturb, "perturb")
+
+
+def schedule_from_config(cfg: Config) -> Schedule:
+    return _build(SCHEDULES, cfg.schedule, "schedule", epochs=cfg.schedule.epochs)
+
+
+def lsc_threshold(cfg: Config) -> float:
+    """The ``c_min`` of the logged fraction of losses below it: RWP's own (``perturb.rwp.c_min``,
+    its default when unset), whichever perturbation trains, so runs compare on one statistic."""
+    default = inspect.signature(PERTURBATIONS.get("rwp")).parameters["c_min"].default
+    return float(cfg.perturb.options.get("rwp", {}).get("c_min", default))
+
+
+def threat_model(cfg: Config) -> ThreatModel:
+    """The threat model of training: ``attack.norm``, ``attack.eps``, ``attack.alpha``."""
+    return ThreatModel(cfg.attack.norm, cfg.attack.eps, cfg.attack.alpha)
+
+
+def eval_threat(cfg: Config) -> ThreatModel:
+    """The same ball, searched with the evaluation step ``eval.alpha`` (default ``attack.alpha``)."""
+    return ThreatModel(cfg.attack.norm, cfg.attack.eps, cfg.eval.alpha or cfg.attack.alpha)
+
+
+def train_attack(cfg: Config, objective: Objective) -> PGD:
+    """PGD-K with ``objective``'s attack loss, random start and BN mode (docs/design.md,
+    "One training step")."""
+    return PGD.from_threat(threat_model(cfg), cfg.attack.steps, random_start=cfg.attack.random_start,
+                           init=objective.attack_init, loss=objective.attack_loss,
+                           bn_mode=cfg.attack.bn_mode or objective.attack_bn_mode)
+
+
+def eval_attack(cfg: Config, steps: int | None = None) -> PGD:
+    """The test attack: PGD-20 on cross-entropy with random start, eval-mode BN."""
+    return PGD.from_threat(eval_threat(cfg), steps or cfg.eval.steps, bn_mode=BNMode.EVAL)
+
+
+@dataclass
+class Components:
+    """Everything a training run is built from, except the data."""
+
+    model: nn.Module
+    objective: Objective
+    perturbation: WeightPerturbation | None
+    schedule: Schedule
+    attack: PGD
+    test_attack: PGD
+
+
+def build_components(cfg: Config) -> Components:
+    """Build (and so check) every component of ``cfg``: names, options and values, each with a
+    one-line error naming the config key, before any data is read."""
+    objective = objective_from_config(cfg)
+    return Components(model=model_from_config(cfg), objective=objective,
+                      perturbation=perturbation_from_config(cfg), schedule=schedule_from_config(cfg),
+                      attack=train_attack(cfg, objective), test_attack=eval_attack(cfg))
+
+
+# ---------------------------------------------------------------------- data
 
 
 @dataclass
@@ -66,6 +185,7 @@ def fixed_subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[t
 
 def load_splits(cfg: Config) -> Splits:
     d = cfg.data
+    _check_name(DATASETS, "data.name", d.name)
     x_train, y_train = load_dataset(d.name, "train", root=d.root, download=d.download)
     x_test, y_test = load_dataset(d.name, "test", root=d.root, download=d.download)
     x_train, y_train = fixed_subset(x_train, y_train, d.train_subset, cfg.run.seed)
@@ -74,29 +194,3 @@ def load_splits(cfg: Config) -> Splits:
     if d.batch_size > len(x_train):
         raise WpatError(f"data.batch_size: {d.batch_size} is larger than the {len(x_train)} training examples")
     return Splits(x_train, y_train, x_val, y_val, x_test, y_test)
-
-
-def train_attack(cfg: Config, objective) -> PGD:
-    """PGD-K with ``objective``'s attack loss, random start and BN mode (DESIGN.md §2)."""
-    a = cfg.attack
-    return PGD(a.eps, a.alpha, a.steps, norm=a.norm, random_start=a.random_start,
-               init=objective.attack_init, loss=objective.attack_loss,
-               bn_mode=a.bn_mode or objective.attack_bn_mode)
-
-
-def eval_attack(cfg: Config, steps: int | None = None) -> PGD:
-    """The test attack: PGD-20 on cross-entropy with random start, eval-mode BN."""
-    a = cfg.attack
-    return PGD(a.eps, cfg.eval.alpha or a.alpha, steps or cfg.eval.steps, norm=a.norm,
-               random_start=True, loss="ce", bn_mode="eval")
-
-
-def objective_from_config(cfg: Config):
-    return OBJECTIVES.build_from(cfg.objective.name, vars(cfg.objective))
-
-
-def perturbation_from_config(cfg: Config) -> WeightPerturbation | None:
-    """The configured weight perturbation, or None for ``perturb.name=none``."""
-    if cfg.perturb.name == "none":
-        return None
-    return PERTURBATIONS.build_from(cfg.perturb.name, vars(cfg.perturb))

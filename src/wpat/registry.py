@@ -1,20 +1,25 @@
-"""One small registry used by models, attacks, objectives, perturbations and datasets.
+"""One registry, the same for models, attacks, objectives, perturbations, schedules and datasets.
 
-Components register themselves by name with a decorator and are built by name from the
-config, so adding a method is adding a file, not another branch of an if/else ladder::
+Components register themselves by name with a decorator and are built by name, so adding a
+method is adding a file, not another branch of an if/else ladder::
 
     MODELS = Registry("model")
 
     @MODELS.register("small_cnn")
-    def small_cnn(num_classes: int = 10) -> nn.Module: ...
+    def small_cnn(num_classes: int, in_channels: int = 1, width: int = 32) -> nn.Module: ...
 
-    model = MODELS.build("small_cnn", num_classes=10)
+    model = MODELS.build("small_cnn", 10, width=16)
+
+There is one rule for options: ``build`` passes exactly the options it is given, and an option
+the component does not declare is an error naming the options it does take. Nothing is dropped
+silently, so a setting meant for one method can never reach another. An entry may carry
+metadata (``register("pgd20", label="PGD-20")``), read back with :meth:`Registry.info`.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from wpat.errors import WpatError
 
@@ -22,48 +27,60 @@ T = TypeVar("T", bound=Callable[..., Any])
 
 
 class Registry:
-    """A name -> factory mapping whose lookup errors list the valid choices."""
+    """A name -> factory mapping whose errors list the valid choices.
+
+    Args:
+        kind: what the entries are, for messages ("weight perturbation", "model", ...).
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._info: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, **info: Any) -> Callable[[T], T]:
+        """Decorator: register a class or function as ``name``, with optional metadata."""
+
         def add(factory: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = factory
+            self._info[name] = dict(info)
             return factory
 
         return add
 
     def get(self, name: str) -> Callable[..., Any]:
+        """The factory registered as ``name``; a one-line error listing the choices otherwise."""
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):
             raise WpatError(
                 f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}"
             ) from None
 
-    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    def info(self, name: str) -> dict[str, Any]:
+        """The metadata given to ``register`` for ``name``."""
+        self.get(name)
+        return self._info[name]
+
+    def options(self, name: str) -> list[str]:
+        """The keyword options the factory of ``name`` declares."""
+        parameters = inspect.signature(self.get(name)).parameters.values()
+        return [p.name for p in parameters
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+
+    def build(self, name: str, *args: Any, **options: Any) -> Any:
+        """Build ``name`` with ``options``; an option it does not declare is a WpatError."""
         factory = self.get(name)
-        parameters = inspect.signature(factory).parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-        unknown = [k for k in kwargs if k not in parameters and not takes_any]
-        if unknown:
+        parameters = inspect.signature(factory).parameters.values()
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)
+        declared = self.options(name)
+        unknown = [k for k in options if k not in declared]
+        if unknown and not takes_any:
             raise WpatError(f"{self.kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
-                            f"its options: {', '.join(p for p in parameters if p not in ('self', 'args', 'kwargs'))}")
-        return factory(*args, **kwargs)
-
-    def build_from(self, name: str, options: Mapping[str, Any]) -> Any:
-        """Build ``name`` with the entries of ``options`` that its factory accepts.
-
-        A config section holds the options of every method of its kind (``gamma``, ``c_min``,
-        ``low``...); each method takes the ones it declares, so no per-method wiring is needed.
-        """
-        factory = self.get(name)
-        accepted = inspect.signature(factory).parameters
-        return factory(**{k: v for k, v in options.items() if k in accepted and v is not None})
+                            f"its options: {', '.join(declared) or 'none'}")
+        return factory(*args, **options)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -1,57 +1,133 @@
-"""Learning-rate schedules, evaluated per iteration from the fractional epoch.
+"""Learning-rate schedules: built by name, each maps the epochs done ``t`` to a learning rate.
 
-Each schedule maps ``t`` (epochs done, fractional, in [0, T]) to a learning rate:
-
-- ``piecewise``: ``lr`` divided by 10 (``decay``) at each milestone (50 % and 75 % of the
-  epochs by default: epochs 100 and 150 of 200, as in both papers and Rice et al. 2020).
-- ``cosine``: ``lr/2 · (1 + cos(π t / T))`` (AWP paper, Appendix C.1).
-- ``cyclic``: linear from 0 up to ``lr`` at ``peak·T``, then linear down to 0 (AWP paper,
-  Appendix C.1, which peaks at 0.2 at epoch 80 of 200: set ``optim.lr=0.2``).
-- ``linear``: linear from ``lr`` down to 0.
-- ``constant``: ``lr``.
+``SCHEDULES.build(name, epochs=T, **options)`` returns a callable ``schedule(t, lr)``, where
+``t`` is the number of epochs done, fractional, in [0, T], and ``lr`` the base learning rate.
+When ``t`` is sampled (before every batch, or once per epoch, and from which epoch count) is the
+training loop's business (``schedule.update``, ``schedule.first_epoch``; see
+``wpat.train.schedule_time``).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+from dataclasses import dataclass
 
-from wpat.config import ScheduleConfig
+from wpat.errors import WpatError
 from wpat.registry import Registry
 
 SCHEDULES = Registry("schedule")
 
 
+def _require(ok: bool, owner: str, what: str, value: object, expected: str) -> None:
+    if not ok:
+        raise WpatError(f"{owner} {what}={value!r}: expected {expected}")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Base: ``epochs`` T ≥ 1, the length of the run."""
+
+    epochs: int
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.epochs, int) and self.epochs >= 1, type(self).__name__, "epochs",
+                 self.epochs, "an integer >= 1")
+
+    def __call__(self, t: float, lr: float) -> float:
+        raise NotImplementedError
+
+
 @SCHEDULES.register("piecewise")
-def piecewise(t: float, lr: float, s: ScheduleConfig) -> float:
-    # A milestone counts once its epoch has started, matching "divided at the 100th epoch".
-    passed = bisect.bisect_right([m * s.epochs for m in s.milestones], t)
-    return lr * s.decay**passed
+@dataclass(frozen=True)
+class Piecewise(Schedule):
+    """Step decay: ``lr · decay^k`` once ``t`` has reached k milestones.
+
+    Both papers and Rice et al. 2020: ``lr`` divided by 10 at epochs 100 and 150 of 200.
+
+    Args:
+        epochs: T, the run's length in epochs.
+        milestones: increasing fractions of T in (0, 1) (default 0.5, 0.75). A milestone
+            counts once its epoch has started (``t ≥ m·T``), as "divided at the 100th epoch".
+        decay: the factor at each milestone, in (0, 1] (default 0.1).
+    """
+
+    milestones: tuple = (0.5, 0.75)
+    decay: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ms = list(self.milestones) if isinstance(self.milestones, (list, tuple)) else [None]
+        _require(all(isinstance(m, (int, float)) and 0 < m < 1 for m in ms) and ms == sorted(ms),
+                 "Piecewise", "milestones", self.milestones, "increasing fractions of the epochs in (0, 1)")
+        _require(isinstance(self.decay, (int, float)) and 0 < self.decay <= 1, "Piecewise", "decay",
+                 self.decay, "a number in (0, 1]")
+
+    def __call__(self, t: float, lr: float) -> float:
+        passed = bisect.bisect_right([m * self.epochs for m in self.milestones], t)
+        return lr * self.decay**passed
 
 
 @SCHEDULES.register("cosine")
-def cosine(t: float, lr: float, s: ScheduleConfig) -> float:
-    return 0.5 * lr * (1 + math.cos(math.pi * t / s.epochs))
+@dataclass(frozen=True)
+class Cosine(Schedule):
+    """Cosine annealing ``lr/2 · (1 + cos(π t / T))`` (AWP paper, Appendix C.1; RST's code).
+
+    Args:
+        epochs: T, the run's length in epochs.
+    """
+
+    def __call__(self, t: float, lr: float) -> float:
+        return 0.5 * lr * (1 + math.cos(math.pi * t / self.epochs))
 
 
 @SCHEDULES.register("cyclic")
-def cyclic(t: float, lr: float, s: ScheduleConfig) -> float:
-    top = s.peak * s.epochs
-    if t <= top:
-        return lr * t / top
-    return lr * max(0.0, (s.epochs - t) / (s.epochs - top))
+@dataclass(frozen=True)
+class Cyclic(Schedule):
+    """One cycle: linear from 0 up to ``lr`` at ``peak·T``, then linear down to 0 at T.
+
+    AWP paper, Appendix C.1 peaks at 0.2 at epoch 80 of 200 (``optim.lr=0.2``, ``peak=0.4``).
+
+    Args:
+        epochs: T, the run's length in epochs.
+        peak: the fraction of T at which the rate peaks, in (0, 1) (default 0.4).
+    """
+
+    peak: float = 0.4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(isinstance(self.peak, (int, float)) and 0 < self.peak < 1, "Cyclic", "peak",
+                 self.peak, "a fraction in (0, 1)")
+
+    def __call__(self, t: float, lr: float) -> float:
+        top = self.peak * self.epochs
+        if t <= top:
+            return lr * t / top
+        return lr * max(0.0, (self.epochs - t) / (self.epochs - top))
 
 
 @SCHEDULES.register("linear")
-def linear(t: float, lr: float, s: ScheduleConfig) -> float:
-    return lr * max(0.0, 1 - t / s.epochs)
+@dataclass(frozen=True)
+class Linear(Schedule):
+    """Linear decay from ``lr`` at t = 0 to 0 at T.
+
+    Args:
+        epochs: T, the run's length in epochs.
+    """
+
+    def __call__(self, t: float, lr: float) -> float:
+        return lr * max(0.0, 1 - t / self.epochs)
 
 
 @SCHEDULES.register("constant")
-def constant(t: float, lr: float, s: ScheduleConfig) -> float:
-    return lr
+@dataclass(frozen=True)
+class Constant(Schedule):
+    """The base learning rate throughout.
 
+    Args:
+        epochs: T, the run's length in epochs (unused by the rate).
+    """
 
-def learning_rate(t: float, lr: float, s: ScheduleConfig) -> float:
-    """The learning rate after ``t`` epochs (fractional) under schedule ``s``."""
-    return SCHEDULES.get(s.name)(t, lr, s)
+    def __call__(self, t: float, lr: float) -> float:
+        return lr

@@ -1,6 +1,6 @@
 """The training loop: adversarial training with an optional weight perturbation.
 
-One step (DESIGN.md §2):
+One step (docs/design.md, "One training step"):
 
 1. the attack crafts ``x_adv`` from input gradients only;
 2. ``loss_fn(m) = objective.per_example(m, x, x_adv, y)`` (shape [B]);
@@ -9,123 +9,52 @@ One step (DESIGN.md §2):
 
 Each epoch ends with natural and PGD-20 accuracy on the test set and on a fixed training subset
 (their difference is the robust generalization gap), the RWP paper's loss-stationary statistics,
-and two checkpoints: ``last.pt`` (everything needed to resume) and ``best.pt`` (highest test
-PGD-20 accuracy, or validation accuracy with ``run.select=val``).
+every statistic of the perturbation, and two checkpoints: ``last.pt`` (everything needed to
+resume) and ``best.pt`` (highest test PGD-20 accuracy, or validation accuracy with
+``run.select=val``).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
-import json
 import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
-from tqdm.auto import tqdm
+from torch import Tensor, nn
 
 from wpat import experiment
 from wpat.checkpoint import FORMAT, is_wpat_checkpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
-from wpat.config import Config, config_from_dict, dump_config
-from wpat.data import DeviceLoader, dataset_spec
+from wpat.config import Config, ScheduleConfig, config_from_dict, dump_config
+from wpat.data import AUGMENTATIONS, DeviceLoader, dataset_spec
 from wpat.errors import WpatError
-from wpat.fs import writable_dir, write_text_atomic
-from wpat.evaluate import accuracy
+from wpat.fs import writable_dir
+from wpat.metrics import accuracy
+from wpat.objectives import Objective
 from wpat.perturb import WeightPerturbation, perturbed
-from wpat.schedules import learning_rate
-
-# Loss-stationary-condition bins of the RWP paper (Fig. 1c): [0, 0.5), [0.5, 1), ..., [5, inf).
-LSC_EDGES = [0.5 * i for i in range(11)] + [math.inf]
+from wpat.progress import Progress
+from wpat.run_log import EpochStats, format_epoch, write_metrics
 
 
-@dataclass
-class EpochStats:
-    """Per-epoch training statistics, accumulated on the device (no per-step host sync)."""
-
-    device: torch.device
-    c_min: float
-    loss_sum: torch.Tensor = None
-    below: torch.Tensor = None
-    count: int = 0
-    lsc_hist: torch.Tensor = None
-    perturb_steps: list = field(default_factory=list)
-    v_over_w: list = field(default_factory=list)
-    rwp_frac_below: list = field(default_factory=list)
-    seconds: float = 0.0  # training time of the epoch before a mid-epoch checkpoint
-
-    def __post_init__(self) -> None:
-        self.loss_sum = torch.zeros((), device=self.device)
-        self.below = torch.zeros((), device=self.device)
-        self.lsc_hist = torch.zeros(len(LSC_EDGES) - 1, device=self.device)
-        self.edges = torch.tensor(LSC_EDGES[1:-1], device=self.device)
-
-    def add(self, losses: torch.Tensor, stats: dict[str, torch.Tensor] | None) -> None:
-        losses = losses.detach()
-        self.loss_sum += losses.sum()
-        self.below += (losses < self.c_min).sum()
-        self.count += len(losses)
-        self.lsc_hist += torch.bincount(torch.bucketize(losses, self.edges, right=True),
-                                        minlength=len(LSC_EDGES) - 1)[: len(LSC_EDGES) - 1]
-        if stats:
-            if "frac_below" in stats:
-                self.rwp_frac_below.append(torch.as_tensor(stats["frac_below"], dtype=torch.float32))
-            if "steps" in stats:
-                self.perturb_steps.append(torch.as_tensor(stats["steps"], dtype=torch.float32))
-            if "v_over_w" in stats:
-                self.v_over_w.append(torch.as_tensor(stats["v_over_w"], dtype=torch.float32))
-
-    LISTS = ("perturb_steps", "v_over_w", "rwp_frac_below")
-
-    def state(self) -> dict[str, Any]:
-        """The partial sums, for a checkpoint taken in the middle of an epoch."""
-        state = {"loss_sum": self.loss_sum, "below": self.below, "count": self.count,
-                 "lsc_hist": self.lsc_hist, "seconds": self.seconds}
-        state.update({k: torch.stack(getattr(self, k)) if getattr(self, k) else None for k in self.LISTS})
-        return state
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.loss_sum, self.below, self.lsc_hist = state["loss_sum"], state["below"], state["lsc_hist"]
-        self.count, self.seconds = state["count"], state["seconds"]
-        for k in self.LISTS:
-            setattr(self, k, list(state[k].unbind()) if state[k] is not None else [])
-
-    def summary(self) -> dict[str, Any]:
-        """One host sync per epoch: the means of everything accumulated."""
-        mean = lambda xs: torch.stack(xs).mean().item() if xs else float("nan")  # noqa: E731
-        n = max(self.count, 1)
-        return {
-            "train_loss": (self.loss_sum / n).item(),
-            # the RWP paper's statistic: training adversarial losses (at w+v) below c_min
-            "lsc_frac_below": (self.below / n).item(),
-            "lsc_hist": self.lsc_hist.cpu().tolist(),
-            # measured by RWP's search at w, before the perturbation
-            "rwp_frac_below": mean(self.rwp_frac_below),
-            "perturb_steps": mean(self.perturb_steps),
-            "v_over_w": mean(self.v_over_w),
-        }
-
-
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, objective,
-               perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer):
+def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Tensor], objective: Objective,
+               perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer
+               ) -> tuple[Tensor, dict[str, Tensor]]:
     """One adversarial training step; returns the per-example losses at ``w + v`` and the
-    perturbation's statistics."""
+    perturbation's statistics (empty without a perturbation)."""
     x_adv = attack(model, x, y)
     model.train()
 
-    def loss_fn(m: nn.Module, index: torch.Tensor | None = None) -> torch.Tensor:
+    def loss_fn(m: nn.Module, index: Tensor | None = None) -> Tensor:
         if index is None:
             return objective.per_example(m, x, x_adv, y)
         return objective.per_example(m, x[index], x_adv[index], y[index])
 
-    losses, v = None, {}
+    losses, v, stats = None, {}, {}
     if perturbation is not None:
         # The forward at w is the search's first step, and when the search does not move off w
         # (RWP with no example below c_min) it is the training forward too: the step then costs
@@ -133,21 +62,32 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, objec
         # forward at w + v updates them, as in the authors' code.
         buffers = [b.clone() for b in model.buffers()]
         losses = loss_fn(model)
-        v = perturbation.compute(model, loss_fn, losses=losses)
-        if perturbation.moved:
+        result = perturbation.compute(model, loss_fn, losses=losses)
+        stats = result.stats
+        if result.moved:
             with torch.no_grad():
                 for b, saved in zip(model.buffers(), buffers):
                     b.copy_(saved)
-            losses = None
-        else:
-            v = {}  # adding a zero v would also invalidate the graph of the forward at w
+            losses, v = None, result.v
+        # else: adding a zero v would also invalidate the graph of the forward at w
     with perturbed(model, v):
         if losses is None:
             losses = loss_fn(model)
         optimizer.zero_grad(set_to_none=True)
         losses.mean().backward()
         optimizer.step()
-    return losses.detach(), (perturbation.stats if perturbation is not None else None)
+    return losses.detach(), stats
+
+
+def schedule_time(epoch: int, step: int, steps_per_epoch: int, s: ScheduleConfig) -> float:
+    """The schedule's ``t`` before batch ``step`` of ``epoch`` (both counted from 0 here).
+
+    ``schedule.first_epoch=1`` counts epochs from 1, as the authors' TRADES/MART scripts do (the
+    rate drops one epoch earlier); ``schedule.update=epoch`` sets the rate once per epoch."""
+    t = float(epoch + s.first_epoch)
+    if s.update == "iteration":
+        t += step / steps_per_epoch
+    return t
 
 
 class Trainer:
@@ -162,24 +102,25 @@ class Trainer:
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_everything(cfg.run.seed)
-        self.spec = dataset_spec(cfg.data.name)
+        # Components first: a bad name or option is reported before any data is read.
+        parts = experiment.build_components(cfg)
+        augment = cfg.data.augment or dataset_spec(cfg.data.name).augment
+        AUGMENTATIONS.get(augment)
         self.splits = experiment.load_splits(cfg)
-        self.model = experiment.model_from_config(cfg).to(self.device)
+        self.model = parts.model.to(self.device)
         if cfg.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.objective = experiment.objective_from_config(cfg)
-        self.attack = experiment.train_attack(cfg, self.objective)
-        self.test_attack = experiment.eval_attack(cfg)
-        self.perturbation = experiment.perturbation_from_config(cfg)
+        self.objective, self.perturbation, self.schedule = parts.objective, parts.perturbation, parts.schedule
+        self.attack, self.test_attack = parts.attack, parts.test_attack
         o = cfg.optim
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          weight_decay=o.weight_decay, nesterov=o.nesterov)
-        augment = cfg.data.augment or self.spec.augment
         self.loader = DeviceLoader(self.splits.x_train, self.splits.y_train, cfg.data.batch_size,
                                    shuffle=True, drop_last=True, augment=augment,
                                    device=self.device, seed=cfg.run.seed)
         n = min(cfg.eval.n_train, len(self.splits.x_train))
         self.train_eval = experiment.fixed_subset(self.splits.x_train, self.splits.y_train, n, cfg.run.seed + 1)
+        self.c_min = experiment.lsc_threshold(cfg)
         self.epoch = 0  # epochs completed
         self.step = 0  # batches completed in the current epoch
         self.resume_stats: dict[str, Any] | None = None
@@ -224,8 +165,8 @@ class Trainer:
         steps_per_epoch = len(self.loader)
         for epoch in range(self.epoch, cfg.schedule.epochs):
             self.loader.set_epoch(epoch)
-            active = self.perturbation is not None and epoch >= cfg.perturb.warmup
-            stats = EpochStats(self.device, cfg.perturb.c_min)
+            active = self.perturbation is not None and epoch + cfg.schedule.first_epoch >= cfg.perturb.warmup
+            stats = EpochStats(self.device, self.c_min)
             if self.resume_stats is not None:  # resuming in the middle of this epoch
                 stats.load_state(self.resume_stats)
                 self.resume_stats = None
@@ -233,23 +174,24 @@ class Trainer:
             # A resumed epoch re-draws the batches it had done (same order and augmentation,
             # from the epoch's seed) and skips them.
             batches = itertools.islice(enumerate(self.loader), self.step, None)
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
-                       total=steps_per_epoch, initial=self.step,
-                       disable=None if cfg.run.progress else True,  # None: off when not a terminal
-                       dynamic_ncols=True)
-            for i, (x, y) in bar:
-                lr = learning_rate(epoch + i / steps_per_epoch, cfg.optim.lr, cfg.schedule)
+            progress = Progress(f"epoch {epoch + 1}/{cfg.schedule.epochs}", steps_per_epoch,
+                                initial=self.step, images_per_unit=cfg.data.batch_size,
+                                enabled=cfg.run.progress)
+            for i, (x, y) in batches:
+                lr = self.schedule(schedule_time(epoch, i, steps_per_epoch, cfg.schedule), cfg.optim.lr)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
-                    losses, pstats = train_step(self.model, x, y, self.attack, self.objective,
-                                                self.perturbation if active else None, self.optimizer)
-                stats.add(losses, pstats)
+                    losses, perturb_stats = train_step(self.model, x, y, self.attack, self.objective,
+                                                       self.perturbation if active else None, self.optimizer)
+                stats.add(losses, perturb_stats)
                 self.step = i + 1
+                progress.advance()
                 every = cfg.run.checkpoint_every
                 if every and self.step % every == 0 and self.step < steps_per_epoch:
                     stats.seconds = time.perf_counter() - started
                     self.save_mid_epoch(stats)
+            progress.close()
             self.step = 0
             seconds = time.perf_counter() - started
             record = {"epoch": epoch + 1, "lr": lr, "perturb_active": active,
@@ -260,14 +202,14 @@ class Trainer:
                 raise WpatError(
                     f"the training loss became {record['train_loss']} in epoch {epoch + 1}; "
                     f"stopped, the last good checkpoint is kept in {self.run_dir} "
-                    f"(lower optim.lr or perturb.gamma)")
+                    f"(lower optim.lr or the perturbation's gamma)")
             self.epoch = epoch + 1
             if self.epoch % cfg.eval.every == 0 or self.epoch == cfg.schedule.epochs:
                 record.update(self.evaluate())
             self.history.append(record)
             self.save(record)
             if cfg.run.progress:
-                tqdm.write(format_epoch(record))
+                progress.write(format_epoch(record))
         return self.summary()
 
     def evaluate(self) -> dict[str, float]:
@@ -317,31 +259,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def format_epoch(r: dict[str, Any]) -> str:
-    text = f"epoch {r['epoch']:>3}  lr {r['lr']:.4g}  loss {r['train_loss']:.3f}"
-    if "test_pgd_acc" in r:
-        text += (f"  test nat {100 * r['test_nat_acc']:.2f}  pgd {100 * r['test_pgd_acc']:.2f}"
-                 f"  train pgd {100 * r['train_pgd_acc']:.2f}  gap {100 * r['robust_gap']:.2f}")
-    if r.get("perturb_active"):
-        text += f"  steps {r['perturb_steps']:.2f}  |v|/|w| {r['v_over_w']:.4f}"
-    return text + f"  {r['images_per_s']:.0f} img/s"
-
-
-def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """metrics.jsonl and metrics.csv, rewritten whole (atomically) from the run's history so a
-    resumed run never carries rows of epochs it is about to redo."""
-    lines = "".join(json.dumps(r) + "\n" for r in history)
-    write_text_atomic(run_dir / "metrics.jsonl", lines)
-    columns = [k for k in history[0] if k != "lsc_hist"] if history else []
-    for r in history:
-        columns += [k for k in r if k not in columns and k != "lsc_hist"]
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    write_text_atomic(run_dir / "metrics.csv", table.getvalue())
 
 
 def train(cfg: Config) -> dict[str, Any]:

@@ -6,24 +6,25 @@
     loss, acc = landscape_1d(model, x, y, attack, d, alphas=np.linspace(-1, 1, 21))
     plot_landscape_1d({"epoch 20": loss}, alphas, "landscape.png")   # + landscape.csv
 
-``landscape.py`` (AWP §3, Appendix B, Algorithm 1), ``lsc.py`` (RWP §3, Fig. 1c), ``curves.py``
+``landscape.py`` (AWP §3, Appendix B, Algorithm 1), ``lsc.py`` (RWP §3, Fig. 1c), ``runs.py``
 (reading run directories), ``plots.py`` (figures with their data beside them). The commands
-``wpat landscape | lsc | plot`` are thin wrappers around these.
+``wpat landscape | lsc | plot`` are thin wrappers around these; they load checkpoints with
+:mod:`wpat.loading`.
 """
 
-from wpat.analysis.curves import (CheckpointRef, analysis_attack, curve_rows, examples,
-                                  layer_weights, list_checkpoints, read_history, run_config,
-                                  run_label)
+from wpat.analysis.runs import (CheckpointRef, analysis_attack, curve_rows, examples,
+                                layer_weights, list_checkpoints, read_history, run_config,
+                                run_dir, run_label)
 from wpat.analysis.landscape import (adversarial_losses, filter_normalized_direction,
                                      landscape_1d, landscape_2d)
-from wpat.analysis.lsc import LSCTable, lsc_counts, lsc_from_losses, lsc_table
+from wpat.analysis.lsc import LSCTable, lsc_from_losses, lsc_table
 from wpat.analysis.plots import (plot_curves, plot_landscape_1d, plot_landscape_2d, plot_lsc,
                                  plot_weight_histograms)
 
 __all__ = [
     "CheckpointRef", "LSCTable", "adversarial_losses", "analysis_attack", "curve_rows", "examples",
     "filter_normalized_direction", "landscape_1d", "landscape_2d", "layer_weights",
-    "list_checkpoints", "lsc_counts", "lsc_from_losses", "lsc_table", "plot_curves",
-    "plot_landscape_1d", "plot_landscape_2d", "plot_lsc", "plot_weight_histograms", "read_history",
-    "run_config", "run_label",
+    "list_checkpoints", "lsc_from_losses", "lsc_table", "plot_curves", "plot_landscape_1d",
+    "plot_landscape_2d", "plot_lsc", "plot_weight_histograms", "read_history", "run_config",
+    "run_dir", "run_label",
 ]

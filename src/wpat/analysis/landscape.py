@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wpat.evaluate import Attack, attacked_logits
+from wpat.metrics import Attack, attacked_logits
 from wpat.perturb import add_perturbation, perturbed_parameters
 
 Direction = dict[str, Tensor]

@@ -1,9 +1,10 @@
 """Loss Stationary Condition groups through training (Yu et al., IJCAI 2022, §3 eq. 7, Fig. 1c).
 
 LSC[p, q) is the group of training adversarial examples whose loss ℓ(f_w(x'), y) lies in
-[p, q). Following the bins of RWP's Fig. 1c, the losses are counted in ``wpat.train.LSC_EDGES``:
-[0, 0.5), [0.5, 1), ..., [4.5, 5), [5, ∞) (nats). With them goes the fraction below ``c_min``,
-the examples RWP perturbs on (1.7 for CIFAR-10/SVHN, 4.0 for CIFAR-100).
+[p, q). Following the bins of RWP's Fig. 1c, the losses are counted in ``wpat.metrics.LSC_EDGES``
+by ``wpat.metrics.lsc_histogram``, as the training log counts them: [0, 0.5), [0.5, 1), ...,
+[4.5, 5), [5, ∞) (nats). With them goes the fraction below ``c_min``, the examples RWP perturbs
+on (1.7 for CIFAR-10/SVHN, 4.0 for CIFAR-100).
 
 Two sources:
 
@@ -21,11 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from wpat.errors import WpatError
-from wpat.train import LSC_EDGES
+from wpat.metrics import LSC_EDGES, lsc_histogram
 
 
 @dataclass
@@ -36,7 +36,7 @@ class LSCTable:
     counts: np.ndarray  # [epochs, bins]
     frac_below: list[float]
     c_min: float
-    edges: Sequence[float] = tuple(LSC_EDGES)
+    edges: Sequence[float] = LSC_EDGES
     source: str = "log"  # "log" or "recomputed"
 
     def bin_labels(self) -> list[str]:
@@ -47,13 +47,6 @@ class LSCTable:
         return [{"epoch": e, "source": self.source, "frac_below_c_min": f,
                  **dict(zip(self.bin_labels(), map(int, c)))}
                 for e, f, c in zip(self.epochs, self.frac_below, self.counts)]
-
-
-def lsc_counts(losses: Tensor, edges: Sequence[float] = LSC_EDGES) -> list[int]:
-    """Counts of ``losses`` in [edges[k], edges[k+1]): the same binning as the training log."""
-    inner = torch.tensor(list(edges[1:-1]), dtype=losses.dtype, device=losses.device)
-    bins = torch.bucketize(losses, inner, right=True)  # right: a loss equal to an edge goes up
-    return torch.bincount(bins, minlength=len(edges) - 1).tolist()
 
 
 def lsc_table(history: Iterable[dict[str, Any]], c_min: float) -> LSCTable:
@@ -72,6 +65,6 @@ def lsc_from_losses(losses_by_epoch: Mapping[int, Tensor], c_min: float) -> LSCT
     """The LSC table of per-example adversarial losses recomputed at each epoch's checkpoint."""
     epochs = sorted(losses_by_epoch)
     return LSCTable(epochs=epochs,
-                    counts=np.array([lsc_counts(losses_by_epoch[e]) for e in epochs], dtype=float),
+                    counts=np.array([lsc_histogram(losses_by_epoch[e]).tolist() for e in epochs]),
                     frac_below=[(losses_by_epoch[e] < c_min).float().mean().item() for e in epochs],
                     c_min=c_min, source="recomputed")

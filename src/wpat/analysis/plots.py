@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
-from wpat.analysis.curves import CURVE_KEYS, curve_rows
+from wpat.analysis.runs import CURVE_KEYS, curve_rows
 from wpat.analysis.lsc import LSCTable
 from wpat.errors import WpatError
 

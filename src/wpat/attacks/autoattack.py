@@ -1,39 +1,4 @@
-"""AutoAttack (Croce & Hein, *Reliable Evaluation of Adversarial Robustness with an Ensemble of
-Diverse Parameter-free Attacks*, ICML 2020), the "AA" column of AWP Table 2 and RWP Table 2, run
-by the authors' own code as published on PyPI (``pyautoattack``); nothing of it is re-implemented
-here, this file only adapts it to ``attack(model, x, y) -> x_adv``.
-
-The standard version runs APGD-CE, APGD-T (9 target classes), FAB-T (9 target classes) and
-Square (5000 queries), each on the examples the previous ones did not break; an example is
-robust only if it survives all four. ``pyautoattack.AutoAttack(model, *, eps, norm, version,
-seed, device)`` and ``run_standard_evaluation(x, y, *, batch_size, state_path)`` take
-keyword-only arguments; the latter returns the tuple ``(x_adv, y_adv)``: the adversarial
-examples (x itself where no attack succeeded) and the model's predictions on them.
-
-Arguments:
-
-- ``eps``: radius of the threat model, > 0, pixel units of inputs in [0, 1].
-- ``norm``: ``"linf"`` (default) or ``"l2"`` (pyautoattack's ``"Linf"`` / ``"L2"``).
-- ``version``: ``"standard"`` (default), ``"plus"`` or ``"rand"``; giving ``attacks`` (a list
-  of ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``, ``fab-t``, ``square``) runs pyautoattack's
-  ``"custom"`` version with just those, e.g. ``["apgd-ce"]`` for a quick check.
-- ``seed``: pyautoattack's seed (default 0), so a rerun gives the same result.
-- ``batch_size``: examples per pyautoattack batch (default 500).
-- ``state_dir``: a folder in which finished results are kept for resuming (default None).
-
-The model is attacked in eval mode on its own device; it can be any ``nn.Module`` mapping
-inputs in [0, 1] to logits. A trained wpat model (normalization inside) is exactly that, so it
-is accepted as is here, by ``pyautoattack.AutoAttack`` directly, and by RobustBench's
-``benchmark(model, dataset=..., threat_model=..., eps=...)``, which expects the same contract.
-
-Resuming: pyautoattack 0.2.0 cannot read its own state file back (``state_path``): it saves the
-set of attacks as the text of a Python set, so ``EvaluationState.from_disk`` never matches the
-attacks to run and raises, and its restore branch leaves ``y_adv`` unset. With ``state_dir``
-this wrapper resumes per call instead: each finished call stores its adversarial examples there
-under a hash of the inputs, labels, model weights and settings, and a call that finds its file
-returns it without attacking. Evaluated in batches, an interrupted evaluation loses at most the
-batch in progress.
-"""
+"""AutoAttack through the authors' own code (``pyautoattack``): :class:`AutoAttack`."""
 
 from __future__ import annotations
 
@@ -45,27 +10,69 @@ import pyautoattack
 import torch
 from torch import Tensor, nn
 
-from wpat.attacks.base import ATTACKS, Attack, require_count, require_positive
+from wpat.attacks.base import ATTACKS, Attack, crafting_mode, require_count, require_positive
 from wpat.checkpoint import save_atomic
 from wpat.errors import WpatError
+from wpat.threat import BNMode, Norm
 
-NORMS = {"linf": "Linf", "l2": "L2"}
+# pyautoattack's names of the norms.
+PYAUTOATTACK_NORMS = {Norm.LINF: "Linf", Norm.L2: "L2"}
 VERSIONS = ("standard", "plus", "rand")
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
 
 @ATTACKS.register("autoattack")
 class AutoAttack(Attack):
-    """``AutoAttack(eps)(model, x, y) -> x_adv`` through pyautoattack; see the module docstring."""
+    """AutoAttack, run by the authors' own code: ``AutoAttack(eps)(model, x, y) -> x_adv``.
 
-    def __init__(self, eps: float, *, norm: str = "linf", version: str = "standard",
+    Croce & Hein, *Reliable Evaluation of Adversarial Robustness with an Ensemble of Diverse
+    Parameter-free Attacks*, ICML 2020; the "AA" column of AWP Table 2 and RWP Table 2. It runs
+    the code as published on PyPI (``pyautoattack``); nothing of it is re-implemented here, this
+    class only adapts it to ``attack(model, x, y) -> x_adv``.
+
+    The standard version runs APGD-CE, APGD-T (9 target classes), FAB-T (9 target classes) and
+    Square (5000 queries), each on the examples the previous ones did not break; an example is
+    robust only if it survives all four. ``pyautoattack.AutoAttack(model, *, eps, norm, version,
+    seed, device)`` and ``run_standard_evaluation(x, y, *, batch_size, state_path)`` take
+    keyword-only arguments; the latter returns the tuple ``(x_adv, y_adv)``: the adversarial
+    examples (x itself where no attack succeeded) and the model's predictions on them, which
+    are AutoAttack's own verdict. :meth:`run` returns both, :meth:`predictions` ``y_adv``, and
+    calling the attack (or :meth:`perturb`) ``x_adv``; to count robust accuracy as AutoAttack
+    does, use ``predictions(model, x, y) == y``.
+
+    Args:
+        eps: radius of the threat model, > 0, pixel units of inputs in [0, 1] (papers: 8/255).
+        norm: ``Norm.LINF`` / ``"linf"`` (default) or ``Norm.L2`` / ``"l2"`` (pyautoattack's
+            ``"Linf"`` / ``"L2"``).
+        version: ``"standard"`` (default), ``"plus"`` or ``"rand"``.
+        attacks: a non-empty list of ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``, ``fab-t``,
+            ``square``: runs pyautoattack's ``"custom"`` version with just those, e.g.
+            ``["apgd-ce"]`` for a quick check (default None: ``version`` decides).
+        seed: pyautoattack's seed (default 0), so a rerun gives the same result.
+        batch_size: examples per pyautoattack batch (default 500).
+        state_dir: a folder in which finished results are kept for resuming (default None).
+
+    The model is attacked in eval mode on its own device; it can be any ``nn.Module`` mapping
+    inputs in [0, 1] to logits. A trained wpat model (normalization inside) is exactly that, so
+    it is accepted as is here, by ``pyautoattack.AutoAttack`` directly, and by RobustBench's
+    ``benchmark(model, dataset=..., threat_model=..., eps=...)``, which expects the same contract.
+
+    Resuming: pyautoattack 0.2.0 cannot read its own state file back (``state_path``): it saves
+    the set of attacks as the text of a Python set, so ``EvaluationState.from_disk`` never
+    matches the attacks to run and raises, and its restore branch leaves ``y_adv`` unset. With
+    ``state_dir`` this wrapper resumes per call instead: each finished call stores its
+    adversarial examples and predictions there under a hash of the inputs, labels, model weights
+    and settings, and a call that finds its file returns them without attacking. Evaluated in
+    batches, an interrupted evaluation loses at most the batch in progress.
+    """
+
+    def __init__(self, eps: float, *, norm: Norm | str = Norm.LINF, version: str = "standard",
                  attacks: Sequence[str] | None = None, seed: int = 0, batch_size: int = 500,
                  state_dir: str | Path | None = None) -> None:
-        super().__init__(bn_mode="eval")
+        super().__init__(bn_mode=BNMode.EVAL)
         require_positive("AutoAttack", "eps", eps)
         require_count("AutoAttack", "batch_size", batch_size)
-        if norm not in NORMS:
-            raise WpatError(f"AutoAttack: norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        norm = Norm.parse(norm, "AutoAttack norm")
         if attacks is not None:
             unknown = sorted(set(attacks) - set(ATTACK_NAMES))
             if unknown or not attacks:
@@ -80,30 +87,52 @@ class AutoAttack(Attack):
         self.batch_size = batch_size
         self.state_dir = Path(state_dir) if state_dir is not None else None
 
+    def run(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x_adv, y_adv)``: the adversarial examples and AutoAttack's predictions on them.
+
+        One evaluation gives both; a call with a ``state_dir`` that already holds this call's
+        result returns the stored pair without attacking.
+        """
+        with crafting_mode(model, self.bn_mode), torch.enable_grad():
+            x_adv, y_adv = self._evaluate(model, x.detach(), y)
+        return x_adv.detach(), y_adv.detach()
+
+    def predictions(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """AutoAttack's own per-example predictions ``y_adv`` (pyautoattack's verdict): an
+        example is robust iff ``predictions(model, x, y) == y``."""
+        return self.run(model, x, y)[1]
+
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return self._evaluate(model, x, y)[0]
+
+    def _evaluate(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         done = self._result_path(model, x, y)
         if done is not None and done.is_file():
             stored = torch.load(done, map_location=x.device, weights_only=True)
-            x_adv = x.clone()
-            x_adv[stored["index"]] = stored["x_adv"]
-            return x_adv
+            # A file from before the predictions were kept is evaluated again (and replaced).
+            if "y_adv" in stored:
+                x_adv = x.clone()
+                x_adv[stored["index"]] = stored["x_adv"]
+                return x_adv, stored["y_adv"].to(y.device)
         device = next((p.device for p in model.parameters()), x.device)  # the model's
-        adversary = pyautoattack.AutoAttack(model, attacks=self.attacks, device=device, eps=self.eps,
-                                            norm=NORMS[self.norm], seed=self.seed, version=self.version)
-        x_adv, _predictions = adversary.run_standard_evaluation(x, y, batch_size=self.batch_size)
+        adversary = pyautoattack.AutoAttack(model, attacks=self.attacks, device=device,
+                                            eps=self.eps, norm=PYAUTOATTACK_NORMS[self.norm],
+                                            seed=self.seed, version=self.version)
+        x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=self.batch_size)
         if done is not None:
             # Only the examples an attack changed: the others are x itself.
             index = (x_adv != x).flatten(1).any(1).nonzero().squeeze(1)
             done.parent.mkdir(parents=True, exist_ok=True)
-            save_atomic({"index": index.cpu(), "x_adv": x_adv[index].cpu()}, done)
-        return x_adv
+            save_atomic({"index": index.cpu(), "x_adv": x_adv[index].cpu(), "y_adv": y_adv.cpu()},
+                        done)
+        return x_adv, y_adv
 
     def _result_path(self, model: nn.Module, x: Tensor, y: Tensor) -> Path | None:
         """Where this exact call's result is kept: a hash of everything it depends on."""
         if self.state_dir is None:
             return None
-        digest = hashlib.sha256(repr((self.eps, self.norm, self.version, self.attacks, self.seed,
-                                      pyautoattack.__version__)).encode())
+        digest = hashlib.sha256(repr((self.eps, self.norm.value, self.version, self.attacks,
+                                      self.seed, pyautoattack.__version__)).encode())
         for tensor in (x, y, *model.state_dict().values()):
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
         return self.state_dir / f"autoattack-{digest.hexdigest()[:20]}.pt"

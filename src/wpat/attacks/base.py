@@ -1,37 +1,18 @@
-"""What every input attack shares: the ``ATTACKS`` registry, the :class:`Attack` base class, the
-explicit BatchNorm mode while crafting, and the geometry of the L∞ and L2 threat models.
-
-An attack is a callable ``attack(model, x, y) -> x_adv``. ``x`` is a float batch in [0, 1]
-(normalization lives inside the model), ``y`` its labels; ``x_adv`` is detached, lies in [0, 1]
-and in the ε-ball around ``x``. Attacks differentiate with respect to the input only
-(``torch.autograd.grad``), so the weights' ``.grad`` is never filled, and they work on whatever
-device ``x`` and the model are on.
-
-``bn_mode`` ("train", "eval" or None) is the mode the *whole model* is put in while crafting
-(BatchNorm, and dropout if any); None leaves the mode as the caller set it. Every module's own
-flag is restored afterwards. In "train" mode the forwards of the attack update the BN running
-statistics, exactly as the authors' AT code does.
-"""
+"""What every input attack shares: the ``ATTACKS`` registry, :class:`Attack`, the L∞/L2 balls."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from wpat.errors import WpatError
 from wpat.registry import Registry
+from wpat.threat import BNMode, Norm
 
 ATTACKS = Registry("attack")
-NORMS = Registry("norm")
-BN_MODES = ("train", "eval", None)
-
-
-def build_attack(name: str, **kwargs: Any) -> "Attack":
-    """The attack registered as ``name`` ("fgsm", "pgd", "cw"...) built with ``kwargs``."""
-    return ATTACKS.build(name, **kwargs)
 
 
 def require_positive(owner: str, key: str, value: float) -> None:
@@ -45,16 +26,24 @@ def require_count(owner: str, key: str, value: int) -> None:
         raise WpatError(f"{owner}: {key} must be an integer >= 1, got {value!r}")
 
 
+def parse_bn_mode(bn_mode: BNMode | str | None, key: str = "bn_mode") -> BNMode | None:
+    """``bn_mode`` as a :class:`BNMode`; None stays None ("leave the caller's mode")."""
+    return None if bn_mode is None else BNMode.parse(bn_mode, key)
+
+
 @contextmanager
-def crafting_mode(model: nn.Module, bn_mode: str | None) -> Iterator[None]:
+def crafting_mode(model: nn.Module, bn_mode: BNMode | str | None) -> Iterator[None]:
     """Put ``model`` in ``bn_mode`` for the duration; restore every module's own flag after.
 
-    Flags are restored per module, not with ``model.train(was_training)``, so a model whose
-    submodules were deliberately in mixed modes comes back exactly as it was.
+    ``bn_mode`` is ``BNMode.TRAIN``, ``BNMode.EVAL`` (or their strings) or None, which leaves
+    the mode as the caller set it. Flags are restored per module, not with
+    ``model.train(was_training)``, so a model whose submodules were deliberately in mixed modes
+    comes back exactly as it was.
     """
+    mode = parse_bn_mode(bn_mode)
     flags = [(module, module.training) for module in model.modules()]
-    if bn_mode is not None:
-        model.train(bn_mode == "train")
+    if mode is not None:
+        model.train(mode is BNMode.TRAIN)
     try:
         yield
     finally:
@@ -63,18 +52,26 @@ def crafting_mode(model: nn.Module, bn_mode: str | None) -> Iterator[None]:
 
 
 class Attack:
-    """Base class: validates ``bn_mode`` and wraps :meth:`perturb` in the crafting mode.
+    """Base class of every input attack: ``attack(model, x, y) -> x_adv``.
+
+    ``x`` is a float batch in [0, 1] (normalization lives inside the model), ``y`` its labels;
+    ``x_adv`` is detached, lies in [0, 1] and in the ε-ball around ``x``. Attacks differentiate
+    with respect to the input only (``torch.autograd.grad``), so the weights' ``.grad`` is never
+    filled, and they work on whatever device ``x`` and the model are on.
+
+    Args:
+        bn_mode: the mode the *whole model* is put in while crafting (BatchNorm, and dropout if
+            any): ``BNMode.TRAIN`` / ``"train"``, ``BNMode.EVAL`` / ``"eval"``, or None
+            (default) to leave the mode as the caller set it. Every module's own flag is
+            restored afterwards. In train mode the forwards of the attack update the BN running
+            statistics, exactly as the authors' AT code does.
 
     Subclasses implement ``perturb(model, x, y)``; it runs with gradients enabled (so attacks
     also work inside a caller's ``torch.no_grad()``) and ``x`` already detached.
     """
 
-    def __init__(self, *, bn_mode: str | None = None) -> None:
-        if bn_mode not in BN_MODES:
-            raise WpatError(
-                f"{type(self).__name__}: bn_mode must be 'train', 'eval' or None, got {bn_mode!r}"
-            )
-        self.bn_mode = bn_mode
+    def __init__(self, *, bn_mode: BNMode | str | None = None) -> None:
+        self.bn_mode = parse_bn_mode(bn_mode, f"{type(self).__name__} bn_mode")
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         with crafting_mode(model, self.bn_mode), torch.enable_grad():
@@ -106,7 +103,6 @@ class Ball:
         raise NotImplementedError
 
 
-@NORMS.register("linf")
 class LinfBall(Ball):
     """L∞ ball: steepest ascent is the gradient's sign; projection is a coordinate-wise clamp."""
 
@@ -120,7 +116,6 @@ class LinfBall(Ball):
         return delta.clamp_(-eps, eps)
 
 
-@NORMS.register("l2")
 class L2Ball(Ball):
     """L2 ball: steepest ascent is the gradient over its per-example L2 norm; projection rescales
     each example whose norm exceeds ε back onto the sphere (``renorm``)."""
@@ -139,3 +134,13 @@ class L2Ball(Ball):
 
     def project_(self, delta: Tensor, eps: float) -> Tensor:
         return delta.renorm_(p=2, dim=0, maxnorm=eps)
+
+
+# The balls are stateless, so one instance of each serves every attack.
+BALLS: dict[Norm, Ball] = {Norm.LINF: LinfBall(), Norm.L2: L2Ball()}
+
+
+def ball(norm: Norm | str, key: str = "norm") -> Ball:
+    """The ball of ``norm`` (``Norm.LINF``/``"linf"`` or ``Norm.L2``/``"l2"``); a bad value is a
+    one-line WpatError naming ``key`` and the valid norms."""
+    return BALLS[Norm.parse(norm, key)]

@@ -1,20 +1,28 @@
-"""Fast gradient sign method (Goodfellow, Shlens, Szegedy, *Explaining and Harnessing
-Adversarial Examples*, ICLR 2015, eq. 3): x' = clip_[0,1](x + ε · sign(∇_x ℓ(f(x), y))).
-
-One L∞ step of size ε from x itself (no random start), i.e. PGD with α = ε and one step; the
-"FGSM" column of AWP Table 2 and RWP Table 2.
-
-Arguments: ``eps`` (> 0, pixel units in [0, 1]), ``loss`` (an ``ATTACK_LOSSES`` name, default
-``"ce"``), ``bn_mode`` (``"train"``, ``"eval"`` or None = the caller's mode).
-"""
+"""The fast gradient sign method: :class:`FGSM`."""
 
 from __future__ import annotations
 
 from wpat.attacks.base import ATTACKS
 from wpat.attacks.pgd import PGD
+from wpat.threat import BNMode
 
 
 @ATTACKS.register("fgsm")
 class FGSM(PGD):
-    def __init__(self, eps: float, *, loss: str = "ce", bn_mode: str | None = None) -> None:
+    """Fast gradient sign method: x' = clip_[0,1](x + ε · sign(∇_x ℓ(f(x), y))).
+
+    ``FGSM(eps)(model, x, y) -> x_adv``. Goodfellow, Shlens, Szegedy, *Explaining and Harnessing
+    Adversarial Examples*, ICLR 2015, eq. 3. One L∞ step of size ε from x itself (no random
+    start), i.e. :class:`~wpat.attacks.pgd.PGD` with α = ε and one step; the "FGSM" column of AWP
+    Table 2 and RWP Table 2. Cost: one forward and one input-only backward.
+
+    Args:
+        eps: radius ε, > 0, pixel units of inputs in [0, 1] (papers: 8/255).
+        loss: an ``ATTACK_LOSSES`` name (default ``"ce"``).
+        bn_mode: ``BNMode.TRAIN``, ``BNMode.EVAL`` (or their strings) or None (default, the
+            caller's mode).
+    """
+
+    def __init__(self, eps: float, *, loss: str = "ce",
+                 bn_mode: BNMode | str | None = None) -> None:
         super().__init__(eps, eps, 1, random_start=False, loss=loss, bn_mode=bn_mode)

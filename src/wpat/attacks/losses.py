@@ -1,18 +1,4 @@
-"""Per-example losses an attack ascends, in the ``ATTACK_LOSSES`` registry.
-
-An attack loss is called as ``loss(logits_adv, y, logits_clean) -> Tensor[B]``; its attribute
-``needs_clean`` says whether it reads ``logits_clean`` (otherwise the attack passes None and
-skips the clean forward). Losses are computed in fp32 whatever the logits' dtype.
-
-- ``"ce"``: cross-entropy CE(z_adv, y) (Madry et al. 2018).
-- ``"cw"``: the Carlini & Wagner margin max_{k≠y} z_k − z_y (Carlini & Wagner 2017, the CW∞
-  attack of AWP/RWP Table 2), i.e. the negative of the usual margin loss with κ = 0 and without
-  its clamp, so that *ascending* it drives the example to be misclassified.
-- ``"kl"``: TRADES' KL(f(x) ‖ f(x')) = Σ_k p_clean,k (log p_clean,k − log p_adv,k) (Zhang et
-  al. 2019; AWP paper eq. 16), with the clean logits computed once, without gradient.
-
-Register a new loss with ``@attack_loss("name", needs_clean=...)``.
-"""
+"""Per-example losses an attack ascends, registered in ``ATTACK_LOSSES``."""
 
 from __future__ import annotations
 
@@ -27,6 +13,13 @@ ATTACK_LOSSES = Registry("attack loss")
 
 
 class AttackLoss(Protocol):
+    """The contract of an attack loss: ``loss(logits_adv, y, logits_clean) -> Tensor[B]``.
+
+    Its attribute ``needs_clean`` says whether it reads ``logits_clean`` (otherwise the attack
+    passes None and skips the clean forward). Losses are computed in fp32 whatever the logits'
+    dtype. Register a new one with ``@attack_loss("name", needs_clean=...)``.
+    """
+
     needs_clean: bool
 
     def __call__(self, logits_adv: Tensor, y: Tensor, logits_clean: Tensor | None) -> Tensor: ...
@@ -55,11 +48,18 @@ def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:
 
 @attack_loss("ce")
 def cross_entropy(logits_adv: Tensor, y: Tensor, logits_clean: Tensor | None = None) -> Tensor:
+    """``"ce"``: the cross-entropy CE(z_adv, y) per example (Madry et al. 2018)."""
     return F.cross_entropy(logits_adv.float(), y, reduction="none")
 
 
 @attack_loss("cw")
 def cw_margin(logits_adv: Tensor, y: Tensor, logits_clean: Tensor | None = None) -> Tensor:
+    """``"cw"``: the Carlini & Wagner margin max_{k≠y} z_k − z_y per example.
+
+    Carlini & Wagner 2017, the CW∞ attack of AWP/RWP Table 2: the negative of the usual margin
+    loss with κ = 0 and without its clamp, so that *ascending* it drives the example to be
+    misclassified.
+    """
     z = logits_adv.float()
     true = z.gather(1, y[:, None]).squeeze(1)
     best_other = z.scatter(1, y[:, None], float("-inf")).max(dim=1).values
@@ -68,5 +68,10 @@ def cw_margin(logits_adv: Tensor, y: Tensor, logits_clean: Tensor | None = None)
 
 @attack_loss("kl", needs_clean=True)
 def kl_from_clean(logits_adv: Tensor, y: Tensor, logits_clean: Tensor | None) -> Tensor:
+    """``"kl"``: TRADES' KL(f(x) ‖ f(x')) = Σ_k p_clean,k (log p_clean,k − log p_adv,k).
+
+    Zhang et al. 2019; AWP paper eq. 16. The clean logits are computed once, without gradient,
+    by the attack (``needs_clean``).
+    """
     assert logits_clean is not None, "the 'kl' attack loss needs the clean logits"
     return kl_divergence(logits_clean, logits_adv)

@@ -1,67 +1,77 @@
-"""Projected gradient descent (here: ascent) on the input, L∞ or L2 (Madry et al., *Towards Deep
-Learning Models Resistant to Adversarial Attacks*, ICLR 2018: the inner maximisation of the
-saddle-point problem (2.1) by the PGD update of §2.1; the x' of AWP paper eq. 1 and RWP eq. 1).
-
-Each of ``steps`` iterations takes one forward and one input-only backward:
-
-    L∞:  δ ← Π(δ + α · sign(∇_δ ℓ))
-    L2:  δ ← Π(δ + α · ∇_δ ℓ / ‖∇_δ ℓ‖₂)         (per example)
-
-where ℓ is the per-example attack loss (summed over the batch before differentiating, so one
-example's step does not depend on the batch size) and Π projects onto the ε-ball (clamp for L∞,
-rescaling onto the sphere for L2) and then onto the box x + δ ∈ [0, 1]. For L2 the box clamp only
-shrinks coordinates towards 0, so the result stays in the ball.
-
-Arguments (``eps`` and ``alpha`` in pixel units of inputs scaled to [0, 1]):
-
-- ``eps``: radius ε of the threat model, > 0 (papers: 8/255 L∞, 128/255 L2).
-- ``alpha``: step size, > 0 (papers: 2/255 L∞, 15/255 L2).
-- ``steps``: iterations, >= 1 (papers: 10 for training, 20 for testing).
-- ``norm``: ``"linf"`` (default) or ``"l2"``.
-- ``random_start`` (default True) and ``init``: ``"uniform"`` (default) draws δ₀ uniformly in
-  the L∞ ball, or, for L2, a Gaussian direction with a radius uniform in [0, ε];
-  ``"normal"`` draws δ₀ = 0.001 · N(0, 1) whatever ε, as the TRADES and MART codes do.
-- ``restarts`` (default 1): independent random starts; per example the result of the best run
-  is kept, where a misclassified result beats a correctly classified one and ties are broken by
-  the higher attack loss. With ``restarts`` > 1 every run costs one extra forward to score it
-  (in the crafting mode, so in "train" mode it also updates the BN running statistics).
-- ``loss``: the name of a per-example attack loss in ``ATTACK_LOSSES`` (default ``"ce"``).
-- ``bn_mode``: the model's mode while crafting, ``"train"``, ``"eval"`` or None (default,
-  the caller's mode); see :mod:`wpat.attacks.base`.
-"""
+"""Projected gradient descent (ascent) on the input, L∞ or L2: :class:`PGD`."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from wpat.attacks.base import ATTACKS, NORMS, Attack, Ball, require_count, require_positive
+from wpat.attacks.base import ATTACKS, Attack, Ball, ball, require_count, require_positive
 from wpat.attacks.losses import ATTACK_LOSSES
 from wpat.errors import WpatError
 from wpat.registry import Registry
+from wpat.threat import BNMode, Norm, ThreatModel
 
 STARTS = Registry("random start")
 
 
 @STARTS.register("uniform")
-def _uniform_start(ball: Ball, delta: Tensor, eps: float) -> Tensor:
-    return ball.sample_(delta, eps)
+def _uniform_start(geometry: Ball, delta: Tensor, eps: float) -> Tensor:
+    """δ₀ drawn from the ball: uniform in the L∞ ball; for L2 a Gaussian direction with a radius
+    uniform in [0, ε] (Rice et al.'s code, which the AWP authors build on)."""
+    return geometry.sample_(delta, eps)
 
 
 @STARTS.register("normal")
-def _normal_start(ball: Ball, delta: Tensor, eps: float) -> Tensor:
-    # TRADES' and MART's codes: a tiny jitter, independent of ε; it only has to move off δ = 0,
-    # where the gradient of the KL vanishes.
+def _normal_start(geometry: Ball, delta: Tensor, eps: float) -> Tensor:
+    """δ₀ = 0.001 · N(0, 1) whatever ε, as the TRADES and MART codes start their attacks."""
+    # A tiny jitter, independent of ε; it only has to move off δ = 0, where the gradient of the
+    # KL vanishes.
     return delta.normal_(0.0, 0.001)
 
 
 @ATTACKS.register("pgd")
 class PGD(Attack):
-    """``PGD(eps, alpha, steps)(model, x, y) -> x_adv``; see the module docstring."""
+    """Projected gradient descent (here: ascent) on the input, L∞ or L2.
 
-    def __init__(self, eps: float, alpha: float, steps: int, *, norm: str = "linf",
+    ``PGD(eps, alpha, steps)(model, x, y) -> x_adv``. Madry et al., *Towards Deep Learning
+    Models Resistant to Adversarial Attacks*, ICLR 2018: the inner maximisation of the
+    saddle-point problem (2.1) by the PGD update of §2.1; the x' of AWP paper eq. 1 and RWP eq. 1.
+
+    Each of ``steps`` iterations takes one forward and one input-only backward::
+
+        L∞:  δ ← Π(δ + α · sign(∇_δ ℓ))
+        L2:  δ ← Π(δ + α · ∇_δ ℓ / ‖∇_δ ℓ‖₂)         (per example)
+
+    where ℓ is the per-example attack loss (summed over the batch before differentiating, so one
+    example's step does not depend on the batch size) and Π projects onto the ε-ball (clamp for
+    L∞, rescaling onto the sphere for L2) and then onto the box x + δ ∈ [0, 1]. For L2 the box
+    clamp only shrinks coordinates towards 0, so the result stays in the ball.
+
+    Args (``eps`` and ``alpha`` in pixel units of inputs scaled to [0, 1]):
+        eps: radius ε of the threat model, > 0 (papers: 8/255 L∞, 128/255 L2).
+        alpha: step size, > 0 (papers: 2/255 L∞, 15/255 L2).
+        steps: iterations, >= 1 (papers: 10 for training, 20 for testing).
+        norm: ``Norm.LINF`` / ``"linf"`` (default) or ``Norm.L2`` / ``"l2"``.
+        random_start: start from a random δ₀ (default True) drawn by ``init``.
+        init: ``"uniform"`` (default) draws δ₀ uniformly in the L∞ ball, or, for L2, a Gaussian
+            direction with a radius uniform in [0, ε]; ``"normal"`` draws δ₀ = 0.001 · N(0, 1)
+            whatever ε, as the TRADES and MART codes do.
+        restarts: independent random starts (default 1); per example the result of the best run
+            is kept, where a misclassified result beats a correctly classified one and ties are
+            broken by the higher attack loss. With ``restarts`` > 1 every run costs one extra
+            forward to score it (in the crafting mode, so in train mode it also updates the BN
+            running statistics).
+        loss: the name of a per-example attack loss in ``ATTACK_LOSSES`` (default ``"ce"``).
+        bn_mode: the model's mode while crafting, ``BNMode.TRAIN``, ``BNMode.EVAL`` (or their
+            strings) or None (default, the caller's mode); see :class:`~wpat.attacks.base.Attack`.
+
+    Cost: ``steps`` forwards and input-only backwards per run, plus one forward for the clean
+    logits if the loss reads them (``"kl"``) and one per run to score restarts.
+    """
+
+    def __init__(self, eps: float, alpha: float, steps: int, *, norm: Norm | str = Norm.LINF,
                  random_start: bool = True, init: str = "uniform", restarts: int = 1,
-                 loss: str = "ce", bn_mode: str | None = None) -> None:
+                 loss: str = "ce", bn_mode: BNMode | str | None = None) -> None:
         super().__init__(bn_mode=bn_mode)
         owner = type(self).__name__
         require_positive(owner, "eps", eps)
@@ -72,9 +82,19 @@ class PGD(Attack):
             raise WpatError(f"{owner}: restarts={restarts} needs random_start=True "
                             "(without it every run is the same)")
         self.eps, self.alpha, self.steps, self.restarts = eps, alpha, steps, restarts
-        self.ball = NORMS.build(norm)
+        self.norm = Norm.parse(norm, f"{owner} norm")
+        self.ball = ball(self.norm)
         self.start = STARTS.get(init) if random_start else None
         self.loss = ATTACK_LOSSES.get(loss)
+
+    @classmethod
+    def from_threat(cls, threat: ThreatModel, steps: int, *, random_start: bool = True,
+                    init: str = "uniform", restarts: int = 1, loss: str = "ce",
+                    bn_mode: BNMode | str | None = BNMode.EVAL) -> "PGD":
+        """PGD-``steps`` in ``threat``'s ball with its step size: the one way training,
+        evaluation and analysis build PGD from a threat model."""
+        return cls(threat.eps, threat.alpha, steps, norm=threat.norm, random_start=random_start,
+                   init=init, restarts=restarts, loss=loss, bn_mode=bn_mode)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         x = x.float()  # deltas and projections stay fp32 whatever the batch's dtype

@@ -34,8 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch-heavy: imported only when evaluating
-    from wpat.evaluate import (DEFAULT_ATTACKS, default_out_dir, evaluate_checkpoint, report_warnings,
-                               results_table, write_report)
+    from wpat.evaluation import (DEFAULT_ATTACKS, default_out_dir, evaluate_checkpoint,
+                                 report_warnings, results_table, write_report)
 
     attacks = [a.strip() for a in args.attacks.split(",")] if args.attacks is not None else DEFAULT_ATTACKS
     out = args.out or default_out_dir(args.target)

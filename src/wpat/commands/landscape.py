@@ -21,19 +21,14 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import Tensor, nn
-
-from wpat import experiment
-from wpat.analysis import (adversarial_losses, analysis_attack, examples,
-                           filter_normalized_direction, landscape_1d, landscape_2d,
-                           list_checkpoints, plot_landscape_1d, plot_landscape_2d)
-from wpat.attacks import PGD
 from wpat.errors import WpatError
-from wpat.evaluate import model_from_checkpoint
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from wpat.attacks import PGD
 
 
 def parse_epochs(text: str | None) -> list[int] | None:
@@ -51,10 +46,11 @@ def parse_alphas(text: str) -> list[float]:
     try:
         if ":" in text:
             start, stop, num = text.split(":")
-            if int(num) < 2:
+            first, last, n = float(start), float(stop), int(num)
+            if n < 2:
                 raise ValueError
-            # rounded so that the grid's middle point is exactly α = 0, not 1e-17
-            return [round(float(a), 10) for a in np.linspace(float(start), float(stop), int(num))]
+            # both ends included; rounded so that the grid's middle point is exactly α = 0
+            return [round(first + (last - first) * i / (n - 1), 10) for i in range(n)]
         return [float(a) for a in text.split(",")]
     except ValueError:
         raise WpatError(f"--alphas {text!r}: expected START:STOP:NUM with NUM >= 2 (e.g. -1:1:21) "
@@ -95,6 +91,12 @@ def check(args: argparse.Namespace) -> None:
 def measure(model: nn.Module, x: Tensor, y: Tensor, attack: PGD, alphas: list[float],
             args: argparse.Namespace, batch_size: int) -> dict[str, Any]:
     """ρ(w) and the landscape of one checkpoint along the seed's directions."""
+    import numpy as np
+    import torch
+
+    from wpat.analysis import (adversarial_losses, filter_normalized_direction, landscape_1d,
+                               landscape_2d)
+
     generator = torch.Generator().manual_seed(args.seed)  # the same directions for every checkpoint
     directions = [filter_normalized_direction(model, generator)
                   for _ in range(max(args.directions, args.dim))]
@@ -110,6 +112,10 @@ def measure(model: nn.Module, x: Tensor, y: Tensor, attack: PGD, alphas: list[fl
 
 
 def plot(records: list[dict[str, Any]], alphas: list[float], dim: int, path: Path) -> Path:
+    import numpy as np
+
+    from wpat.analysis import plot_landscape_1d, plot_landscape_2d
+
     if dim == 1:
         return plot_landscape_1d({r["label"]: np.array(r["loss"]) for r in records}, alphas, path)
     relative = {r["label"]: np.abs(np.array(r["loss"]) - r["center_loss"]) for r in records}
@@ -117,6 +123,11 @@ def plot(records: list[dict[str, Any]], alphas: list[float], dim: int, path: Pat
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch and matplotlib: imported only when measuring
+    from wpat import experiment
+    from wpat.analysis import analysis_attack, examples, list_checkpoints
+    from wpat.loading import model_from_checkpoint
+
     check(args)
     alphas = parse_alphas(args.alphas)
     refs = list_checkpoints(args.paths, parse_epochs(args.epochs))
@@ -148,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     png = plot(records, alphas, args.dim, out / f"{name}.png")
     meta = {"dim": args.dim, "alphas": alphas, "directions": args.directions, "seed": args.seed,
             "split": args.split, "n_examples": len(x), "device": str(device),
-            "attack": {"norm": cfg.attack.norm, "eps": attack.eps, "alpha": attack.alpha,
+            "attack": {"norm": str(cfg.attack.norm), "eps": attack.eps, "alpha": attack.alpha,
                        "steps": attack.steps},
             "seconds": round(time.perf_counter() - started, 2), "checkpoints": records}
     (out / f"{name}.json").write_text(json.dumps(meta, indent=1))

@@ -1,25 +1,24 @@
 """``wpat lsc RUN_DIR``: LSC groups of the training adversarial losses through training
 (RWP §3, eq. 7, Fig. 1c; see :mod:`wpat.analysis.lsc`).
 
-By default the histogram per epoch and the fraction below ``perturb.c_min`` come from the run's
-``metrics.jsonl``. ``--recompute`` measures them instead at each checkpoint of the run
-(``epoch-NNN.pt``, ``best.pt``, ``last.pt``) on ``--n-examples`` (default 1000) training
-examples with the training attack's PGD on CE, eval-mode BN (for runs whose log lacks them).
-Writes ``lsc.png`` and ``lsc.csv`` into ``--out`` (default: the run directory).
+By default the histogram per epoch and the fraction below ``c_min`` (RWP's
+``perturb.rwp.c_min``, as the training log counts it) come from the run's ``metrics.jsonl``.
+``--recompute`` measures them instead at each checkpoint of the run (``epoch-NNN.pt``,
+``best.pt``, ``last.pt``) on ``--n-examples`` (default 1000) training examples with the
+training attack's PGD on CE, eval-mode BN (for runs whose log lacks them).
+Writes ``lsc.png`` and ``lsc.csv`` into ``--out`` (default: the run directory) and prints where.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from wpat import experiment
-from wpat.analysis import (adversarial_losses, analysis_attack, examples, list_checkpoints,
-                           lsc_from_losses, lsc_table, plot_lsc, read_history, run_config)
-from wpat.analysis.curves import run_dir
-from wpat.analysis.lsc import LSCTable
 from wpat.errors import WpatError
-from wpat.evaluate import model_from_checkpoint
+
+if TYPE_CHECKING:
+    from wpat.analysis import LSCTable
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +35,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def recompute(path: Path, n_examples: int, seed: int, device_name: str | None) -> LSCTable:
     """The LSC table measured at every checkpoint of the run in ``path``."""
+    from wpat import experiment
+    from wpat.analysis import (adversarial_losses, analysis_attack, examples, list_checkpoints,
+                               lsc_from_losses)
+    from wpat.loading import model_from_checkpoint
+    from wpat.experiment import lsc_threshold
+
     refs = list_checkpoints([path])
     _, cfg, _ = model_from_checkpoint(refs[0].path)  # one subset and attack for all checkpoints
+    c_min = lsc_threshold(cfg)  # the training log's c_min
     x, y = examples(cfg, "train", n_examples, seed)
     attack = analysis_attack(cfg)
     device = experiment.resolve_device(device_name or cfg.run.device)
@@ -46,18 +52,21 @@ def recompute(path: Path, n_examples: int, seed: int, device_name: str | None) -
         model = model_from_checkpoint(ref.path)[0].to(device)
         loss = adversarial_losses(model, x, y, attack, batch_size=cfg.eval.batch_size, seed=seed)[0]
         losses[ref.epoch] = loss.cpu()
-        print(f"{ref.label}: {(loss < cfg.perturb.c_min).float().mean().item():.3f} below c_min")
-    return lsc_from_losses(losses, cfg.perturb.c_min)
+        print(f"{ref.label}: {(loss < c_min).float().mean().item():.3f} below c_min")
+    return lsc_from_losses(losses, c_min)
 
 
 def run(args: argparse.Namespace) -> int:
+    from wpat.analysis import lsc_table, plot_lsc, read_history, run_config, run_dir
+    from wpat.experiment import lsc_threshold
+
     path = run_dir(args.run_dir)
     if args.n_examples < 1:
         raise WpatError("--n-examples must be an integer >= 1")
     if args.recompute:
         table = recompute(path, args.n_examples, args.seed, args.device)
     else:
-        table = lsc_table(read_history(path), run_config(path).perturb.c_min)
+        table = lsc_table(read_history(path), lsc_threshold(run_config(path)))
     png = plot_lsc(table, Path(args.out or path) / "lsc.png")
     print(f"wrote {png} and {png.with_suffix('.csv').name} "
           f"({len(table.epochs)} epochs, {table.source})")

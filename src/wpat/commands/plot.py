@@ -4,7 +4,8 @@ histograms of their ``--checkpoint`` (best or last; AWP Fig. 4).
 
 Legends use ``--labels`` (one per run) or the runs' methods (``AT``, ``AT-AWP``, ...; the
 directory names when two runs share a method). Writes ``curves.png``/``curves.csv`` and
-``weights.png``/``weights.csv`` into ``--out`` (default: the current directory).
+``weights.png``/``weights.csv`` into ``--out`` (default: the first run directory) and prints
+where.
 """
 
 from __future__ import annotations
@@ -12,17 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wpat.analysis import (layer_weights, plot_curves, plot_weight_histograms, read_history,
-                           run_label)
-from wpat.analysis.curves import run_dir
 from wpat.errors import WpatError
-from wpat.evaluate import model_from_checkpoint
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
     parser.add_argument("--labels", nargs="+", help="legend labels, one per run (default: methods)")
-    parser.add_argument("--out", default=".", help="output directory (default: the current one)")
+    parser.add_argument("--out", help="output directory (default: the first run directory)")
     parser.add_argument("--weights", action="store_true",
                         help="also plot per-layer weight histograms")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
@@ -31,6 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def labels_for(paths: list[Path], labels: list[str] | None) -> list[str]:
     """``--labels``, else the runs' methods, else (if two share one) their directory names."""
+    from wpat.analysis import run_label
+
     if labels is not None:
         if len(labels) != len(paths) or len(set(labels)) < len(labels):
             raise WpatError(f"--labels: expected {len(paths)} distinct labels, one per run, "
@@ -43,9 +42,14 @@ def labels_for(paths: list[Path], labels: list[str] | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # matplotlib and torch: imported only when plotting
+    from wpat.analysis import (layer_weights, plot_curves, plot_weight_histograms, read_history,
+                               run_dir)
+    from wpat.loading import model_from_checkpoint
+
     paths = [run_dir(p) for p in args.run_dirs]
     labels = labels_for(paths, args.labels)
-    out = Path(args.out)
+    out = Path(args.out) if args.out is not None else paths[0]
     runs = dict(zip(labels, paths))
     written = [plot_curves({label: read_history(p) for label, p in runs.items()}, out / "curves.png")]
     if args.weights:

@@ -6,7 +6,7 @@ import argparse
 
 from wpat.config import load_config
 from wpat.errors import WpatError
-from wpat.report import training_table
+from wpat.tables import training_table
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -1,21 +1,4 @@
-"""Pre-activation ResNets (He, Zhang, Ren, Sun, *Identity Mappings in Deep Residual Networks*,
-ECCV 2016) and PreAct ResNet-18, the main architecture of both AWP and RWP.
-
-A pre-activation block computes ``x_{l+1} = s(x_l) + F(x_l)`` with
-``F = conv3x3 ∘ ReLU ∘ BN ∘ conv3x3 ∘ ReLU ∘ BN`` (BN-ReLU *before* each conv, eq. 3 and
-Fig. 4e of the paper). The shortcut ``s`` is the identity, or a 1x1 strided conv applied to the
-activated input ``ReLU(BN(x_l))`` when the block changes the width or the resolution, as in the
-authors' and the AWP/RWP reference code. After the last block: BN-ReLU, global average pooling,
-linear.
-
-The same network family, with other widths, depths and a kaiming init, is the Wide ResNet of
-``wide_resnet.py``, so :class:`PreActResNet` is built from a list of stages.
-
-``preact_resnet18(num_classes, in_channels=3)``: 3x3 stem conv with 64 channels, then stages of
-2 blocks each with 64, 128, 256, 512 channels and strides 1, 2, 2, 2 — 11,172,170 parameters for
-10 classes. PyTorch's default init, as in the reference code. Global average pooling makes any
-input size work (32x32 → 4x4 before pooling; 28x28 → 4x4 as well).
-"""
+"""Pre-activation ResNets: :class:`PreActResNet` and ``preact_resnet18``."""
 
 from __future__ import annotations
 
@@ -24,6 +7,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from wpat.models.registry import MODELS
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -52,9 +37,23 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(nn.Module):
-    """Stem conv3x3, stages of :class:`PreActBlock`, then BN-ReLU, global avg-pool, linear.
+    """A pre-activation ResNet: stem conv3x3, stages of :class:`PreActBlock`, then BN-ReLU,
+    global average pooling, linear.
 
-    ``stages`` lists ``(width, num_blocks, stride)``; only a stage's first block has the stride.
+    He, Zhang, Ren, Sun, *Identity Mappings in Deep Residual Networks*, ECCV 2016. A
+    pre-activation block computes ``x_{l+1} = s(x_l) + F(x_l)`` with
+    ``F = conv3x3 ∘ ReLU ∘ BN ∘ conv3x3 ∘ ReLU ∘ BN`` (BN-ReLU *before* each conv, eq. 3 and
+    Fig. 4e of the paper). The shortcut ``s`` is the identity, or a 1x1 strided conv applied to
+    the activated input ``ReLU(BN(x_l))`` when the block changes the width or the resolution, as
+    in the authors' and the AWP/RWP reference code. The same family, with other widths, depths
+    and a kaiming init, is the Wide ResNet (``wide_resnet``), hence the list of stages.
+
+    Args:
+        stages: ``(width, num_blocks, stride)`` per stage; only a stage's first block has the
+            stride (pixels).
+        stem_width: output channels of the stem conv.
+        num_classes: outputs of the final linear layer.
+        in_channels: input channels (default 3).
     """
 
     def __init__(
@@ -86,6 +85,18 @@ class PreActResNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
+@MODELS.register("preact_resnet18")
 def preact_resnet18(num_classes: int, in_channels: int = 3) -> PreActResNet:
+    """PreAct ResNet-18, the main architecture of both AWP and RWP (He et al., ECCV 2016).
+
+    A :class:`PreActResNet` with a 3x3 stem conv of 64 channels, then stages of 2 blocks each
+    with 64, 128, 256, 512 channels and strides 1, 2, 2, 2 — 11,172,170 parameters for 10
+    classes. PyTorch's default init, as in the reference code. Global average pooling makes any
+    input size work (32x32 → 4x4 before pooling; 28x28 → 4x4 as well).
+
+    Args:
+        num_classes: number of classes.
+        in_channels: input channels (default 3). No other options.
+    """
     stages = [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]
     return PreActResNet(stages, stem_width=64, num_classes=num_classes, in_channels=in_channels)

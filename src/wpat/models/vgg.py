@@ -1,20 +1,11 @@
-"""VGG-19 with batch normalization for small images (Simonyan & Zisserman, *Very Deep
-Convolutional Networks for Large-Scale Image Recognition*, ICLR 2015, configuration E; BN after
-every conv as in Ioffe & Szegedy 2015). AWP (appendix, Fig. 11) and RWP use it on CIFAR-10.
-
-``vgg19(num_classes, in_channels=3)``: sixteen 3x3 convs (padding 1, with bias, then BN-ReLU) in
-blocks of 64, 64 | 128, 128 | 256 x4 | 512 x4 | 512 x4 channels, each block followed by a 2x2
-max-pool, then one linear layer 512 → ``num_classes`` (the CIFAR variant, without the ImageNet
-4096-wide classifier) — 20,040,522 parameters for 10 classes. PyTorch's default init.
-
-The pools round up (``ceil_mode``), which changes nothing for 32x32 inputs (32 → 1) and lets
-28x28 inputs reach 1x1 too (28 → 14 → 7 → 4 → 2 → 1) instead of an empty map.
-"""
+"""VGG-19 with batch normalization for small images: :class:`VGG` and ``vgg19``."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from wpat.models.registry import MODELS
 
 # Conv widths; "M" is a 2x2 max-pool.
 VGG19_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -22,6 +13,21 @@ VGG19_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M
 
 
 class VGG(nn.Module):
+    """A VGG network with batch normalization for small images.
+
+    Simonyan & Zisserman, *Very Deep Convolutional Networks for Large-Scale Image Recognition*,
+    ICLR 2015; BN after every conv as in Ioffe & Szegedy 2015. Each conv is 3x3 (padding 1,
+    with bias) followed by BN-ReLU; each "M" a 2x2 max-pool that rounds up (``ceil_mode``),
+    which changes nothing for 32x32 inputs (32 → 1) and lets 28x28 inputs reach 1x1 too
+    (28 → 14 → 7 → 4 → 2 → 1) instead of an empty map. Then one linear layer to
+    ``num_classes`` (the CIFAR variant, without the ImageNet 4096-wide classifier).
+
+    Args:
+        cfg: conv widths in order, ``"M"`` for a max-pool (e.g. ``VGG19_CFG``).
+        num_classes: number of classes.
+        in_channels: input channels (default 3).
+    """
+
     def __init__(self, cfg: list[int | str], *, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -42,5 +48,16 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+@MODELS.register("vgg19")
 def vgg19(num_classes: int, in_channels: int = 3) -> VGG:
+    """VGG-19 with BN (configuration E), which AWP (appendix, Fig. 11) and RWP use on CIFAR-10.
+
+    Sixteen 3x3 convs in blocks of 64, 64 | 128, 128 | 256 x4 | 512 x4 | 512 x4 channels, each
+    block followed by a 2x2 max-pool, then one linear layer 512 → ``num_classes`` — 20,040,522
+    parameters for 10 classes. PyTorch's default init. See :class:`VGG`.
+
+    Args:
+        num_classes: number of classes.
+        in_channels: input channels (default 3). No other options.
+    """
     return VGG(VGG19_CFG, num_classes=num_classes, in_channels=in_channels)

@@ -1,36 +1,17 @@
-"""The objective contract and the ``OBJECTIVES`` registry.
-
-An objective is the outer loss of adversarial training (AWP paper eq. 1-3), given per example:
-
-    objective.per_example(model, x, x_adv, y) -> Tensor[B]
-
-It is differentiable, runs the model in whatever mode the caller set (the training loop and the
-weight perturbations choose it), and knows nothing about weight perturbation: a perturbation
-receives ``lambda m: objective.per_example(m, x, x_adv, y)`` and may mask examples by it.
-
-Class attributes tell the training loop how the authors craft this method's training attack:
-
-- ``attack_loss``: the ``ATTACK_LOSSES`` name PGD ascends (``"ce"`` or ``"kl"``);
-- ``attack_init``: PGD's random start (``"uniform"`` or ``"normal"``);
-- ``attack_bn_mode``: the model's mode while crafting (``"train"`` or ``"eval"``).
-"""
+"""The objective contract (:class:`Objective`) and the ``OBJECTIVES`` registry."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torch import Tensor, nn
 
 from wpat.errors import WpatError
 from wpat.registry import Registry
+from wpat.threat import BNMode
 
 OBJECTIVES = Registry("objective")
-
-
-def build_objective(name: str, **kwargs: Any) -> "Objective":
-    """The objective registered as ``name`` ("at", "trades", "mart") built with ``kwargs``."""
-    return OBJECTIVES.build(name, **kwargs)
 
 
 def require_non_negative(owner: str, key: str, value: float) -> None:
@@ -39,11 +20,27 @@ def require_non_negative(owner: str, key: str, value: float) -> None:
 
 
 class Objective:
-    """Base class; subclasses set the three ``attack_*`` attributes and ``per_example``."""
+    """The outer loss of adversarial training (AWP paper eq. 1-3), given per example::
+
+        objective.per_example(model, x, x_adv, y) -> Tensor[B]
+
+    It is differentiable, runs the model in whatever mode the caller set (the training loop and
+    the weight perturbations choose it), and knows nothing about weight perturbation: a
+    perturbation receives ``lambda m: objective.per_example(m, x, x_adv, y)`` and may mask
+    examples by it.
+
+    Class attributes tell the training loop how the authors craft this method's training attack:
+
+    - ``attack_loss``: the ``ATTACK_LOSSES`` name PGD ascends (``"ce"`` or ``"kl"``);
+    - ``attack_init``: PGD's random start (``"uniform"`` or ``"normal"``);
+    - ``attack_bn_mode``: the model's mode while crafting (``BNMode.TRAIN`` or ``BNMode.EVAL``).
+
+    Subclasses set the three ``attack_*`` attributes and implement ``per_example``.
+    """
 
     attack_loss: ClassVar[str]
     attack_init: ClassVar[str]
-    attack_bn_mode: ClassVar[str]
+    attack_bn_mode: ClassVar[BNMode]
 
     def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError

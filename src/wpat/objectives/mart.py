@@ -1,18 +1,4 @@
-"""MART (Wang et al., *Improving Adversarial Robustness Requires Revisiting Misclassified
-Examples*, ICLR 2020; AWP paper eq. 3), exactly as MART's code computes it:
-
-    ℓ_i = BCE(f(x'_i), y_i) + λ · KL(f(x_i) ‖ f(x'_i)) · (1 − p_y(x_i))
-    BCE = −log p_y(x') − log(1.0001 − max_{k≠y} p_k(x'))
-    KL  = Σ_k p_k(x) (log p_k(x) − log(p_k(x') + 1e-12))
-
-with p = softmax. The constants 1.0001, 1e-12 and the 1.0000001 the code uses in place of 1 in
-the weight keep the logs finite; they are the authors'. ``lam`` (the code's ``beta``; default
-6.0, ≥ 0) weights the misclassification-aware KL. Gradients flow through both forwards,
-including the weight (1 − p_y(x)).
-
-Training attack as in MART's code: PGD on cross-entropy from x + 0.001 · N(0, 1), with the model
-in eval mode.
-"""
+"""MART: :class:`MART`."""
 
 from __future__ import annotations
 
@@ -21,13 +7,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wpat.objectives.base import OBJECTIVES, Objective, require_non_negative
+from wpat.threat import BNMode
 
 
 @OBJECTIVES.register("mart")
 class MART(Objective):
+    """MART: a boosted cross-entropy plus a KL weighted by how misclassified the clean input is.
+
+    Wang et al., *Improving Adversarial Robustness Requires Revisiting Misclassified Examples*,
+    ICLR 2020; AWP paper eq. 3, exactly as MART's code computes it::
+
+        ℓ_i = BCE(f(x'_i), y_i) + λ · KL(f(x_i) ‖ f(x'_i)) · (1 − p_y(x_i))
+        BCE = −log p_y(x') − log(1.0001 − max_{k≠y} p_k(x'))
+        KL  = Σ_k p_k(x) (log p_k(x) − log(p_k(x') + 1e-12))
+
+    with p = softmax. The constants 1.0001, 1e-12 and the 1.0000001 the code uses in place of 1
+    in the weight keep the logs finite; they are the authors'. Gradients flow through both
+    forwards, including the weight (1 − p_y(x)).
+
+    Args:
+        lam: weight λ of the misclassification-aware KL (the code's ``beta``), a finite
+            number >= 0 (default 6.0, the papers').
+
+    Training attack as in MART's code: PGD on cross-entropy from x + 0.001 · N(0, 1), with the
+    model in eval mode.
+    """
+
     attack_loss = "ce"
     attack_init = "normal"
-    attack_bn_mode = "eval"
+    attack_bn_mode = BNMode.EVAL
 
     def __init__(self, lam: float = 6.0) -> None:
         require_non_negative("MART", "lam", lam)

@@ -26,15 +26,15 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from wpat.perturb.base import (LossFn, WeightPerturbation, check_gamma, check_steps, global_norm,
-                               move_to, per_example, perturbed_parameters, restored)
+from wpat.perturb.base import (LossFn, Perturbation, WeightPerturbation, check_gamma, check_steps,
+                               global_norm, move_to, per_example, perturbed_parameters, restored)
 
 
 class MaskedAscent(WeightPerturbation):
-    """Base of the ascent searches; see the module docstring for the loop.
+    """Base of the ascent searches (AWP, AWP-LSC, RWP); see the module docstring for the loop.
 
     Class attributes a subclass may set:
-    ``selected_stat`` -- the ``stats`` key for the fraction of the batch selected at step 1;
+    ``selected_stat`` -- the statistic's name for the fraction of the batch selected at step 1;
     ``stop_when_empty`` -- stop once no example is selected (every later step would add a zero
     gradient, so ``v`` would not change: the exit is exact but costs a host sync per step);
     ``subset`` -- take the gradient with ``loss_fn(model, index=selected)`` (see ``RWP``).
@@ -45,7 +45,6 @@ class MaskedAscent(WeightPerturbation):
     subset: bool = False
 
     def __init__(self, gamma: float, steps: int) -> None:
-        super().__init__()
         check_gamma(type(self).__name__, gamma)
         check_steps(type(self).__name__, steps)
         self.gamma = float(gamma)
@@ -58,9 +57,9 @@ class MaskedAscent(WeightPerturbation):
     def rescale(self, d: Sequence[Tensor], w: Sequence[Tensor]) -> list[Tensor]:
         raise NotImplementedError
 
-    def compute(self, model: nn.Module, loss_fn: LossFn, losses: Tensor | None = None) -> dict[str, Tensor]:
+    def compute(self, model: nn.Module, loss_fn: LossFn, losses: Tensor | None = None) -> Perturbation:
         names, params = zip(*perturbed_parameters(model))
-        self.stats = {}
+        stats: dict[str, Tensor] = {}
         d: list[Tensor] | None = None
         v: list[Tensor] | None = None
         updates = 0
@@ -77,7 +76,7 @@ class MaskedAscent(WeightPerturbation):
                     losses = per_example(losses)
                 mask = self.select(losses.detach())
                 if k == 0 and self.selected_stat is not None:
-                    self.stats[self.selected_stat] = mask.float().mean()
+                    stats[self.selected_stat] = mask.float().mean()
                 # Host sync, once per step: an exact early exit saves up to `steps` backwards.
                 if self.stop_when_empty and not bool(mask.any()):
                     break
@@ -86,13 +85,13 @@ class MaskedAscent(WeightPerturbation):
                 d = g if d is None else [d_l + g_l for d_l, g_l in zip(d, g)]
                 v = self.rescale(d, w)
                 updates += 1
-        self.moved = v is not None
+        moved = v is not None
         if v is None:
             v = [torch.zeros_like(p) for p in params]
         # torch.full, not torch.tensor: filling on the device needs no host-to-device copy.
-        self.stats["steps"] = torch.full((), updates, device=params[0].device)
-        self.stats["v_over_w"] = global_norm(v) / global_norm(w)
-        return dict(zip(names, v))
+        stats["perturb_steps"] = torch.full((), updates, device=params[0].device, dtype=torch.float32)
+        stats["v_over_w"] = global_norm(v) / global_norm(w)
+        return Perturbation(dict(zip(names, v)), stats, moved)
 
     def _gradient(self, model: nn.Module, loss_fn: LossFn, params: Sequence[nn.Parameter],
                   losses: Tensor, mask: Tensor | None) -> list[Tensor]:

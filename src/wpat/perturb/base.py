@@ -1,9 +1,10 @@
 """The weight-perturbation contract and the pieces every perturbation shares.
 
-A perturbation looks at the model and the objective's per-example loss and returns ``v``, a
-dict from ``model.named_parameters()`` names to the tensor to add (DESIGN §2 step 4)::
+A perturbation looks at the model and the objective's per-example loss and returns a
+:class:`Perturbation`: ``v``, a dict from ``model.named_parameters()`` names to the tensor to add,
+with its statistics (docs/design.md, "One training step", step 4)::
 
-    v = perturbation.compute(model, loss_fn)    # loss_fn(model) -> per-example losses [B]
+    v = perturbation.compute(model, loss_fn).v  # loss_fn(model) -> per-example losses [B]
     with perturbed(model, v):                   # weights become w + v ...
         loss_fn(model).mean().backward()
         optimizer.step()                        # ... the step is taken at w + v ...
@@ -12,13 +13,14 @@ dict from ``model.named_parameters()`` names to the tensor to add (DESIGN §2 st
 ``compute`` leaves the model exactly as it found it: parameters and ``.grad`` bitwise (``None``
 stays ``None``), every buffer (BN running statistics, ``num_batches_tracked``) and every
 module's train/eval flag. Only trainable parameters with more than one dimension -- conv and
-linear weights -- are perturbed (DESIGN §3); BN affine parameters and biases never are.
+linear weights -- are perturbed (docs/design.md, "Reference semantics"); BN affine parameters and
+biases never are.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -34,28 +36,38 @@ LossFn = Callable[..., Tensor]
 PERTURBATIONS = Registry("weight perturbation")
 
 
-class WeightPerturbation:
-    """Base class: ``compute`` returns the perturbation ``v`` and fills ``stats``.
+@dataclass
+class Perturbation:
+    """What :meth:`WeightPerturbation.compute` returns.
 
-    ``stats`` maps names to 0-d tensors on the model's device, so a training loop can keep them
-    without a host sync and read them at the end of the epoch. Every perturbation sets
-    ``"v_over_w"`` (the global ratio ‖v‖/‖W‖ over the perturbed tensors).
+    Attributes:
+        v: the perturbation, keyed by ``model.named_parameters()`` names (perturbed tensors only).
+        stats: 0-d tensors on the model's device, named as the training log names them (e.g.
+            ``v_over_w``, ``perturb_steps``, ``rwp_frac_below``), so a training loop can keep
+            them without a host sync and log every one at the end of the epoch.
+        moved: False when the search never left w (``v`` is zero and no forward ran at w + v):
+            the caller may then train on its own forward at w.
     """
 
-    stats: dict[str, Tensor]
-    moved: bool  # False when the last ``compute`` returned v = 0 without moving off w
+    v: dict[str, Tensor]
+    stats: dict[str, Tensor] = field(default_factory=dict)
+    moved: bool = True
 
-    def __init__(self) -> None:
-        self.stats = {}
-        self.moved = True
 
-    def compute(self, model: nn.Module, loss_fn: LossFn, losses: Tensor | None = None) -> dict[str, Tensor]:
-        """The perturbation ``v`` for ``model``'s current weights, keyed by parameter name.
+class WeightPerturbation:
+    """Base class of the weight perturbations: ``compute`` returns a :class:`Perturbation`.
+
+    Every perturbation reports ``"v_over_w"`` (the global ratio ‖v‖/‖W‖ over the perturbed
+    tensors) in its statistics. It keeps no state between calls except a private random stream.
+    """
+
+    def compute(self, model: nn.Module, loss_fn: LossFn, losses: Tensor | None = None) -> Perturbation:
+        """The perturbation of ``model``'s current weights and its statistics.
 
         ``loss_fn(model)`` must return per-example losses (shape [B]) from a forward of
-        ``model`` in its current mode. Only the names of ``perturbed_parameters(model)`` appear.
-        The model is left exactly as it was (module docstring). ``losses``, if given, are
-        ``loss_fn(model)`` already computed at the current weights in train mode, with their
+        ``model`` in its current mode. Only the names of ``perturbed_parameters(model)`` appear
+        in ``v``. The model is left exactly as it was (module docstring). ``losses``, if given,
+        are ``loss_fn(model)`` already computed at the current weights in train mode, with their
         graph: a search uses them as its first step instead of a forward of its own.
         """
         raise NotImplementedError

@@ -98,11 +98,9 @@ def examples(cfg: Config, split: str = "train", n: int = 1000,
 
 
 def analysis_attack(cfg: Config, steps: int | None = None) -> PGD:
-    """PGD on CE with the run's training ε, step size and steps (Algorithm 1's η1 and K1;
-    ``steps`` overrides K1), random start, eval-mode BN."""
-    a = cfg.attack
-    return PGD(a.eps, a.alpha, steps or a.steps, norm=a.norm, random_start=True, loss="ce",
-               bn_mode="eval")
+    """PGD on CE in the run's training threat model (ε and step size: Algorithm 1's η1) with
+    its training steps (K1; ``steps`` overrides), random start, eval-mode BN."""
+    return PGD.from_threat(experiment.threat_model(cfg), steps or cfg.attack.steps, loss="ce")
 
 
 def _candidates(path: Path) -> list[Path]:

@@ -31,7 +31,8 @@ from pyautoattack import checks
 from torch import Tensor, nn
 
 from wpat.attacks import PGD
-from wpat.evaluate import accuracy
+from wpat.metrics import accuracy
+from wpat.threat import ThreatModel
 
 # Weakest to strongest; an attack later in the chain should not leave more accuracy.
 ORDER = ("natural", "fgsm", "pgd20", "pgd100", "aa")
@@ -69,7 +70,7 @@ def large_eps_accuracy(model: nn.Module, x: Tensor, y: Tensor, norm: str,
                        batch_size: int = 500) -> dict[str, float]:
     """Accuracy under PGD-20 (random start, step 2.5·ε/20) at :func:`large_eps`."""
     eps = large_eps(norm, x)
-    attack = PGD(eps, 2.5 * eps / LARGE_EPS_STEPS, LARGE_EPS_STEPS, norm=norm, bn_mode="eval")
+    attack = PGD.from_threat(ThreatModel(norm, eps, 2.5 * eps / LARGE_EPS_STEPS), LARGE_EPS_STEPS)
     return {"eps": eps, "steps": LARGE_EPS_STEPS, "accuracy": accuracy(model, x, y, attack, batch_size)}
 
 
@@ -104,7 +105,7 @@ def autoattack_checks(model: nn.Module, x: Tensor, y: Tensor, grad_norms: Tensor
     norms of all examples; returns its warnings and whether the model looked randomized."""
     # pyautoattack reports through a logger; this one collects its lines instead of printing.
     handler = _Collect()
-    logger = logging.getLogger("wpat.masking.autoattack")
+    logger = logging.getLogger("wpat.evaluation.masking.autoattack")
     logger.propagate = False
     logger.addHandler(handler)
     was_training = model.training

@@ -1,0 +1,103 @@
+"""The columns of AWP and RWP Table 2: one registered attack per column, built from a threat model.
+
+Each entry of :data:`COLUMNS` is registered with its Table-2 header as metadata
+(``COLUMNS.info("pgd20")["label"] == "PGD-20"``), and every builder takes the same arguments,
+``(threat, *, seed=0, state_dir=None)``, so :func:`build_column` passes all of them to every
+column and the registry's strict rule (an undeclared option is an error) holds. A column that
+has no use for ``seed`` (the torch RNG is seeded by the protocol before each column) or
+``state_dir`` (only AutoAttack resumes) ignores it.
+
+The settings follow docs/design.md, "Evaluation conventions": eval-mode BatchNorm while
+crafting, random starts for the PGD-type attacks, the threat model's ε and PGD step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Sequence
+
+from wpat.attacks import PGD, SPSA, AutoAttack
+from wpat.errors import WpatError
+from wpat.metrics import Attack
+from wpat.registry import Registry
+from wpat.threat import ThreatModel
+
+COLUMNS = Registry("evaluation attack")
+DEFAULT_ATTACKS = ("natural", "fgsm", "pgd20", "pgd100", "cw")  # spsa and aa are slow
+
+
+@COLUMNS.register("natural", label="Natural")
+def natural(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> None:
+    """No attack: accuracy on the clean test examples."""
+    return None
+
+
+@COLUMNS.register("fgsm", label="FGSM")
+def fgsm(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
+    """One step of size ε from x, no random start (PGD-1 with α = ε); for an L2 threat model
+    along the L2-normalised gradient."""
+    return PGD.from_threat(dataclasses.replace(threat, alpha=threat.eps), 1, random_start=False)
+
+
+def pgd_column(steps: int) -> Callable[..., Attack]:
+    """The builder of the PGD-``steps`` column (PGD-20, PGD-100)."""
+
+    def build(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
+        return PGD.from_threat(threat, steps)
+
+    build.__name__ = build.__qualname__ = f"pgd{steps}"
+    build.__doc__ = (f"PGD-{steps} on cross-entropy with the threat model's step size, one "
+                     f"uniform random start.")
+    return build
+
+
+COLUMNS.register("pgd20", label="PGD-20")(pgd_column(20))
+COLUMNS.register("pgd100", label="PGD-100")(pgd_column(100))
+
+
+@COLUMNS.register("cw", label="CW∞")
+def cw(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
+    """AWP §5.1: "CW∞ (L∞ version of CW loss optimized by PGD-100)", random start, PGD's step."""
+    return PGD.from_threat(threat, 100, loss="cw")
+
+
+@COLUMNS.register("spsa", label="SPSA")
+def spsa(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
+    """AWP §5.1: 100 iterations, δ = 0.001, learning rate 0.01, 256 samples per estimate."""
+    return SPSA(threat.eps, 100, delta=0.001, lr=0.01, samples=256, norm=threat.norm)
+
+
+@COLUMNS.register("aa", label="AA")
+def aa(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
+    """AutoAttack, standard version, through pyautoattack with ``seed``; resumable from
+    ``state_dir``. Its column counts AutoAttack's own verdict (see
+    :func:`wpat.evaluation.protocol.column_correct`)."""
+    return AutoAttack(threat.eps, norm=threat.norm, version="standard", seed=seed,
+                      state_dir=state_dir)
+
+
+def build_column(name: str, threat: ThreatModel, *, seed: int = 0,
+                 state_dir: str | Path | None = None) -> Attack | None:
+    """The attack of column ``name`` (None for ``natural``) in ``threat``'s ball."""
+    return COLUMNS.build(name, threat, seed=seed,
+                         state_dir=Path(state_dir) if state_dir is not None else None)
+
+
+def label(name: str) -> str:
+    """The Table-2 header of column ``name`` ("PGD-20"); a one-line error for an unknown name."""
+    return COLUMNS.info(name)["label"]
+
+
+def labels(names: Sequence[str] | None = None) -> dict[str, str]:
+    """Column name -> Table-2 header, for ``names`` (default: every registered column)."""
+    return {name: label(name) for name in (COLUMNS.names() if names is None else names)}
+
+
+def check_attack_names(names: Sequence[str]) -> list[str]:
+    """``names`` as a list, each a registered column; a one-line error otherwise."""
+    if not names:
+        raise WpatError(f"no attacks given; choose from {', '.join(COLUMNS.names())}")
+    for name in names:
+        COLUMNS.get(name)  # a one-line error listing the valid names
+    return list(names)

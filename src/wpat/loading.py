@@ -1,0 +1,151 @@
+"""Loading a checkpoint into a model, in one place for ``wpat eval | landscape | lsc | plot``.
+
+- :func:`checkpoints_of`: a run directory's ``best.pt`` and ``last.pt``, or one checkpoint file.
+- :func:`model_from_checkpoint`: the model, config and ``{"kind", "epoch"}`` of a checkpoint;
+  a wpat checkpoint rebuilds its own config, a foreign one (e.g. the authors' released
+  state_dict) needs a config naming its model and dataset.
+- :func:`fit_state_dict`: a foreign state_dict as a full state_dict of a wpat model, or one
+  :class:`~wpat.errors.WpatError` naming both architectures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from wpat.checkpoint import FORMAT, is_wpat_checkpoint, load_checkpoint
+from wpat.config import Config, config_from_dict, load_config
+from wpat.data import dataset_spec
+from wpat.errors import WpatError
+from wpat.experiment import model_from_config
+from wpat.models import MODELS, build_model
+
+
+def checkpoints_of(path: str | os.PathLike) -> dict[str, Path]:
+    """``best.pt`` and ``last.pt`` of a run directory, or the one checkpoint file given."""
+    path = Path(path)
+    if path.is_dir():
+        found = {kind: path / f"{kind}.pt" for kind in ("best", "last") if (path / f"{kind}.pt").exists()}
+        if not found:
+            raise WpatError(f"{path}: no best.pt or last.pt (expected a run directory written by "
+                            f"`wpat train`, or a checkpoint file)")
+        return found
+    if not path.exists():
+        raise WpatError(f"checkpoint or run directory not found: {path}")
+    return {path.stem: path}
+
+
+def model_from_checkpoint(path: str | os.PathLike, config: str | Config | None = None
+                          ) -> tuple[nn.Module, Config, dict[str, Any]]:
+    """The model stored in ``path``, its config and ``{"kind", "epoch"}``.
+
+    A wpat checkpoint rebuilds its own config; ``config`` (a preset name, a YAML file or a
+    :class:`Config`) replaces it, and is required for a foreign checkpoint, whose state_dict
+    (plain, or under "state_dict"/"model") is fitted into the config's model.
+    """
+    ckpt = load_checkpoint(path)
+    if is_wpat_checkpoint(ckpt):
+        cfg = _config(config) if config is not None else _stored_config(ckpt, path)
+        state, info = ckpt.get("model"), {"kind": ckpt.get("kind"), "epoch": ckpt.get("epoch")}
+    elif config is None:
+        raise WpatError(f"{path}: not a wpat checkpoint (no format {FORMAT!r}); to evaluate a "
+                        f"foreign state_dict, pass --config PRESET_OR_YAML naming its model and dataset")
+    else:
+        cfg = _config(config)
+        state = next((ckpt[k] for k in ("state_dict", "model") if isinstance(ckpt.get(k), dict)), ckpt)
+        info = {"kind": "foreign", "epoch": None}
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WpatError(f"{path}: no model weights found (expected a state_dict of tensors)")
+    model = model_from_config(cfg)
+    model.load_state_dict(fit_state_dict(model, state, str(path), cfg))
+    return model, cfg, info
+
+
+def _config(config: str | Config) -> Config:
+    return config if isinstance(config, Config) else load_config(str(config))
+
+
+def _stored_config(ckpt: dict[str, Any], path: str | os.PathLike) -> Config:
+    try:
+        return config_from_dict(ckpt["config"])
+    except WpatError as err:
+        raise WpatError(f"{path}: stored config: {err}") from None
+    except (KeyError, TypeError, AttributeError):
+        raise WpatError(f"{path}: the checkpoint's stored config is missing or malformed") from None
+
+
+def _strip(key: str) -> str:
+    """Drop the prefixes of DataParallel ("module.") and torch.compile ("_orig_mod.")."""
+    while key.startswith(("module.", "_orig_mod.")):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def _weights(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The entries that define the network: no normalization buffers, no BN batch counters."""
+    return {k: v for k, v in state.items()
+            if not k.startswith("normalize.") and not k.endswith("num_batches_tracked")}
+
+
+def fit_state_dict(model: nn.Module, state: Mapping[str, Tensor], where: str, cfg: Config) -> dict[str, Tensor]:
+    """``state`` as a full state_dict of ``model`` (a wpat ``Sequential(normalize, net)``).
+
+    Its keys may carry "module." / "_orig_mod." prefixes and may lack wpat's "net." prefix. If
+    the names then differ (another code base's layer names) but every tensor's shape matches
+    in order, the tensors are taken in order. Normalization buffers it lacks (the authors'
+    models normalize outside the network) are the config's dataset mean/std; a
+    num_batches_tracked it lacks does not matter in eval mode. Anything else is one
+    :class:`WpatError` naming both sides.
+    """
+    own = model.state_dict()
+    theirs = {_strip(k): v for k, v in state.items()}
+    if not any(k.startswith(("net.", "normalize.")) for k in theirs):
+        theirs = {f"net.{k}": v for k, v in theirs.items()}
+    own_w, their_w = _weights(own), _weights(theirs)
+    own_shapes, their_shapes = [v.shape for v in own_w.values()], [v.shape for v in their_w.values()]
+    if own_w.keys() == their_w.keys() and all(own_w[k].shape == v.shape for k, v in their_w.items()):
+        fitted = {**own, **their_w}
+    elif own_shapes == their_shapes:
+        fitted = {**own, **dict(zip(own_w, their_w.values()))}
+    else:
+        classes, arch = _describe(their_w)
+        spec = dataset_spec(cfg.data.name)
+        raise WpatError(
+            f"{where}: checkpoint has {classes} output classes and the layout of {arch} "
+            f"({len(their_w)} weight tensors) but the config builds {cfg.model.name} for "
+            f"{cfg.data.name} ({spec.num_classes} classes, {len(own_w)} weight tensors); "
+            f"pass a --config whose model and dataset match")
+    for key in ("normalize.mean", "normalize.std"):
+        if key in theirs and theirs[key].shape == own[key].shape:
+            fitted[key] = theirs[key]
+    return fitted
+
+
+def _describe(weights: dict[str, Tensor]) -> tuple[Any, str]:
+    """(output classes, the wpat architectures with this layout, or "an unknown network").
+
+    An architecture matches by shapes, or else by key names alone (another width or class
+    count of the same network)."""
+    matrices = [v for v in weights.values() if v.dim() == 2]
+    convs = [v for v in weights.values() if v.dim() == 4]
+    if not matrices or not convs:
+        return "an unknown number of", "an unknown network"
+    classes, in_channels = matrices[-1].shape[0], convs[0].shape[1]
+    by_shape, by_name = [], []
+    for name in MODELS.names():
+        try:
+            with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+                candidate = _weights(build_model(name, num_classes=classes, in_channels=in_channels,
+                                                 mean=[0.0] * in_channels, std=[1.0] * in_channels).state_dict())
+        except WpatError:
+            continue
+        if [v.shape for v in candidate.values()] == [v.shape for v in weights.values()]:
+            by_shape.append(name)
+        elif list(candidate) == list(weights):
+            by_name.append(name)
+    found = by_shape or by_name
+    return classes, "/".join(found) if found else "an unknown network"

@@ -1,0 +1,102 @@
+"""Progress of long loops: a bar on a terminal, plain lines in a log.
+
+When stderr is a terminal, :class:`Progress` draws a tqdm bar. When it is not (a cluster job,
+``nohup``, output redirected to a file), a bar would print nothing useful, so it writes a plain
+line instead, at a steady pace: whenever ``interval`` seconds have passed (default 30) or another
+tenth of the total is done, whichever comes first::
+
+    epoch 1/3: 120/421 steps (28%), 1534 img/s, ETA 0:02:41
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+INTERVAL_S = 30.0
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Report ``done`` of ``total`` units under ``desc``.
+
+    Args:
+        desc: what is progressing ("epoch 1/3", "best PGD-20").
+        total: units in all (steps, images).
+        unit: the unit's name in the lines ("steps", "img").
+        initial: units already done (a resumed epoch).
+        images_per_unit: images one unit stands for, to report images/s (1 for images).
+        enabled: False reports nothing; None (default) and True report.
+        stream: where lines go (default stderr); a terminal gets a bar.
+        interval: seconds between plain lines at most.
+    """
+
+    def __init__(self, desc: str, total: int, *, unit: str = "steps", initial: int = 0,
+                 images_per_unit: int = 1, enabled: bool | None = True,
+                 stream: TextIO | None = None, interval: float = INTERVAL_S) -> None:
+        self.desc, self.total, self.unit = desc, total, unit
+        self.done = self.start_done = initial
+        self.images_per_unit = images_per_unit
+        self.enabled = enabled is not False
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.started = self.last_line = time.perf_counter()
+        self.last_tenth = self._tenth(initial)
+        self.bar = None
+        if self.enabled and _is_terminal(self.stream):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False,
+                            dynamic_ncols=True, file=self.stream)
+
+    def _tenth(self, done: int) -> int:
+        return 10 * done // self.total if self.total else 0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        tenth = self._tenth(self.done)
+        if now - self.last_line >= self.interval or tenth > self.last_tenth:
+            self.last_line, self.last_tenth = now, tenth
+            self.stream.write(self.line(now) + "\n")
+            self.stream.flush()
+
+    def line(self, now: float | None = None) -> str:
+        """The plain progress line: done/total, percent, images/s and the ETA."""
+        elapsed = max((now or time.perf_counter()) - self.started, 1e-9)
+        rate = (self.done - self.start_done) / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        eta = _clock(left) if left == left else "?"
+        percent = 100 * self.done // self.total if self.total else 100
+        return (f"{self.desc}: {self.done}/{self.total} {self.unit} ({percent}%), "
+                f"{rate * self.images_per_unit:.0f} img/s, ETA {eta}")
+
+    def write(self, text: str) -> None:
+        """A line that does not break the bar (per-epoch summaries)."""
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

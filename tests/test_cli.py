@@ -1,0 +1,27 @@
+"""The command line answers at once: building the parser imports no heavy library."""
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "matplotlib", "pyautoattack", "scipy", "numpy")
+
+
+def test_building_the_parser_imports_no_heavy_library():
+    code = ("import sys, wpat.cli; wpat.cli.build_parser(); "
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+
+
+def test_presets_and_help_answer_without_torch():
+    code = ("import sys, io, contextlib, wpat.cli\n"
+            "buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf):\n"
+            "    assert wpat.cli.main(['presets']) == 0\n"
+            "assert 'cifar10-preactresnet18-linf' in buf.getvalue()\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+    help_text = subprocess.run([sys.executable, "-m", "wpat.cli", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    assert "train" in help_text and "eval" in help_text
