@@ -4,10 +4,12 @@ The "model" is the identity, so ``x`` and ``x_adv`` *are* the clean and adversar
 each formula can be checked term by term in float64.
 """
 
+import copy
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from wpat.errors import WpatError
@@ -142,7 +144,7 @@ def test_unknown_objective_lists_choices():
         OBJECTIVES.build("alp")
 
 
-@pytest.mark.parametrize("name, options", [("at", "none"), ("trades", "beta"), ("mart", "lam")])
+@pytest.mark.parametrize("name, options", [("at", "none"), ("trades", "beta, clean_forwards"), ("mart", "lam")])
 def test_unknown_option_is_one_line_naming_the_valid_ones(name, options):
     with pytest.raises(WpatError) as e:
         OBJECTIVES.build(name, foo=1)
@@ -150,7 +152,7 @@ def test_unknown_option_is_one_line_naming_the_valid_ones(name, options):
 
 
 def test_an_option_of_another_objective_is_rejected():
-    with pytest.raises(WpatError, match="'trades' has no option 'lam'; its options: beta"):
+    with pytest.raises(WpatError, match="'trades' has no option 'lam'; its options: beta, clean_forwards"):
         OBJECTIVES.build("trades", lam=6.0)
 
 
@@ -161,3 +163,39 @@ def test_every_objective_documents_itself():
     for cls, cites in ((AT, "Madry"), (TRADES, "Zhang"), (MART, "Wang")):
         assert cites in cls.__doc__ and "eq." in cls.__doc__
     assert "beta" in TRADES.__doc__ and "lam" in MART.__doc__
+
+
+def authors_trades_step(model, x, x_adv, y, beta):
+    """A rendition of the training step of the AWP/RWP TRADES scripts (train_trades_cifar.py),
+    written from reading them: three train-mode forwards, adversarial, clean, clean."""
+    model.train()
+    logits_adv = model(x_adv)
+    target = F.softmax(model(x), dim=1)  # not detached
+    logits = model(x)
+    loss_robust = F.kl_div(F.log_softmax(logits_adv, dim=1), target, reduction="batchmean")
+    loss = F.cross_entropy(logits, y) + beta * loss_robust
+    loss.backward()
+
+
+@pytest.mark.parametrize("clean_forwards", [2, 1])
+def test_trades_step_matches_the_authors_forwards_and_bn_statistics(clean_forwards):
+    """Same gradients and, with clean_forwards=2, the same BN running statistics and batch
+    count as the authors' adversarial-clean-clean step (1: the RST script's two forwards)."""
+    torch.manual_seed(0)
+    ours = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 5))
+    theirs = copy.deepcopy(ours)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 5, (16,))
+    x_adv = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    authors_trades_step(theirs, x, x_adv, y, beta=6.0)
+    ours.train()
+    OBJECTIVES.build("trades", beta=6.0, clean_forwards=clean_forwards).per_example(ours, x, x_adv, y).mean().backward()
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+    bn_ours, bn_theirs = ours[1], theirs[1]
+    if clean_forwards == 2:
+        torch.testing.assert_close(bn_ours.running_mean, bn_theirs.running_mean)
+        torch.testing.assert_close(bn_ours.running_var, bn_theirs.running_var)
+        assert int(bn_ours.num_batches_tracked) == int(bn_theirs.num_batches_tracked) == 3
+    else:
+        assert int(bn_ours.num_batches_tracked) == 2
+        assert not torch.allclose(bn_ours.running_mean, bn_theirs.running_mean)

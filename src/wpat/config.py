@@ -110,8 +110,8 @@ class OptimConfig:
 class ScheduleConfig:
     name: str = "piecewise"  # piecewise | cosine | cyclic | linear | constant
     epochs: int = 200
-    first_epoch: int = 0  # 1: the authors' TRADES/MART scripts, whose epochs count from 1
-    update: str = "iteration"  # iteration: lr set before every batch; epoch: once per epoch
+    first_epoch: int = 0  # the schedule's number for the first epoch: 1 as the authors' TRADES/MART/RST scripts
+    update: str = "step_start"  # when t is read: step_start (e + i/N), step_end (e + (i+1)/N, the authors' AT scripts), epoch
     options: Options = field(default_factory=dict)  # schedule.<name>.<option>, e.g. schedule.piecewise.milestones
 
 
@@ -395,7 +395,7 @@ def validate(cfg: Config) -> None:
     _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number ≥ 0")
     _check(s.epochs >= 1, "schedule.epochs", s.epochs, "an integer ≥ 1")
     _choice("schedule.first_epoch", s.first_epoch, [0, 1])
-    _choice("schedule.update", s.update, ["iteration", "epoch"])
+    _choice("schedule.update", s.update, ["step_start", "step_end", "epoch"])
     _check(r.seed >= 0, "run.seed", r.seed, "an integer ≥ 0")
     _check(r.threads >= 0, "run.threads", r.threads, "an integer ≥ 0 (0 = torch's default)")
     _check(r.checkpoint_every >= 0, "run.checkpoint_every", r.checkpoint_every, "an integer ≥ 0 (steps; 0 = epoch ends)")

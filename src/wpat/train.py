@@ -80,13 +80,18 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Ten
 
 
 def schedule_time(epoch: int, step: int, steps_per_epoch: int, s: ScheduleConfig) -> float:
-    """The schedule's ``t`` before batch ``step`` of ``epoch`` (both counted from 0 here).
+    """The schedule's ``t`` for batch ``step`` of ``epoch`` (both counted from 0 here).
 
-    ``schedule.first_epoch=1`` counts epochs from 1, as the authors' TRADES/MART scripts do (the
-    rate drops one epoch earlier); ``schedule.update=epoch`` sets the rate once per epoch."""
+    ``schedule.update``: ``step_start`` reads the schedule at the batch's start, ``e + i/N``;
+    ``step_end`` at its end, ``e + (i+1)/N``, as the authors' AT scripts (so the last batch of
+    epoch 99 already runs at the lower rate); ``epoch`` once per epoch, ``e``, as their TRADES,
+    MART and RST scripts. ``schedule.first_epoch=1`` numbers the first epoch 1, as those
+    scripts count, so a milestone at epoch 100 takes effect one epoch earlier than with 0."""
     t = float(epoch + s.first_epoch)
-    if s.update == "iteration":
+    if s.update == "step_start":
         t += step / steps_per_epoch
+    elif s.update == "step_end":
+        t += (step + 1) / steps_per_epoch
     return t
 
 
@@ -117,6 +122,7 @@ class Trainer:
                                          weight_decay=o.weight_decay, nesterov=o.nesterov)
         self.loader = DeviceLoader(self.splits.x_train, self.splits.y_train, cfg.data.batch_size,
                                    shuffle=True, drop_last=True, augment=augment,
+                                   padding=cfg.data.padding, rotation=cfg.data.rotation,
                                    device=self.device, seed=cfg.run.seed)
         n = min(cfg.eval.n_train, len(self.splits.x_train))
         self.train_eval = experiment.fixed_subset(self.splits.x_train, self.splits.y_train, n, cfg.run.seed + 1)

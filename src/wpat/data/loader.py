@@ -14,13 +14,19 @@ Augmentations (``augment=``), each applied independently per example:
 
 - ``"none"``.
 - ``"flip"``: horizontal flip with probability 0.5.
-- ``"crop_flip"``: pad 4 zero pixels on every side, crop back to H x W at a uniformly random
-  offset (0..8 px in each direction), then flip as above -- the standard CIFAR augmentation
-  of both papers' code.
+- ``"crop_flip"``: pad 4 pixels on every side, crop back to H x W at a uniformly random offset
+  (0..8 px in each direction), then flip as above -- the standard CIFAR augmentation. The
+  padding (``padding=``) is ``"zeros"`` (torchvision's ``RandomCrop(32, padding=4)``, as the
+  authors' TRADES and CIFAR-100 scripts) or ``"reflect"`` (the authors' CIFAR-10 AT scripts).
+
+Then, with ``rotation=r > 0`` degrees, a random rotation by an angle uniform in [-r, r] about the
+image centre, nearest-neighbour, zeros outside (torchvision's ``RandomRotation(15)`` after crop
+and flip in the authors' CIFAR-100 AT scripts).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import numpy as np
@@ -33,23 +39,29 @@ AUGMENTATIONS = Registry("augmentation")
 CROP_PADDING = 4  # pixels of zero padding for "crop_flip"
 
 
+PADDINGS = {"zeros": "constant", "reflect": "reflect"}  # config value -> F.pad mode
+
+
 @AUGMENTATIONS.register("none")
-def no_augmentation(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def no_augmentation(x: torch.Tensor, generator: torch.Generator, padding: str = "zeros") -> torch.Tensor:
+    """The batch as it is."""
     return x
 
 
 @AUGMENTATIONS.register("flip")
-def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_flip(x: torch.Tensor, generator: torch.Generator, padding: str = "zeros") -> torch.Tensor:
+    """Horizontal flip of each example with probability 0.5."""
     flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
 @AUGMENTATIONS.register("crop_flip")
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: str = "zeros") -> torch.Tensor:
+    """Pad 4 px (``padding``: zeros or reflect), crop H x W at a random offset, flip w.p. 0.5."""
     n, c, h, w = x.shape
     p = CROP_PADDING
     padded_width = w + 2 * p
-    padded = torch.nn.functional.pad(x, (p, p, p, p)).flatten(2)
+    padded = torch.nn.functional.pad(x, (p, p, p, p), mode=PADDINGS[padding]).flatten(2)
     top = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator, device=x.device)
     left = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator, device=x.device)
     flip = torch.rand(n, 1, 1, generator=generator, device=x.device) < 0.5
@@ -62,6 +74,26 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return padded.gather(2, index).reshape(n, c, h, w)
 
 
+def random_rotation(x: torch.Tensor, generator: torch.Generator, degrees: float) -> torch.Tensor:
+    """Rotate each example by its own angle, uniform in [-degrees, degrees] (see :func:`rotate`)."""
+    angles = (torch.rand(x.shape[0], generator=generator, device=x.device) * 2 - 1) * degrees
+    return rotate(x, angles)
+
+
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate example k by ``degrees[k]`` about the image centre, counter-clockwise for a positive
+    angle (PIL's ``Image.rotate``, which torchvision's ``RandomRotation`` calls on CIFAR's PIL
+    images); nearest neighbour, zeros outside."""
+    angle = degrees.to(x.dtype) * (math.pi / 180)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero = torch.zeros_like(cos)
+    # affine_grid maps output to input coordinates (x right, y down, in [-1, 1]); a
+    # counter-clockwise turn on screen reads its input at the clockwise-turned position.
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
 class DeviceLoader:
     """Iterate ``(x float32 [B,C,H,W] in [0,1], y int64 [B])`` batches on ``device``.
 
@@ -72,6 +104,8 @@ class DeviceLoader:
         shuffle: draw a new random order each epoch (else the stored order).
         drop_last: drop the final partial batch, so every batch has the same shape.
         augment: a name in ``AUGMENTATIONS`` ("none", "flip", "crop_flip").
+        padding: the crop's padding, "zeros" or "reflect".
+        rotation: maximum random rotation in degrees (0: none).
         device: where batches are made and returned.
         seed: with the epoch, determines order and augmentation.
     """
@@ -85,6 +119,8 @@ class DeviceLoader:
         shuffle: bool,
         drop_last: bool,
         augment: str = "none",
+        padding: str = "zeros",
+        rotation: float = 0.0,
         device: str | torch.device = "cpu",
         seed: int = 0,
     ) -> None:
@@ -103,7 +139,12 @@ class DeviceLoader:
                 f"DeviceLoader: batch_size {batch_size} exceeds the {x_uint8.shape[0]} examples "
                 f"and drop_last=True would yield no batch"
             )
+        if padding not in PADDINGS:
+            raise WpatError(f"DeviceLoader: padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+        if not 0 <= rotation <= 180:
+            raise WpatError(f"DeviceLoader: rotation must be in [0, 180] degrees, got {rotation!r}")
         self._augment = AUGMENTATIONS.get(augment)
+        self.padding, self.rotation = padding, float(rotation)
         self.x = x_uint8.to(device)
         self.y = y.to(device=device, dtype=torch.int64)
         self.batch_size = batch_size
@@ -136,8 +177,10 @@ class DeviceLoader:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = self.x[index].to(torch.float32).div_(255)
-            yield self._augment(x, generator), self.y[index]
+            x = self._augment(self.x[index].to(torch.float32).div_(255), generator, self.padding)
+            if self.rotation:
+                x = random_rotation(x, generator, self.rotation)
+            yield x, self.y[index]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

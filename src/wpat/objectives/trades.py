@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wpat.attacks.losses import kl_divergence
+from wpat.errors import WpatError
 from wpat.objectives.base import OBJECTIVES, Objective, require_non_negative
 from wpat.threat import BNMode
 
@@ -26,23 +28,35 @@ class TRADES(Objective):
     Args:
         beta: weight β of the KL, a finite number >= 0 (default 6.0, the papers'); it trades
             natural accuracy for robustness.
+        clean_forwards: train-mode forwards of the clean batch after the adversarial one, 1 or
+            2 (default 2). The AWP and RWP TRADES scripts run adversarial, clean (the KL's
+            target), clean (the cross-entropy): three forwards, so the BatchNorm running
+            statistics take the clean batch twice. The two clean outputs are equal, so wpat
+            computes both terms from the first and runs the second without a graph, only for
+            its running-statistics update. The RST script runs one clean forward: 1.
 
     Training attack as in TRADES' and AWP's TRADES code: PGD ascending the same KL from
     x + 0.001 · N(0, 1), with the model in eval mode. The clean and adversarial batches go
-    through the model in two separate forwards, so in train mode each gets its own BatchNorm
-    batch statistics, as in the authors' code.
+    through the model in separate forwards, so in train mode each gets its own BatchNorm
+    batch statistics, as in the authors' code (docs/design.md, "Reference semantics").
     """
 
     attack_loss = "kl"
     attack_init = "normal"
     attack_bn_mode = BNMode.EVAL
 
-    def __init__(self, beta: float = 6.0) -> None:
+    def __init__(self, beta: float = 6.0, clean_forwards: int = 2) -> None:
         require_non_negative("TRADES", "beta", beta)
+        if clean_forwards not in (1, 2) or isinstance(clean_forwards, bool):
+            raise WpatError(f"TRADES clean_forwards={clean_forwards!r}: expected 1 or 2")
         self.beta = beta
+        self.clean_forwards = clean_forwards
 
     def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
-        logits_clean = model(x)
         logits_adv = model(x_adv)
+        logits_clean = model(x)
+        if self.clean_forwards == 2 and model.training:
+            with torch.no_grad():  # the authors' third forward: its BN statistics update only
+                model(x)
         natural = F.cross_entropy(logits_clean.float(), y, reduction="none")
         return natural + self.beta * kl_divergence(logits_clean, logits_adv)
