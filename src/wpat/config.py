@@ -95,6 +95,7 @@ class ObjectiveConfig:
 class PerturbConfig:
     name: str = "none"  # none | awp | rwp | random | awp-lsc
     warmup: int = 0  # epochs of plain training before the perturbation starts
+    alternations: int = 1  # A: times x' and v are crafted in turn before the update (AWP §4.2)
     options: Options = field(default_factory=dict)  # perturb.<name>.<option>, e.g. perturb.rwp.c_min
 
 
@@ -389,6 +390,7 @@ def validate(cfg: Config) -> None:
     _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "an integer ≥ 1")
     _check(e.every >= 1, "eval.every", e.every, "an integer ≥ 1")
     _check(p.warmup >= 0, "perturb.warmup", p.warmup, "an integer ≥ 0 (epochs)")
+    _check(p.alternations >= 1, "perturb.alternations", p.alternations, "an integer ≥ 1")
     o = cfg.optim
     _check(_finite(o.lr) and o.lr > 0, "optim.lr", o.lr, "a number > 0")
     _check(_finite(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")

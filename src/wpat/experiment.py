@@ -21,7 +21,7 @@ from wpat.data import DATASETS, dataset_spec, load_dataset, split_validation
 from wpat.errors import WpatError
 from wpat.models import MODELS, build_model
 from wpat.objectives import OBJECTIVES, Objective
-from wpat.perturb import PERTURBATIONS, WeightPerturbation
+from wpat.perturb import PERTURBATIONS, MaskedAscent, WeightPerturbation
 from wpat.registry import Registry
 from wpat.schedules import SCHEDULES, Schedule
 from wpat.threat import BNMode, ThreatModel
@@ -102,7 +102,11 @@ def perturbation_from_config(cfg: Config) -> WeightPerturbation | None:
         for other in cfg.perturb.options:  # the preset's settings for the methods it may switch to
             _check_name(PERTURBATIONS, f"perturb.{other}", other)
         return None
-    return _build(PERTURBATIONS, cfg.perturb, "perturb")
+    perturbation = _build(PERTURBATIONS, cfg.perturb, "perturb")
+    if cfg.perturb.alternations > 1 and not isinstance(perturbation, MaskedAscent):
+        raise WpatError(f"perturb.alternations: {cfg.perturb.alternations} needs a searched perturbation "
+                        f"(awp, rwp, awp-lsc); {cfg.perturb.name!r} does not look at x'")
+    return perturbation
 
 
 def schedule_from_config(cfg: Config) -> Schedule:

@@ -36,24 +36,31 @@ from wpat.errors import WpatError
 from wpat.fs import writable_dir
 from wpat.metrics import accuracy
 from wpat.objectives import Objective
-from wpat.perturb import WeightPerturbation, perturbed
+from wpat.perturb import WeightPerturbation, held_at, perturbed
 from wpat.progress import Progress
 from wpat.run_log import EpochStats, format_epoch, write_metrics
 
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Tensor], objective: Objective,
-               perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer
-               ) -> tuple[Tensor, dict[str, Tensor]]:
+               perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer,
+               alternations: int = 1) -> tuple[Tensor, dict[str, Tensor]]:
     """One adversarial training step; returns the per-example losses at ``w + v`` and the
-    perturbation's statistics (empty without a perturbation)."""
+    perturbation's statistics (empty without a perturbation).
+
+    ``alternations`` A ≥ 1 (AWP paper §4.2, Fig. 2a): after the first x′ and v, A − 1 more times
+    craft x′ against the model at ``w + v`` and continue the search for v from that x′; the
+    update uses the last x′ and v. The weights are put back bitwise between alternations."""
     x_adv = attack(model, x, y)
     model.train()
 
-    def loss_fn(m: nn.Module, index: Tensor | None = None) -> Tensor:
-        if index is None:
-            return objective.per_example(m, x, x_adv, y)
-        return objective.per_example(m, x[index], x_adv[index], y[index])
+    def loss_on(x_adv: Tensor) -> Callable[..., Tensor]:
+        def loss_fn(m: nn.Module, index: Tensor | None = None) -> Tensor:
+            if index is None:
+                return objective.per_example(m, x, x_adv, y)
+            return objective.per_example(m, x[index], x_adv[index], y[index])
+        return loss_fn
 
+    loss_fn = loss_on(x_adv)
     losses, v, stats = None, {}, {}
     if perturbation is not None:
         # The forward at w is the search's first step, and when the search does not move off w
@@ -63,12 +70,22 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Ten
         buffers = [b.clone() for b in model.buffers()]
         losses = loss_fn(model)
         result = perturbation.compute(model, loss_fn, losses=losses)
-        stats = result.stats
-        if result.moved:
+        stats = dict(result.stats)
+        if result.moved or alternations > 1:
             with torch.no_grad():
                 for b, saved in zip(model.buffers(), buffers):
                     b.copy_(saved)
-            losses, v = None, result.v
+            losses = None
+        for _ in range(alternations - 1):
+            with held_at(model, result.v):
+                x_adv = attack(model, x, y)
+            model.train()
+            loss_fn = loss_on(x_adv)
+            result = perturbation.compute(model, loss_fn, start=result)
+            stats["perturb_steps"] = stats["perturb_steps"] + result.stats["perturb_steps"]
+            stats["v_over_w"] = result.stats["v_over_w"]
+        if result.moved:
+            v = result.v
         # else: adding a zero v would also invalidate the graph of the forward at w
     with perturbed(model, v):
         if losses is None:
@@ -189,7 +206,8 @@ class Trainer:
                     group["lr"] = lr
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
                     losses, perturb_stats = train_step(self.model, x, y, self.attack, self.objective,
-                                                       self.perturbation if active else None, self.optimizer)
+                                                       self.perturbation if active else None, self.optimizer,
+                                                       cfg.perturb.alternations)
                 stats.add(losses, perturb_stats)
                 self.step = i + 1
                 progress.advance()

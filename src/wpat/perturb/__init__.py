@@ -12,11 +12,12 @@ See ``base.py`` for the contract, ``ascent.py`` for the search AWP/AWP-LSC/RWP s
 """
 
 from wpat.perturb.awp import AWP
+from wpat.perturb.ascent import MaskedAscent
 from wpat.perturb.base import (PERTURBATIONS, Perturbation, WeightPerturbation, add_perturbation,
-                               perturbed, perturbed_parameters)
+                               held_at, perturbed, perturbed_parameters)
 from wpat.perturb.lsc import LSCRangeAWP
 from wpat.perturb.random_direction import RandomWP
 from wpat.perturb.rwp import RWP
 
-__all__ = ["AWP", "LSCRangeAWP", "PERTURBATIONS", "Perturbation", "RWP", "RandomWP",
-           "WeightPerturbation", "add_perturbation", "perturbed", "perturbed_parameters"]
+__all__ = ["AWP", "LSCRangeAWP", "MaskedAscent", "PERTURBATIONS", "Perturbation", "RWP", "RandomWP",
+           "WeightPerturbation", "add_perturbation", "held_at", "perturbed", "perturbed_parameters"]

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from wpat.perturb.base import (LossFn, Perturbation, WeightPerturbation, check_gamma, check_steps,
-                               global_norm, move_to, per_example, perturbed_parameters, restored)
+                               check, check_size_norm, global_norm, move_to, per_example,
+                               perturbed_parameters, restored)
 
 
 class MaskedAscent(WeightPerturbation):
@@ -44,11 +45,13 @@ class MaskedAscent(WeightPerturbation):
     stop_when_empty: bool = False
     subset: bool = False
 
-    def __init__(self, gamma: float, steps: int) -> None:
+    def __init__(self, gamma: float, steps: int, norm: str = "l2") -> None:
         check_gamma(type(self).__name__, gamma)
         check_steps(type(self).__name__, steps)
+        self.p = check_size_norm(type(self).__name__, norm)
         self.gamma = float(gamma)
         self.steps = steps
+        self.norm = norm
 
     def select(self, losses: Tensor) -> Tensor | None:
         """Boolean mask [B] of the examples whose loss is ascended; ``None`` means all."""
@@ -57,16 +60,20 @@ class MaskedAscent(WeightPerturbation):
     def rescale(self, d: Sequence[Tensor], w: Sequence[Tensor]) -> list[Tensor]:
         raise NotImplementedError
 
-    def compute(self, model: nn.Module, loss_fn: LossFn, losses: Tensor | None = None) -> Perturbation:
+    def compute(self, model: nn.Module, loss_fn: LossFn, losses: Tensor | None = None,
+                start: Perturbation | None = None) -> Perturbation:
         names, params = zip(*perturbed_parameters(model))
         stats: dict[str, Tensor] = {}
         d: list[Tensor] | None = None
         v: list[Tensor] | None = None
+        if start is not None and start.ascent is not None:
+            check(losses is None, type(self).__name__, "losses", "None when continuing from start")
+            d, v = [start.ascent[n] for n in names], [start.v[n] for n in names]
         updates = 0
         with restored(model, params) as snapshot:
             w = snapshot.w
             for k in range(self.steps):
-                if k:
+                if v is not None:
                     move_to(params, w, v)
                 if k or losses is None:
                     snapshot.forwarded = True
@@ -87,11 +94,11 @@ class MaskedAscent(WeightPerturbation):
                 updates += 1
         moved = v is not None
         if v is None:
-            v = [torch.zeros_like(p) for p in params]
+            v = d = [torch.zeros_like(p) for p in params]
         # torch.full, not torch.tensor: filling on the device needs no host-to-device copy.
         stats["perturb_steps"] = torch.full((), updates, device=params[0].device, dtype=torch.float32)
-        stats["v_over_w"] = global_norm(v) / global_norm(w)
-        return Perturbation(dict(zip(names, v)), stats, moved)
+        stats["v_over_w"] = global_norm(v, self.p) / global_norm(w, self.p)
+        return Perturbation(dict(zip(names, v)), stats, moved, ascent=dict(zip(names, d)))
 
     def _gradient(self, model: nn.Module, loss_fn: LossFn, params: Sequence[nn.Parameter],
                   losses: Tensor, mask: Tensor | None) -> list[Tensor]:

@@ -30,12 +30,14 @@ class AWP(MaskedAscent):
             step). With K2 > 1 every step is taken at w + v, the raw gradients are summed and
             the sum is rescaled per layer each time (the layer-wise reading of eq. 10's
             projected iteration; the paper's Fig. 2a ablation).
+        norm: how the size is measured, ``"l2"`` (default, the Frobenius norm as the authors'
+            code) or ``"l1"``: ‖v_l‖₁ = γ‖w_l‖₁ (the paper's Fig. 2b comparison).
 
-    Statistics: ``v_over_w`` (‖v‖/‖W‖, global), ``perturb_steps``.
+    Statistics: ``v_over_w`` (‖v‖/‖W‖ in the size norm, global), ``perturb_steps``.
     """
 
-    def __init__(self, gamma: float = 0.01, steps: int = 1) -> None:
-        super().__init__(gamma, steps)
+    def __init__(self, gamma: float = 0.01, steps: int = 1, norm: str = "l2") -> None:
+        super().__init__(gamma, steps, norm)
 
     def rescale(self, d: Sequence[Tensor], w: Sequence[Tensor]) -> list[Tensor]:
-        return rescale_per_layer(d, w, self.gamma)
+        return rescale_per_layer(d, w, self.gamma, self.p)

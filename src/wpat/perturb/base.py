@@ -47,11 +47,15 @@ class Perturbation:
             them without a host sync and log every one at the end of the epoch.
         moved: False when the search never left w (``v`` is zero and no forward ran at w + v):
             the caller may then train on its own forward at w.
+        ascent: a search's accumulated raw ascent ``D`` (``v`` is ``D`` rescaled), keyed like
+            ``v``; handed back as ``compute(..., start=...)`` it continues the search (the
+            alternations of the AWP paper's §4.2). None for a perturbation without a search.
     """
 
     v: dict[str, Tensor]
     stats: dict[str, Tensor] = field(default_factory=dict)
     moved: bool = True
+    ascent: dict[str, Tensor] | None = None
 
 
 class WeightPerturbation:
@@ -61,14 +65,17 @@ class WeightPerturbation:
     tensors) in its statistics. It keeps no state between calls except a private random stream.
     """
 
-    def compute(self, model: nn.Module, loss_fn: LossFn, losses: Tensor | None = None) -> Perturbation:
+    def compute(self, model: nn.Module, loss_fn: LossFn, losses: Tensor | None = None,
+                start: Perturbation | None = None) -> Perturbation:
         """The perturbation of ``model``'s current weights and its statistics.
 
         ``loss_fn(model)`` must return per-example losses (shape [B]) from a forward of
         ``model`` in its current mode. Only the names of ``perturbed_parameters(model)`` appear
         in ``v``. The model is left exactly as it was (module docstring). ``losses``, if given,
         are ``loss_fn(model)`` already computed at the current weights in train mode, with their
-        graph: a search uses them as its first step instead of a forward of its own.
+        graph: a search uses them as its first step instead of a forward of its own. ``start``, a
+        previous result of this perturbation on the same weights, continues that search from its
+        ``v`` and accumulated ascent (with a new ``loss_fn``); ``losses`` must then be None.
         """
         raise NotImplementedError
 
@@ -108,6 +115,22 @@ def perturbed(model: nn.Module, v: Mapping[str, Tensor]) -> Iterator[nn.Module]:
         add_perturbation(model, v, -1.0)
 
 
+@contextmanager
+def held_at(model: nn.Module, v: Mapping[str, Tensor]) -> Iterator[nn.Module]:
+    """Hold the weights at ``w + v`` inside the block, then put back ``w`` bitwise (a copy, not
+    a subtraction): for work at ``w + v`` that must leave the weights exactly as they were, such
+    as crafting the next alternation's adversarial examples."""
+    params = dict(model.named_parameters())
+    saved = {name: params[name].detach().clone() for name in v}
+    add_perturbation(model, v, 1.0)
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, w in saved.items():
+                params[name].copy_(w)
+
+
 def per_example(losses: Tensor) -> Tensor:
     """Check that ``loss_fn`` returned one loss per example (shape [B])."""
     if losses.dim() != 1:
@@ -116,20 +139,29 @@ def per_example(losses: Tensor) -> Tensor:
     return losses
 
 
-def global_norm(tensors: Sequence[Tensor]) -> Tensor:
-    """The 2-norm of all ``tensors`` concatenated."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+SIZE_NORMS = {"l2": 2, "l1": 1}  # how a perturbation's size is measured (AWP §4.2, Fig. 2b)
 
 
-def rescale_per_layer(d: Sequence[Tensor], w: Sequence[Tensor], gamma: float) -> list[Tensor]:
-    """``v_l = γ · ‖w_l‖ / (‖d_l‖ + ε) · d_l`` for each layer (AWP eq. 10, Appendix D)."""
-    return [d_l * (gamma * torch.linalg.vector_norm(w_l) / (torch.linalg.vector_norm(d_l) + EPS))
+def check_size_norm(owner: str, norm: str) -> int:
+    """The order p of the size norm ``norm`` ("l2" or "l1"); one-line error otherwise."""
+    check(norm in SIZE_NORMS, f"{owner} norm", norm, f"one of {', '.join(SIZE_NORMS)}")
+    return SIZE_NORMS[norm]
+
+
+def global_norm(tensors: Sequence[Tensor], p: int = 2) -> Tensor:
+    """The p-norm of all ``tensors`` concatenated."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t, p) for t in tensors]), p)
+
+
+def rescale_per_layer(d: Sequence[Tensor], w: Sequence[Tensor], gamma: float, p: int = 2) -> list[Tensor]:
+    """``v_l = γ · ‖w_l‖_p / (‖d_l‖_p + ε) · d_l`` for each layer (AWP eq. 10, Appendix D)."""
+    return [d_l * (gamma * torch.linalg.vector_norm(w_l, p) / (torch.linalg.vector_norm(d_l, p) + EPS))
             for d_l, w_l in zip(d, w)]
 
 
-def rescale_global(d: Sequence[Tensor], w: Sequence[Tensor], gamma: float) -> list[Tensor]:
-    """``v = γ · ‖W‖ / (‖D‖ + ε) · D`` with norms over all layers concatenated (RWP Alg. 1)."""
-    scale = gamma * global_norm(w) / (global_norm(d) + EPS)
+def rescale_global(d: Sequence[Tensor], w: Sequence[Tensor], gamma: float, p: int = 2) -> list[Tensor]:
+    """``v = γ · ‖W‖_p / (‖D‖_p + ε) · D`` with norms over all layers concatenated (RWP Alg. 1)."""
+    scale = gamma * global_norm(w, p) / (global_norm(d, p) + EPS)
     return [d_l * scale for d_l in d]
 
 

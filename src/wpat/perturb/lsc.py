@@ -25,6 +25,7 @@ class LSCRangeAWP(AWP):
         low, high: the band [p, q) of per-example loss (nats for cross-entropy), 0 ≤ p < q;
             ``high`` may be ``inf``. The paper's figure uses p = 0 and q ∈ {0.5, 1.0, ..., 3.0}.
         steps: ascent steps ≥ 1 (default 1).
+        norm: the size norm, ``"l2"`` (default) or ``"l1"``, as AWP.
 
     Statistics: ``lsc_frac_in_range`` (fraction of the batch in the band at step 1),
     ``v_over_w``, ``perturb_steps``.
@@ -33,10 +34,10 @@ class LSCRangeAWP(AWP):
     selected_stat = "lsc_frac_in_range"
 
     def __init__(self, gamma: float = 0.01, low: float = 0.0, high: float = float("inf"),
-                 steps: int = 1) -> None:
+                 steps: int = 1, norm: str = "l2") -> None:
         check(is_number(low) and low >= 0, "LSCRangeAWP low", low, "a number >= 0")
         check(is_number(high) and high > low, "LSCRangeAWP high", high, f"a number > low={low!r}")
-        super().__init__(gamma, steps)
+        super().__init__(gamma, steps, norm)
         self.low = float(low)
         self.high = float(high)
 

@@ -40,18 +40,20 @@ class RWP(MaskedAscent):
             through ``loss_fn(model, index=LongTensor)``. Cheaper when few examples are
             selected, but BN batch statistics then come from the subset, so the result differs
             from the authors'. Default False: exact.
+        norm: how the size is measured, ``"l2"`` (default, as the authors' code) or ``"l1"``:
+            ‖v‖₁ = γ‖W‖₁ over the whole model.
 
     Statistics: ``rwp_frac_below`` (fraction with ℓ < c_min at step 1, at w), ``perturb_steps``
-    (steps that updated v), ``v_over_w`` (‖v‖/‖W‖).
+    (steps that updated v), ``v_over_w`` (‖v‖/‖W‖ in the size norm).
     """
 
     selected_stat = "rwp_frac_below"
     stop_when_empty = True
 
     def __init__(self, gamma: float = 0.01, c_min: float = 1.7, steps: int = 10,
-                 subset: bool = False) -> None:
+                 subset: bool = False, norm: str = "l2") -> None:
         check(is_number(c_min) and c_min >= 0, "RWP c_min", c_min, "a number >= 0 (inf allowed)")
-        super().__init__(gamma, steps)
+        super().__init__(gamma, steps, norm)
         self.c_min = float(c_min)
         self.subset = bool(subset)
 
@@ -59,4 +61,4 @@ class RWP(MaskedAscent):
         return losses < self.c_min
 
     def rescale(self, d: Sequence[Tensor], w: Sequence[Tensor]) -> list[Tensor]:
-        return rescale_global(d, w, self.gamma)
+        return rescale_global(d, w, self.gamma, self.p)
