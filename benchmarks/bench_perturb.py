@@ -10,6 +10,9 @@ search + forward/backward/SGD step at w + v. Configurations:
 - AT+RWP all    RWP(γ=0.01, c_min=inf): every example below c_min, all 10 steps run
 - AT+RWP none   RWP(γ=0.01, c_min=0): no example below; the search reads the training loop's
                 forward at w, exits, and the step trains on that same forward
+- the AWP paper's Fig. 2a/2b ablations: AWP with K2 ∈ {5, 10} ascent steps at A = 1; A ∈ {2, 3}
+  alternations of x' and v at K2 = 1 (each alternation adds one PGD-10 and one ascent step);
+  AWP with the L1 size norm
 
 The configurations take turns one step at a time, so drifts of a shared machine hit all of them
 alike. Steps are timed in process CPU time (one thread by default), and the ratios use each
@@ -44,11 +47,17 @@ OBJECTIVE = OBJECTIVES.build("at")  # CE on x_adv
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "perturb.md"
 
-CONFIGS: dict[str, Callable[[], WeightPerturbation | None]] = {
-    "AT": lambda: None,
-    "AT+AWP": lambda: AWP(gamma=0.01),
-    "AT+RWP all below (c_min=inf)": lambda: RWP(gamma=0.01, c_min=float("inf"), steps=10),
-    "AT+RWP none below (c_min=0)": lambda: RWP(gamma=0.01, c_min=0.0, steps=10),
+# name -> (the perturbation, alternations A)
+CONFIGS: dict[str, tuple[Callable[[], WeightPerturbation | None], int]] = {
+    "AT": (lambda: None, 1),
+    "AT+AWP": (lambda: AWP(gamma=0.01), 1),
+    "AT+RWP all below (c_min=inf)": (lambda: RWP(gamma=0.01, c_min=float("inf"), steps=10), 1),
+    "AT+RWP none below (c_min=0)": (lambda: RWP(gamma=0.01, c_min=0.0, steps=10), 1),
+    "AT+AWP K2=5 (Fig. 2a)": (lambda: AWP(gamma=0.01, steps=5), 1),
+    "AT+AWP K2=10 (Fig. 2a)": (lambda: AWP(gamma=0.01, steps=10), 1),
+    "AT+AWP A=2 (Fig. 2a)": (lambda: AWP(gamma=0.01), 2),
+    "AT+AWP A=3 (Fig. 2a)": (lambda: AWP(gamma=0.01), 3),
+    "AT+AWP L1 size (Fig. 2b)": (lambda: AWP(gamma=0.01, norm="l1"), 1),
 }
 
 
@@ -57,10 +66,11 @@ def cpu_ms() -> float:
 
 
 def timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, attack: PGD,
-               perturbation: WeightPerturbation | None, x: torch.Tensor, y: torch.Tensor) -> float:
+               perturbation: WeightPerturbation | None, x: torch.Tensor, y: torch.Tensor,
+               alternations: int = 1) -> float:
     """One AT(-AWP/-RWP) step of wpat's training loop; returns its CPU ms."""
     start = cpu_ms()
-    train_step(model, x, y, attack, OBJECTIVE, perturbation, optimizer)
+    train_step(model, x, y, attack, OBJECTIVE, perturbation, optimizer, alternations)
     return cpu_ms() - start
 
 
@@ -82,13 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.rand(args.batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch,))
 
-    perturbations = {name: make() for name, make in CONFIGS.items()}
-    for p in perturbations.values():  # warm-up: allocator, first-call overheads
-        timed_step(model, optimizer, attack, p, x, y)
+    perturbations = {name: (make(), a) for name, (make, a) in CONFIGS.items()}
+    for p, a in perturbations.values():  # warm-up: allocator, first-call overheads
+        timed_step(model, optimizer, attack, p, x, y, a)
     total: dict[str, list[float]] = {name: [] for name in CONFIGS}
     for _ in range(args.steps):
-        for name, p in perturbations.items():
-            total[name].append(timed_step(model, optimizer, attack, p, x, y))
+        for name, (p, a) in perturbations.items():
+            total[name].append(timed_step(model, optimizer, attack, p, x, y, a))
 
     fastest = {name: min(t) for name, t in total.items()}
     median = {name: statistics.median(t) for name, t in total.items()}
@@ -118,7 +128,10 @@ def main(argv: list[str] | None = None) -> None:
         "Targets: AWP ≤ 1.15×; RWP ≤ 2.4× with every example below c_min (10 extra "
         "forward+backward passes), ≤ 1.05× with none. The training loop's own forward at w is "
         "the search's first step, and when RWP selects no example it is also the forward the "
-        "weights are trained on, so that case costs one comparison and no extra pass.\n"
+        "weights are trained on, so that case costs one comparison and no extra pass. "
+        "Fig. 2a: each extra alternation (A) should add about one PGD-10 plus one ascent step "
+        "(≈ 1 AT step), each extra ascent step (K2) about one forward+backward (≈ 1/11 of an AT "
+        "step); the L1 size norm should cost what the L2 one costs.\n"
     )
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ def test_presets_carry_the_papers_hyperparameters():
     svhn = load_config("svhn-preactresnet18-linf")
     assert svhn.attack.alpha == pytest.approx(1 / 255) and svhn.perturb.warmup == 5
     trades = load_config("cifar10-wrn34-10-trades")
-    assert (trades.model.name, trades.objective.name, trades.perturb.warmup) == ("wrn34_10", "trades", 10)
+    assert (trades.model.name, trades.objective.name, trades.perturb.warmup) == ("wrn34_10", "trades", 9)  # 9 plain epochs: the script gates `epoch >= 10` from 1
     assert options(trades.perturb)["gamma"] == 0.005 and trades.perturb.options["awp"]["gamma"] == 0.005
 
 

@@ -21,7 +21,7 @@ from wpat.data import dataset_spec
 from wpat.data.loader import random_crop_flip, rotate
 from wpat.perturb import AWP, RWP
 from wpat.schedules import Piecewise
-from wpat.train import schedule_time
+from wpat.train import perturbation_active, schedule_time
 
 TABLE = Path(__file__).resolve().parent.parent / "docs" / "reproduction.md"
 
@@ -163,9 +163,9 @@ def test_the_at_scripts_last_batch_of_epoch_99_runs_at_the_lower_rate():
                                           ("svhn-preactresnet18-linf", lambda e1: e1 - 1 >= 5),  # 0-based
                                           ("cifar10-preactresnet18-linf", lambda e1: True)])
 def test_warmup_matches_the_scripts_gate(preset, gate):
-    """The training loop perturbs in 0-based epoch e iff e >= perturb.warmup."""
-    warmup = load_config(preset).perturb.warmup
-    assert [e >= warmup for e in range(20)] == [gate(e + 1) for e in range(20)]
+    """The training loop's rule, for 0-based epochs, against the script's gate (epoch e1)."""
+    cfg = load_config(preset)
+    assert [perturbation_active(e, cfg) for e in range(20)] == [gate(e + 1) for e in range(20)]
 
 
 # ---------------------------------------------------------------------- augmentation
@@ -221,5 +221,13 @@ def test_an_option_of_another_method_ends_with_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert err == ("wpat: error: perturb.awp: weight perturbation 'awp' has no option 'c_min'; "
-                   "its options: gamma, steps\n")
+                   "its options: gamma, steps, norm\n")
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_options_of_a_method_not_selected_are_checked_too():
+    from wpat.errors import WpatError
+
+    cfg = load_config("cifar10-preactresnet18-linf", ["perturb.awp.c_min=1"])  # rwp selected
+    with pytest.raises(WpatError, match="perturb.awp: weight perturbation 'awp' has no option 'c_min'"):
+        experiment.build_components(cfg)

@@ -459,7 +459,7 @@ def test_build_perturbation_by_name():
     assert isinstance(PERTURBATIONS.build("awp-lsc", high=1.5), LSCRangeAWP)
     with pytest.raises(WpatError, match="awp, awp-lsc, random, rwp"):
         PERTURBATIONS.build("sam")
-    with pytest.raises(WpatError, match="weight perturbation 'awp' has no option 'c_min'; its options: gamma, steps"):
+    with pytest.raises(WpatError, match="weight perturbation 'awp' has no option 'c_min'; its options: gamma, steps, norm"):
         PERTURBATIONS.build("awp", c_min=1.7)
 
 

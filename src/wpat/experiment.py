@@ -53,16 +53,27 @@ def _check_name(registry: Registry, key: str, name: str, extra: tuple[str, ...] 
         raise WpatError(f"{key}: {name!r} is invalid; expected one of {', '.join(choices)}")
 
 
+def _check_options(registry: Registry, section: Any, key: str, fixed: tuple[str, ...] = ()) -> None:
+    """Every option subsection names a real component and only options it has, whether or not
+    that component is the one selected (its values are checked when it is built)."""
+    for other, options in section.options.items():
+        if other not in registry:
+            raise WpatError(f"{key}.{other}: there is no {registry.kind} {other!r}; "
+                            f"valid choices: {', '.join(registry.names())}")
+        declared = [o for o in registry.options(other) if o not in fixed]
+        unknown = [o for o in options if o not in declared]
+        if unknown:
+            raise WpatError(f"{key}.{other}: {registry.kind} {other!r} has no option "
+                            f"{', '.join(map(repr, unknown))}; its options: {', '.join(declared) or 'none'}")
+
+
 def _build(registry: Registry, section: Any, key: str, *args: Any, **fixed: Any) -> Any:
     """Build ``section.name`` from ``registry`` with the options under its name.
 
     Option subsections for other components of the same kind are allowed (a preset states the
     settings of every method it may switch to) but must name real components."""
     _check_name(registry, f"{key}.name", section.name, ("none",) if registry is PERTURBATIONS else ())
-    for other in section.options:
-        if other not in registry:
-            raise WpatError(f"{key}.{other}: there is no {registry.kind} {other!r}; "
-                            f"valid choices: {', '.join(registry.names())}")
+    _check_options(registry, section, key, tuple(fixed))
     try:
         return registry.build(section.name, *args, **fixed, **component_options(section))
     except WpatError as err:
@@ -81,8 +92,7 @@ def model_from_config(cfg: Config) -> nn.Module:
     if len(mean) != spec.shape[0]:
         raise WpatError(f"model.mean/std: {len(mean)} values for the {spec.shape[0]} channels of {spec.name}")
     _check_name(MODELS, "model.name", cfg.model.name)
-    for other in cfg.model.options:
-        _check_name(MODELS, f"model.{other}", other)
+    _check_options(MODELS, cfg.model, "model", fixed=("num_classes", "in_channels"))
     try:
         return build_model(cfg.model.name, num_classes=spec.num_classes, in_channels=spec.shape[0],
                            mean=mean, std=std, **component_options(cfg.model))
@@ -99,8 +109,7 @@ def objective_from_config(cfg: Config) -> Objective:
 def perturbation_from_config(cfg: Config) -> WeightPerturbation | None:
     """The configured weight perturbation, or None for ``perturb.name=none``."""
     if cfg.perturb.name == "none":
-        for other in cfg.perturb.options:  # the preset's settings for the methods it may switch to
-            _check_name(PERTURBATIONS, f"perturb.{other}", other)
+        _check_options(PERTURBATIONS, cfg.perturb, "perturb")  # settings for the methods it may switch to
         return None
     perturbation = _build(PERTURBATIONS, cfg.perturb, "perturb")
     if cfg.perturb.alternations > 1 and not isinstance(perturbation, MaskedAscent):

@@ -96,6 +96,12 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Ten
     return losses.detach(), stats
 
 
+def perturbation_active(epoch: int, cfg: Config) -> bool:
+    """Whether the weight perturbation runs in (0-based) ``epoch``: after ``perturb.warmup``
+    plain epochs, however the schedule numbers its epochs."""
+    return epoch >= cfg.perturb.warmup
+
+
 def schedule_time(epoch: int, step: int, steps_per_epoch: int, s: ScheduleConfig) -> float:
     """The schedule's ``t`` for batch ``step`` of ``epoch`` (both counted from 0 here).
 
@@ -188,7 +194,7 @@ class Trainer:
         steps_per_epoch = len(self.loader)
         for epoch in range(self.epoch, cfg.schedule.epochs):
             self.loader.set_epoch(epoch)
-            active = self.perturbation is not None and epoch + cfg.schedule.first_epoch >= cfg.perturb.warmup
+            active = self.perturbation is not None and perturbation_active(epoch, cfg)
             stats = EpochStats(self.device, self.c_min)
             if self.resume_stats is not None:  # resuming in the middle of this epoch
                 stats.load_state(self.resume_stats)
