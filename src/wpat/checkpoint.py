@@ -251,27 +251,21 @@ def _zip_members(path: Path) -> list[str] | None:
         return None
 
 
-def _pickles(path: Path, head: bytes) -> list[bytes] | None:
-    """The pickled object of a torch.save file, for static inspection (None if unreadable)."""
+def _pickle_stream(path: Path, head: bytes) -> BinaryIO:
+    """The pickled part of a torch.save file, for static inspection: a zip archive's data.pkl,
+    or a legacy file itself (magic number, protocol, system info, then the object)."""
     if head.startswith(ZIP_MAGIC):
-        try:
-            with zipfile.ZipFile(path) as z:
-                name = next(n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl"))
-                return [z.read(name)]
-        except Exception:
-            return None
-    return [path.read_bytes()]  # legacy: magic, protocol, system info, then the object
+        with zipfile.ZipFile(path) as z:
+            name = next(n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl"))
+            return io.BytesIO(z.read(name))
+    return path.open("rb")
 
 
 def _refused(path: Path, head: bytes, size: int, err: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` refused the pickle of a torch.save file."""
-    pickles = _pickles(path, head)
     found: set[str] = set()
     try:
-        if pickles is None:
-            raise ValueError("no pickle")
-        for data in pickles:
-            stream = io.BytesIO(data)
+        with _pickle_stream(path, head) as stream:
             for _ in range(4 if head.startswith(LEGACY_MAGIC) else 1):
                 found |= pickle_globals(stream)
     except Exception:

@@ -49,9 +49,13 @@ class DataConfig:
     train_subset: int = 0  # use only this many (seeded) training examples; 0 = all
     test_subset: int = 0  # evaluate on this many test examples; 0 = all
     val_size: int = 0  # examples held out of train for validation-based checkpoint selection
+    classes: Union[list, None] = None  # train and test on these classes only, relabelled 0..k-1; None = all
     augment: Union[str, None] = None  # none | flip | crop_flip; None = the dataset's default
     padding: str = "zeros"  # crop_flip's 4-px padding: zeros (TRADES code) | reflect (AT code)
     rotation: float = 0.0  # random rotation in [-r, r] degrees (the authors' CIFAR-100 AT: 15)
+    cutout: int = 0  # cutout patch length in pixels (AWP Table 4: 14); 0 = off
+    mix: str = "none"  # none | mixup | cutmix: mixed inputs with soft targets
+    mix_alpha: float = 1.0  # Beta(α, α) of the mixing weight (AWP Table 4 mixup: 1.4)
 
 
 @dataclass
@@ -105,6 +109,8 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
+    l1: float = 0.0  # λ·Σ|w| on conv/linear weights added to the loss (AWP Table 4: 5e-6)
+    l2: float = 0.0  # > 0: conv/linear weights decay with this, the rest with 0 (AWP Table 4: 5e-3)
 
 
 @dataclass
@@ -130,6 +136,9 @@ class RunConfig:
     channels_last: bool = True  # NHWC weights: ~1.5x faster convolutions on CPU and GPU
     checkpoint_every: int = 0  # also write last.pt every N training steps; 0 = at epoch ends only
     keep_every: int = 0  # also keep epoch-NNN.pt every N epochs (for landscapes); 0 = none
+    ema: float = 0.0  # decay of an exponential moving average of the weights, e.g. 0.995; 0 = off
+    patience: int = 0  # AT-ES: stop after this many epochs without a better val PGD accuracy; 0 = off
+    init_from: Union[str, None] = None  # start from this checkpoint's weights (fine-tuning)
 
 
 @dataclass
@@ -371,6 +380,12 @@ def validate(cfg: Config) -> None:
     for key in ("train_subset", "test_subset", "val_size"):
         _check(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "an integer ≥ 0 (0 = all / none)")
     _choice("data.padding", d.padding, ["zeros", "reflect"])
+    _check(d.cutout >= 0, "data.cutout", d.cutout, "a patch length ≥ 0 (pixels; 0 = off)")
+    _choice("data.mix", d.mix, ["none", "mixup", "cutmix"])
+    _check(_finite(d.mix_alpha) and d.mix_alpha > 0, "data.mix_alpha", d.mix_alpha, "a number > 0")
+    if d.classes is not None:
+        _check(all(float(c).is_integer() and c >= 0 for c in d.classes) and len(set(d.classes)) == len(d.classes)
+               and len(d.classes) >= 2, "data.classes", d.classes, "a list of at least 2 distinct class numbers")
     _check(_finite(d.rotation) and 0 <= d.rotation <= 180, "data.rotation", d.rotation, "degrees in [0, 180]")
     if (m.mean is None) != (m.std is None):
         raise WpatError("model.mean and model.std: give both (per-channel lists) or neither (the dataset's)")
@@ -395,6 +410,8 @@ def validate(cfg: Config) -> None:
     _check(_finite(o.lr) and o.lr > 0, "optim.lr", o.lr, "a number > 0")
     _check(_finite(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")
     _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number ≥ 0")
+    _check(_finite(o.l1) and o.l1 >= 0, "optim.l1", o.l1, "a number ≥ 0 (0 = off)")
+    _check(_finite(o.l2) and o.l2 >= 0, "optim.l2", o.l2, "a number ≥ 0 (0 = off)")
     _check(s.epochs >= 1, "schedule.epochs", s.epochs, "an integer ≥ 1")
     _choice("schedule.first_epoch", s.first_epoch, [0, 1])
     _choice("schedule.update", s.update, ["step_start", "step_end", "epoch"])
@@ -403,6 +420,11 @@ def validate(cfg: Config) -> None:
     _check(r.checkpoint_every >= 0, "run.checkpoint_every", r.checkpoint_every, "an integer ≥ 0 (steps; 0 = epoch ends)")
     _check(r.keep_every >= 0, "run.keep_every", r.keep_every, "an integer ≥ 0 (epochs; 0 = none)")
     _choice("run.select", r.select, ["test", "val"])
+    _check(r.ema == 0 or (_finite(r.ema) and 0 < r.ema < 1), "run.ema", r.ema, "a decay in (0, 1), or 0 for off")
+    _check(r.patience >= 0, "run.patience", r.patience, "an integer ≥ 0 (epochs; 0 = off)")
+    if r.patience:
+        _check(r.select == "val", "run.patience", r.patience,
+               "0 unless run.select=val: early stopping watches the validation split (data.val_size)")
     if r.select == "val":
         _check(d.val_size > 0, "run.select", r.select, "'test' unless data.val_size > 0")
     _check(bool(r.name) and "/" not in r.name and r.name not in (".", ".."), "run.name", r.name,

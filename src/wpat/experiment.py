@@ -87,6 +87,12 @@ def model_from_config(cfg: Config) -> nn.Module:
     (default: the dataset's statistics)."""
     _check_name(DATASETS, "data.name", cfg.data.name)
     spec = dataset_spec(cfg.data.name)
+    num_classes = spec.num_classes
+    if cfg.data.classes is not None:
+        if max(cfg.data.classes) >= spec.num_classes:
+            raise WpatError(f"data.classes: {cfg.data.classes} names a class {spec.name} does not have "
+                            f"(0..{spec.num_classes - 1})")
+        num_classes = len(cfg.data.classes)
     mean = cfg.model.mean if cfg.model.mean is not None else spec.mean
     std = cfg.model.std if cfg.model.std is not None else spec.std
     if len(mean) != spec.shape[0]:
@@ -94,7 +100,7 @@ def model_from_config(cfg: Config) -> nn.Module:
     _check_name(MODELS, "model.name", cfg.model.name)
     _check_options(MODELS, cfg.model, "model", fixed=("num_classes", "in_channels"))
     try:
-        return build_model(cfg.model.name, num_classes=spec.num_classes, in_channels=spec.shape[0],
+        return build_model(cfg.model.name, num_classes=num_classes, in_channels=spec.shape[0],
                            mean=mean, std=std, **component_options(cfg.model))
     except WpatError as err:
         raise WpatError(f"model.{cfg.model.name}: {err}") from None
@@ -196,11 +202,21 @@ def fixed_subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[t
     return x[index], y[index]
 
 
+def select_classes(x: torch.Tensor, y: torch.Tensor, classes: list | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples of ``classes`` only, labelled by their position in the list (0..k-1)."""
+    if classes is None:
+        return x, y
+    wanted = torch.tensor([int(c) for c in classes])
+    keep = (y[:, None] == wanted[None, :])
+    index = keep.any(1)
+    return x[index], keep[index].float().argmax(1)
+
+
 def load_splits(cfg: Config) -> Splits:
     d = cfg.data
     _check_name(DATASETS, "data.name", d.name)
-    x_train, y_train = load_dataset(d.name, "train", root=d.root, download=d.download)
-    x_test, y_test = load_dataset(d.name, "test", root=d.root, download=d.download)
+    x_train, y_train = select_classes(*load_dataset(d.name, "train", root=d.root, download=d.download), d.classes)
+    x_test, y_test = select_classes(*load_dataset(d.name, "test", root=d.root, download=d.download), d.classes)
     x_train, y_train = fixed_subset(x_train, y_train, d.train_subset, cfg.run.seed)
     x_test, y_test = fixed_subset(x_test, y_test, d.test_subset, cfg.run.seed)
     x_train, y_train, x_val, y_val = split_validation(x_train, y_train, d.val_size, cfg.run.seed)

@@ -23,7 +23,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 def training_table(summary: dict[str, Any], attack_name: str = "PGD-20") -> str:
     """Best and last checkpoints of a run: natural and robust test accuracy (%)."""
     rows = []
-    for kind in ("best", "last"):
+    kinds = ["best", "last"] + [k for k in ("ema_best", "ema_last") if k in summary]
+    for kind in kinds:
         r = summary.get(kind) or {}
         rows.append([kind, r.get("epoch", "-"), percent(r.get("test_nat_acc")), percent(r.get("test_pgd_acc")),
                      percent(r.get("train_pgd_acc")), percent(r.get("robust_gap"))])

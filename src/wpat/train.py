@@ -33,23 +33,27 @@ from wpat.checkpoint import FORMAT, is_wpat_checkpoint, load_checkpoint, rng_sta
 from wpat.config import Config, ScheduleConfig, config_from_dict, dump_config
 from wpat.data import AUGMENTATIONS, DeviceLoader, dataset_spec
 from wpat.errors import WpatError
+from wpat.finetune import init_from
 from wpat.fs import writable_dir
 from wpat.metrics import accuracy
 from wpat.objectives import Objective
+from wpat.averaging import WeightAverage
 from wpat.perturb import WeightPerturbation, held_at, perturbed
 from wpat.progress import Progress
+from wpat.regularize import l1_penalty, parameter_groups
 from wpat.run_log import EpochStats, format_epoch, write_metrics
 
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Tensor], objective: Objective,
                perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer,
-               alternations: int = 1) -> tuple[Tensor, dict[str, Tensor]]:
+               alternations: int = 1, l1: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """One adversarial training step; returns the per-example losses at ``w + v`` and the
     perturbation's statistics (empty without a perturbation).
 
     ``alternations`` A ≥ 1 (AWP paper §4.2, Fig. 2a): after the first x′ and v, A − 1 more times
     craft x′ against the model at ``w + v`` and continue the search for v from that x′; the
-    update uses the last x′ and v. The weights are put back bitwise between alternations."""
+    update uses the last x′ and v. The weights are put back bitwise between alternations.
+    ``l1`` adds λ·Σ|w| of the conv/linear weights (at ``w + v``) to the mean loss."""
     x_adv = attack(model, x, y)
     model.train()
 
@@ -91,7 +95,7 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Ten
         if losses is None:
             losses = loss_fn(model)
         optimizer.zero_grad(set_to_none=True)
-        losses.mean().backward()
+        (losses.mean() + l1_penalty(model, l1)).backward()
         optimizer.step()
     return losses.detach(), stats
 
@@ -121,7 +125,7 @@ def schedule_time(epoch: int, step: int, steps_per_epoch: int, s: ScheduleConfig
 class Trainer:
     """Owns a run directory; ``fit()`` trains from scratch or resumes ``last.pt``."""
 
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, fresh: bool = True) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = experiment.resolve_device(cfg.run.device)
@@ -135,14 +139,17 @@ class Trainer:
         augment = cfg.data.augment or dataset_spec(cfg.data.name).augment
         AUGMENTATIONS.get(augment)
         self.splits = experiment.load_splits(cfg)
+        if cfg.run.init_from and fresh:  # fine-tuning: a pre-trained network, a new head if the classes differ
+            init_from(parts.model, cfg.run.init_from)
         self.model = parts.model.to(self.device)
         if cfg.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.objective, self.perturbation, self.schedule = parts.objective, parts.perturbation, parts.schedule
         self.attack, self.test_attack = parts.attack, parts.test_attack
         o = cfg.optim
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
-                                         weight_decay=o.weight_decay, nesterov=o.nesterov)
+        self.optimizer = torch.optim.SGD(parameter_groups(self.model, o.weight_decay, o.l2), lr=o.lr,
+                                         momentum=o.momentum, nesterov=o.nesterov)
+        self.ema = WeightAverage(self.model, cfg.run.ema) if cfg.run.ema else None
         self.loader = DeviceLoader(self.splits.x_train, self.splits.y_train, cfg.data.batch_size,
                                    shuffle=True, drop_last=True, augment=augment,
                                    padding=cfg.data.padding, rotation=cfg.data.rotation,
@@ -158,7 +165,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def weights_only_state(self, kind: str) -> dict[str, Any]:
+    def weights_only_state(self, kind: str, model: nn.Module | None = None) -> dict[str, Any]:
         """A checkpoint for evaluation and analysis: no optimizer or RNG state."""
         return {
             "format": FORMAT,
@@ -166,7 +173,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "model_name": self.cfg.model.name,
             "dataset": self.cfg.data.name,
-            "model": self.model.state_dict(),
+            "model": (model or self.model).state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "best": dict(self.best),
@@ -175,7 +182,10 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         """Everything ``--resume`` needs: the weights-only state plus optimizer and RNG states."""
-        return {**self.weights_only_state("last"), "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
+        state = {**self.weights_only_state("last"), "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state()
+        return state
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -185,6 +195,8 @@ class Trainer:
         self.resume_stats = ckpt.get("epoch_stats")
         self.best = dict(ckpt["best"])
         self.history = list(ckpt["history"])
+        if self.ema is not None:
+            self.ema.load_state(ckpt["ema"])
         set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------ loop
@@ -193,6 +205,8 @@ class Trainer:
         cfg = self.cfg
         steps_per_epoch = len(self.loader)
         for epoch in range(self.epoch, cfg.schedule.epochs):
+            if self.should_stop():  # a resumed run that had already stopped early
+                break
             self.loader.set_epoch(epoch)
             active = self.perturbation is not None and perturbation_active(epoch, cfg)
             stats = EpochStats(self.device, self.c_min)
@@ -213,7 +227,9 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
                     losses, perturb_stats = train_step(self.model, x, y, self.attack, self.objective,
                                                        self.perturbation if active else None, self.optimizer,
-                                                       cfg.perturb.alternations)
+                                                       cfg.perturb.alternations, cfg.optim.l1)
+                if self.ema is not None:
+                    self.ema.update(self.model)
                 stats.add(losses, perturb_stats)
                 self.step = i + 1
                 progress.advance()
@@ -240,20 +256,36 @@ class Trainer:
             self.save(record)
             if cfg.run.progress:
                 progress.write(format_epoch(record))
+            if self.should_stop():
+                print(f"early stopping after epoch {self.epoch}: no better {self.best['selected_by']} "
+                      f"for {cfg.run.patience} epochs; best is epoch {self.best['epoch']}")
+                break
         return self.summary()
 
+    def should_stop(self) -> bool:
+        """AT-ES (Rice et al.): ``run.patience`` epochs without a better validation accuracy."""
+        patience = self.cfg.run.patience
+        return (bool(patience) and self.epoch < self.cfg.schedule.epochs
+                and self.epoch - self.best["epoch"] >= patience)
+
     def evaluate(self) -> dict[str, float]:
+        metrics = self.measure(self.model)
+        if self.ema is not None:  # the average next to the raw model, under the same attack
+            metrics.update({f"ema_{k}": v for k, v in self.measure(self.ema.model).items()})
+        return metrics
+
+    def measure(self, model: nn.Module) -> dict[str, float]:
         s, bs = self.splits, self.cfg.eval.batch_size
         metrics = {
-            "test_nat_acc": accuracy(self.model, s.x_test, s.y_test, None, bs),
-            "test_pgd_acc": accuracy(self.model, s.x_test, s.y_test, self.test_attack, bs),
-            "train_nat_acc": accuracy(self.model, *self.train_eval, None, bs),
-            "train_pgd_acc": accuracy(self.model, *self.train_eval, self.test_attack, bs),
+            "test_nat_acc": accuracy(model, s.x_test, s.y_test, None, bs),
+            "test_pgd_acc": accuracy(model, s.x_test, s.y_test, self.test_attack, bs),
+            "train_nat_acc": accuracy(model, *self.train_eval, None, bs),
+            "train_pgd_acc": accuracy(model, *self.train_eval, self.test_attack, bs),
         }
         metrics["robust_gap"] = metrics["train_pgd_acc"] - metrics["test_pgd_acc"]
         if len(s.x_val):
-            metrics["val_nat_acc"] = accuracy(self.model, s.x_val, s.y_val, None, bs)
-            metrics["val_pgd_acc"] = accuracy(self.model, s.x_val, s.y_val, self.test_attack, bs)
+            metrics["val_nat_acc"] = accuracy(model, s.x_val, s.y_val, None, bs)
+            metrics["val_pgd_acc"] = accuracy(model, s.x_val, s.y_val, self.test_attack, bs)
         return metrics
 
     def save(self, record: dict[str, Any]) -> None:
@@ -261,6 +293,12 @@ class Trainer:
         if key in record and record[key] > self.best["metric"]:
             self.best = {"metric": record[key], "epoch": self.epoch, "selected_by": key}
             save_atomic(self.weights_only_state("best"), self.run_dir / "best.pt")
+        if self.ema is not None:
+            ema_key = f"ema_{key}"
+            if ema_key in record and record[ema_key] > self.best.get("ema_metric", -1.0):
+                self.best.update(ema_metric=record[ema_key], ema_epoch=self.epoch)
+                save_atomic(self.weights_only_state("ema_best", self.ema.model), self.run_dir / "ema_best.pt")
+            save_atomic(self.weights_only_state("ema_last", self.ema.model), self.run_dir / "ema_last.pt")
         if self.cfg.run.keep_every and self.epoch % self.cfg.run.keep_every == 0:
             save_atomic(self.weights_only_state("epoch"), self.run_dir / f"epoch-{self.epoch:03d}.pt")
         # last.pt goes last: once it names this epoch, best.pt and the metrics are already there
@@ -279,7 +317,15 @@ class Trainer:
         by_epoch = {r["epoch"]: r for r in self.history}
         best = by_epoch.get(self.best["epoch"], {})
         last = self.history[-1] if self.history else {}
-        return {"run_dir": str(self.run_dir), "eval_steps": self.cfg.eval.steps, "best_epoch": self.best["epoch"], "best": best, "last": last}
+        summary = {"run_dir": str(self.run_dir), "eval_steps": self.cfg.eval.steps,
+                   "best_epoch": self.best["epoch"], "best": best, "last": last,
+                   "stopped_early": self.epoch < self.cfg.schedule.epochs}
+        if self.ema is not None:  # the average's rows: its own best epoch, and the last
+            unprefixed = lambda r: {"epoch": r.get("epoch"), **{k[4:]: v for k, v in r.items()  # noqa: E731
+                                                               if k.startswith("ema_")}}
+            summary["ema_best"] = unprefixed(by_epoch.get(self.best.get("ema_epoch"), {}))
+            summary["ema_last"] = unprefixed(last)
+        return summary
 
 
 # ---------------------------------------------------------------------- helpers
@@ -313,6 +359,6 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> dict[str
     cfg = config_from_dict(ckpt["config"])
     if progress is not None:
         cfg.run.progress = progress
-    trainer = Trainer(cfg, path.parent)
+    trainer = Trainer(cfg, path.parent, fresh=False)
     trainer.load_state(ckpt)
     return trainer.fit()
