@@ -131,6 +131,7 @@ class RunConfig:
     threads: int = 0  # CPU threads; 0 = leave torch's default
     select: str = "test"  # which PGD accuracy picks the "best" checkpoint: test | val
     progress: bool = True
+    tensorboard: bool = True  # TensorBoard event files of the per-epoch metrics in the run directory
     deterministic: bool = False
     amp: bool = False  # bf16 autocast for training forwards/backwards (GPU); deltas and eval stay fp32
     channels_last: bool = True  # NHWC weights: ~1.5x faster convolutions on CPU and GPU

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -60,7 +61,12 @@ def model_from_checkpoint(path: str | os.PathLike, config: str | Config | None =
         info = {"kind": "foreign", "epoch": None}
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise WpatError(f"{path}: no model weights found (expected a state_dict of tensors)")
-    model = model_from_config(cfg)
+    if not all(isinstance(k, str) for k in state):
+        raise WpatError(f"{path}: malformed state_dict (its keys must be parameter names)")
+    try:
+        model = model_from_config(cfg)
+    except WpatError as err:
+        raise WpatError(f"{path}: {'stored config' if config is None else 'config'}: {err}") from None
     model.load_state_dict(fit_state_dict(model, state, str(path), cfg))
     return model, cfg, info
 
@@ -85,6 +91,61 @@ def _strip(key: str) -> str:
     return key
 
 
+def _strip_all(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Keys without DataParallel/torch.compile prefixes, and without a "model." prefix that every
+    key carries (a wrapper module named ``model``, as in some RobustBench checkpoints)."""
+    theirs = {_strip(k): v for k, v in state.items()}
+    if theirs and all(k.startswith("model.") for k in theirs):
+        theirs = {_strip(k[len("model."):]): v for k, v in theirs.items()}
+    return theirs
+
+
+# The Wide ResNet of the TRADES code (yaodongyu/TRADES models/wideresnet.py), which the AWP and
+# RWP authors' released WRN-34-10 / WRN-28-10 checkpoints use, and wpat's ``wide_resnet`` (a
+# PreActResNet) name the same layers differently; the tensors and their meaning are the same:
+# each BasicBlock is BN-ReLU-conv3x3-BN-ReLU-conv3x3 with a 1x1 convShortcut on the activated
+# input where the width changes, exactly as wpat's PreActBlock.
+_TRADES_BLOCK = re.compile(r"^block(\d+)\.layer\.(\d+)\.(bn1|conv1|bn2|conv2|convShortcut)\.(\w+)$")
+_TRADES_OTHER = re.compile(r"^(conv1\.weight|bn1\.\w+|fc\.(weight|bias))$")
+_TRADES_LAYERS = {"bn1": "bn1", "conv1": "conv1", "bn2": "bn2", "conv2": "conv2", "convShortcut": "shortcut"}
+_TRADES_TOP = {"conv1": "stem", "bn1": "head.0", "fc": "head.4"}
+
+
+def translate_trades_wrn(state: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+    """A TRADES-code WideResNet state_dict under wpat's ``wide_resnet`` names, or None if
+    ``state`` is not in that layout.
+
+    ``conv1`` -> ``stem``; ``block{k}.layer.{i}.{bn1,conv1,bn2,conv2}`` ->
+    ``blocks.{j}.{same}`` and ``...convShortcut`` -> ``blocks.{j}.shortcut``, where ``j``
+    counts the layers of the blocks before ``k`` plus ``i``; ``bn1`` -> ``head.0``; ``fc`` ->
+    ``head.4``. The unused ``sub_block1`` of the TRADES/RST code must be dropped before. The
+    mapping is by name, so the order of the keys in the file does not matter.
+    """
+    layers: dict[int, int] = {}
+    for key in state:
+        match = _TRADES_BLOCK.match(key)
+        if match:
+            k, i = int(match.group(1)), int(match.group(2))
+            layers[k] = max(layers.get(k, 0), i + 1)
+        elif not _TRADES_OTHER.match(key):
+            return None
+    if not layers or sorted(layers) != list(range(1, len(layers) + 1)) or "fc.weight" not in state:
+        return None
+    offset, start = 0, {}
+    for k in sorted(layers):
+        start[k], offset = offset, offset + layers[k]
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        match = _TRADES_BLOCK.match(key)
+        if match:
+            k, i, layer, leaf = int(match.group(1)), int(match.group(2)), match.group(3), match.group(4)
+            out[f"blocks.{start[k] + i}.{_TRADES_LAYERS[layer]}.{leaf}"] = value
+        else:
+            top, leaf = key.split(".", 1)
+            out[f"{_TRADES_TOP[top]}.{leaf}"] = value
+    return out
+
+
 def _weights(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The entries that define the network: no normalization buffers, no BN batch counters."""
     return {k: v for k, v in state.items()
@@ -94,16 +155,23 @@ def _weights(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def fit_state_dict(model: nn.Module, state: Mapping[str, Tensor], where: str, cfg: Config) -> dict[str, Tensor]:
     """``state`` as a full state_dict of ``model`` (a wpat ``Sequential(normalize, net)``).
 
-    Its keys may carry "module." / "_orig_mod." prefixes and may lack wpat's "net." prefix. If
-    the names then differ (another code base's layer names) but every tensor's shape matches
+    Its keys may carry "module." / "_orig_mod." prefixes (and "model." on every key) and may lack
+    wpat's "net." prefix; keys of the unused ``sub_block1`` of the TRADES/RST Wide ResNet are
+    dropped and that network's names are translated (:func:`translate_trades_wrn`). If the
+    names then differ (another code base's layer names) but every tensor's shape matches
     in order, the tensors are taken in order. Normalization buffers it lacks (the authors'
     models normalize outside the network) are the config's dataset mean/std; a
     num_batches_tracked it lacks does not matter in eval mode. Anything else is one
     :class:`WpatError` naming both sides.
     """
     own = model.state_dict()
-    theirs = {_strip(k): v for k, v in state.items()}
+    theirs = _strip_all(state)
+    if not any("sub_block" in k for k in own):  # the unused sub_block1 of the TRADES/RST WRN
+        theirs = {k: v for k, v in theirs.items() if "sub_block" not in k}
     if not any(k.startswith(("net.", "normalize.")) for k in theirs):
+        translated = translate_trades_wrn(theirs)
+        if translated is not None and all(f"net.{k}" in own for k in translated):
+            theirs = translated
         theirs = {f"net.{k}": v for k, v in theirs.items()}
     own_w, their_w = _weights(own), _weights(theirs)
     own_shapes, their_shapes = [v.shape for v in own_w.values()], [v.shape for v in their_w.values()]

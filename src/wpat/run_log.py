@@ -4,7 +4,9 @@
 synchronisation per step): the mean training loss, the RWP paper's loss-stationary histogram and
 fraction below ``c_min``, and every statistic the weight perturbation reports (each logged under
 its own name, averaged over the steps that reported it). :func:`write_metrics` writes
-``metrics.jsonl`` and ``metrics.csv``; :func:`format_epoch` is the per-epoch line.
+``metrics.jsonl`` and ``metrics.csv``; :class:`EventLog` writes the same numbers as TensorBoard
+event files into the run directory (``tensorboard --logdir`` over a sweep compares runs while
+they train); :func:`format_epoch` is the per-epoch line.
 """
 
 from __future__ import annotations
@@ -99,3 +101,28 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(history)
     write_text_atomic(run_dir / "metrics.csv", table.getvalue())
+
+
+class EventLog:
+    """TensorBoard scalars of every numeric entry of each epoch's record, at step = epoch.
+
+    Args:
+        run_dir: where the event files go (the run directory).
+        first_epoch: the first epoch this writer logs; events of later epochs already in the
+            directory (a resumed run that redoes them) are dropped by TensorBoard's purge.
+    """
+
+    def __init__(self, run_dir: Path, first_epoch: int = 1) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when logging
+
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=first_epoch if first_epoch > 1 else None)
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        epoch = int(record["epoch"])
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -41,7 +41,7 @@ from wpat.averaging import WeightAverage
 from wpat.perturb import WeightPerturbation, held_at, perturbed
 from wpat.progress import Progress
 from wpat.regularize import l1_penalty, parameter_groups
-from wpat.run_log import EpochStats, format_epoch, write_metrics
+from wpat.run_log import EpochStats, EventLog, format_epoch, write_metrics
 
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Tensor], objective: Objective,
@@ -204,6 +204,16 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         steps_per_epoch = len(self.loader)
+        events = EventLog(self.run_dir, self.epoch + 1) if cfg.run.tensorboard else None
+        try:
+            self.run_epochs(steps_per_epoch, events)
+        finally:
+            if events is not None:
+                events.close()
+        return self.summary()
+
+    def run_epochs(self, steps_per_epoch: int, events: EventLog | None) -> None:
+        cfg = self.cfg
         for epoch in range(self.epoch, cfg.schedule.epochs):
             if self.should_stop():  # a resumed run that had already stopped early
                 break
@@ -254,13 +264,14 @@ class Trainer:
                 record.update(self.evaluate())
             self.history.append(record)
             self.save(record)
+            if events is not None:
+                events.add(record)
             if cfg.run.progress:
                 progress.write(format_epoch(record))
             if self.should_stop():
                 print(f"early stopping after epoch {self.epoch}: no better {self.best['selected_by']} "
                       f"for {cfg.run.patience} epochs; best is epoch {self.best['epoch']}")
                 break
-        return self.summary()
 
     def should_stop(self) -> bool:
         """AT-ES (Rice et al.): ``run.patience`` epochs without a better validation accuracy."""
