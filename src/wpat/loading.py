@@ -185,12 +185,22 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, Tensor], where: str, cf
         raise WpatError(
             f"{where}: checkpoint has {classes} output classes and the layout of {arch} "
             f"({len(their_w)} weight tensors) but the config builds {cfg.model.name} for "
-            f"{cfg.data.name} ({spec.num_classes} classes, {len(own_w)} weight tensors); "
+            f"{cfg.data.name} ({spec.num_classes} classes, {len(own_w)} weight tensors{_difference(own_w, their_w)}); "
             f"pass a --config whose model and dataset match")
     for key in ("normalize.mean", "normalize.std"):
         if key in theirs and theirs[key].shape == own[key].shape:
             fitted[key] = theirs[key]
     return fitted
+
+
+def _difference(own: dict[str, Tensor], theirs: dict[str, Tensor]) -> str:
+    """", first difference: ..." -- the first tensor whose shape (or presence) differs."""
+    for (k_own, v_own), (k_their, v_their) in zip(own.items(), theirs.items()):
+        if v_own.shape != v_their.shape:
+            name = k_own if k_own == k_their else f"{k_their} (model: {k_own})"
+            return (f"; first difference: {name} is {list(v_their.shape)} in the checkpoint, "
+                    f"{list(v_own.shape)} in the model")
+    return ""
 
 
 def _describe(weights: dict[str, Tensor]) -> tuple[Any, str]:

@@ -22,6 +22,11 @@ Augmentations (``augment=``), each applied independently per example:
 Then, with ``rotation=r > 0`` degrees, a random rotation by an angle uniform in [-r, r] about the
 image centre, nearest-neighbour, zeros outside (torchvision's ``RandomRotation(15)`` after crop
 and flip in the authors' CIFAR-100 AT scripts).
+
+Then, with ``cutout=L > 0``, one L x L square of each example set to 0, placed inside the image
+(:func:`wpat.data.mixing.cutout`, Rice et al.'s Cutout). Last, with ``mix="mixup"`` or
+``"cutmix"``, each batch is mixed with a permutation of itself (``wpat.data.mixing.MIXES``) and
+the loader yields float soft targets ``[B, num_classes]`` instead of integer labels.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from wpat.data.mixing import MIXES, cutout as random_cutout
 from wpat.errors import WpatError
 from wpat.registry import Registry
 
@@ -95,7 +101,12 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
 
 
 class DeviceLoader:
-    """Iterate ``(x float32 [B,C,H,W] in [0,1], y int64 [B])`` batches on ``device``.
+    """Iterate ``(x float32 [B,C,H,W] in [0,1], y)`` batches on ``device``.
+
+    ``y`` is the int64 labels ``[B]``, or, with ``mix`` "mixup" or "cutmix", float32 soft
+    targets ``[B, num_classes]`` (rows of label probabilities λ·onehot(y_a) + (1 − λ)·onehot(y_b),
+    summing to 1), which the "ce" attack loss and the AT and TRADES objectives take in place of
+    labels.
 
     Args:
         x_uint8: images, uint8 ``[N,C,H,W]`` (any device; copied to ``device`` once).
@@ -107,7 +118,15 @@ class DeviceLoader:
         padding: the crop's padding, "zeros" or "reflect".
         rotation: maximum random rotation in degrees (0: none).
         device: where batches are made and returned.
-        seed: with the epoch, determines order and augmentation.
+        seed: with the epoch, determines order, augmentation and mixing.
+        cutout: side in pixels of the square Cutout sets to 0 in each example, after crop,
+            flip and rotation, 0 <= cutout <= min(H, W) (default 0: off; the AWP paper's and
+            Rice et al.'s CIFAR-10 value is 14).
+        mix: batch mixing, "none" (default), "mixup" or "cutmix" (a name in ``MIXES``).
+        mix_alpha: α > 0 of the Beta(α, α) the mixing weight λ is drawn from (default 1.0;
+            the AWP paper's mixup value is 1.4, CutMix's 1.0). Ignored with mix "none".
+        num_classes: the width C of the soft targets; required with mixing, optional otherwise
+            (if given, every label must lie in [0, C)).
     """
 
     def __init__(
@@ -123,6 +142,10 @@ class DeviceLoader:
         rotation: float = 0.0,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        cutout: int = 0,
+        mix: str = "none",
+        mix_alpha: float = 1.0,
+        num_classes: int | None = None,
     ) -> None:
         if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
             raise WpatError(
@@ -143,7 +166,20 @@ class DeviceLoader:
             raise WpatError(f"DeviceLoader: padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
         if not 0 <= rotation <= 180:
             raise WpatError(f"DeviceLoader: rotation must be in [0, 180] degrees, got {rotation!r}")
+        _check_cutout(cutout, x_uint8.shape[2:])
+        self._mix = MIXES.get(mix)
+        if mix != "none":
+            if (isinstance(mix_alpha, bool) or not isinstance(mix_alpha, (int, float))
+                    or not 0 < mix_alpha < math.inf):
+                raise WpatError(f"DeviceLoader: mix_alpha must be a finite number > 0 (the Beta(α, α) "
+                                f"parameter), got {mix_alpha!r}")
+            if num_classes is None:
+                raise WpatError(f"DeviceLoader: mix={mix!r} needs num_classes (the width of its soft targets)")
+        if num_classes is not None:
+            _check_num_classes(num_classes, y)
         self._augment = AUGMENTATIONS.get(augment)
+        self.cutout, self.mix = int(cutout), mix
+        self.mix_alpha, self.num_classes = float(mix_alpha), num_classes
         self.padding, self.rotation = padding, float(rotation)
         self.x = x_uint8.to(device)
         self.y = y.to(device=device, dtype=torch.int64)
@@ -180,7 +216,24 @@ class DeviceLoader:
             x = self._augment(self.x[index].to(torch.float32).div_(255), generator, self.padding)
             if self.rotation:
                 x = random_rotation(x, generator, self.rotation)
-            yield x, self.y[index]
+            if self.cutout:
+                x = random_cutout(x, generator, self.cutout)
+            yield self._mix(x, self.y[index], generator, self.num_classes, self.mix_alpha)
+
+
+def _check_cutout(cutout: object, size: torch.Size) -> None:
+    largest = min(size)
+    if isinstance(cutout, bool) or not isinstance(cutout, int) or not 0 <= cutout <= largest:
+        raise WpatError(f"DeviceLoader: cutout must be a whole number of pixels in [0, {largest}] "
+                        f"(0: off; the square must fit in the {size[0]}x{size[1]} image), got {cutout!r}")
+
+
+def _check_num_classes(num_classes: object, y: torch.Tensor) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise WpatError(f"DeviceLoader: num_classes must be an integer >= 1, got {num_classes!r}")
+    if len(y) and not (0 <= int(y.min()) and int(y.max()) < num_classes):
+        raise WpatError(f"DeviceLoader: labels must lie in [0, {num_classes}) for num_classes={num_classes}, "
+                        f"found [{int(y.min())}, {int(y.max())}]")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
