@@ -58,3 +58,91 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# ------------------------------------------------------------------ telling bad files apart
+
+
+def _messages(path):
+    with pytest.raises(WpatError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def _corrupt(message):
+    assert "refused" not in message and "unsafe" not in message and "could run code" not in message
+    return message
+
+
+@pytest.mark.parametrize("data, says", [
+    (b"", "the file is empty"),
+    (b"\x80\x02", "truncated or corrupt"),
+    (b"hi", "not a checkpoint: a text file"),
+    (bytes(range(7, 250)) * 4, "not a checkpoint: unrecognised content"),
+    (b"<!DOCTYPE html>\n<html><body>Not Found</body></html>\n", "not a checkpoint: an HTML page"),
+    (b"\n  <html><head></head></html>", "not a checkpoint: an HTML page"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n", "Git LFS pointer"),
+    (b"\x1f\x8b\x08\x00" + bytes(20), "gzip-compressed"),
+    (pickle.dumps({"w": [1.0]}, protocol=4), "a plain Python pickle"),
+    (pickle.dumps({"w": [1.0]}, protocol=4)[:-5], "truncated or corrupt"),
+], ids=["empty", "two-bytes", "text", "random", "html", "html-indented", "lfs", "gzip", "plain-pickle",
+        "cut-pickle"])
+def test_not_a_checkpoint_is_told_apart_from_unsafe(data, says, tmp_path):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(data)
+    assert says in _corrupt(_messages(path))
+
+
+def test_truncated_files_of_both_torch_formats(tmp_path):
+    for name, zip_format in (("new.pt", True), ("old.pt", False)):
+        path = tmp_path / name
+        torch.save({"w": torch.randn(1000)}, path, _use_new_zipfile_serialization=zip_format)
+        assert load_checkpoint(path)["w"].shape == (1000,)  # the legacy format still loads
+        path.write_bytes(path.read_bytes()[:300])
+        assert "truncated or corrupt" in _corrupt(_messages(path))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_directory_and_torchscript(tmp_path):
+    assert "is a directory" in _messages(tmp_path)
+    path = tmp_path / "script.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+    assert "TorchScript" in _corrupt(_messages(path))
+
+
+@pytest.mark.parametrize("how", ["zip", "legacy", "pickle-4", "pickle-0"])
+def test_only_code_is_unsafe(how, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    if how == "zip":
+        torch.save({"w": torch.zeros(2), "m": _Payload()}, path)
+    elif how == "legacy":
+        torch.save({"m": _Payload()}, path, _use_new_zipfile_serialization=False)
+    else:
+        path.write_bytes(pickle.dumps({"m": _Payload()}, protocol=int(how[-1])))
+    message = _messages(path)
+    assert "refused as unsafe" in message and "system" in message and "nothing in it was run" in message
+    assert not (tmp_path / "pwned-by-checkpoint").exists()
+
+
+def test_no_warnings_reach_stderr(tmp_path):
+    import warnings
+
+    path = tmp_path / "p.pt"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _messages(path)
+    assert not caught
+
+
+def test_pickle_globals_is_static(tmp_path):
+    import io
+
+    from wpat.checkpoint import pickle_globals
+
+    for protocol in range(6):
+        found = pickle_globals(io.BytesIO(pickle.dumps([_Payload(), _Payload()], protocol=protocol)))
+        assert found == {f"{os.system.__module__}.system"}, protocol

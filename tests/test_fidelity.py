@@ -26,9 +26,9 @@ from wpat.train import perturbation_active, schedule_time
 TABLE = Path(__file__).resolve().parent.parent / "docs" / "reproduction.md"
 
 
-def preset_rows() -> dict[str, dict[str, str]]:
+def preset_rows(first_columns: str = "| preset | script |") -> dict[str, dict[str, str]]:
     lines = TABLE.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| preset | script |"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(first_columns))
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     rows = {}
     for line in lines[start + 2:]:
@@ -40,15 +40,31 @@ def preset_rows() -> dict[str, dict[str, str]]:
 
 
 ROWS = preset_rows()
-PAPER_PRESETS = [p for p in list_presets() if not p.startswith("fmnist")]
+VARIANTS = preset_rows("| preset | base | settings |")
+PAPER_PRESETS = sorted(ROWS)
 
 
 def number(text: str) -> float:
     return float(Fraction(text))
 
 
-def test_the_table_covers_every_paper_preset():
-    assert sorted(ROWS) == sorted(PAPER_PRESETS)
+def test_the_tables_cover_every_preset():
+    assert sorted([*ROWS, *VARIANTS]) == sorted(list_presets())
+
+
+@pytest.mark.parametrize("preset", sorted(VARIANTS))
+def test_setting_presets_are_their_base_plus_the_listed_settings(preset):
+    row = VARIANTS[preset]
+    cfg = load_config(preset)
+    experiment.build_components(cfg)
+    if row["base"] == "—":
+        return
+    base = load_config(row["base"]).to_dict()
+    differs = {f"{section}.{k}" for section, values in cfg.to_dict().items() for k, v in values.items()
+               if base[section].get(k) != v} - {"run.name", "model.wrn28_10"}
+    listed = {item.split("=")[0].strip("`") for item in row["settings"].replace(",", " ").split()
+              if "=" in item and not item.startswith("`run.init_from")}
+    assert differs <= listed | {"perturb.name"}, differs - listed
 
 
 @pytest.mark.parametrize("preset", PAPER_PRESETS)

@@ -1,4 +1,4 @@
-"""The ``wpat`` command line: ``wpat train | eval | landscape | lsc | plot | presets``.
+"""The ``wpat`` command line: ``wpat train | eval | landscape | lsc | plot | export | presets``.
 
 Each subcommand lives in :mod:`wpat.commands` as a module with ``configure(parser)`` and
 ``run(args) -> int``; this file only dispatches. User errors (:class:`WpatError`) print one line
@@ -23,6 +23,10 @@ COMMANDS = {
     "landscape": "weight loss landscape of checkpoints (AWP Algorithm 1)",
     "lsc": "training adversarial losses in LSC groups per epoch (RWP Fig. 1c)",
     "plot": "learning curves of runs on one figure, weight histograms",
+    "export": "a run's model for RobustBench's model zoo: state_dict + model_info JSON",
+    "sweep": "train a grid of settings x seeds, with Ray (or --local), resuming unfinished runs",
+    "report": "mean ± std over seeds of runs/sweeps as RWP Table 1 / AWP Table 4, ablation plots",
+    "sensitivity": "adversarial loss under AWP vs random weight perturbations over gamma (AWP Fig. 3a)",
 }
 
 

@@ -134,6 +134,7 @@ class RunConfig:
     tensorboard: bool = True  # TensorBoard event files of the per-epoch metrics in the run directory
     deterministic: bool = False
     amp: bool = False  # bf16 autocast for training forwards/backwards (GPU); deltas and eval stay fp32
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm)
     channels_last: bool = True  # NHWC weights: ~1.5x faster convolutions on CPU and GPU
     checkpoint_every: int = 0  # also write last.pt every N training steps; 0 = at epoch ends only
     keep_every: int = 0  # also keep epoch-NNN.pt every N epochs (for landscapes); 0 = none

@@ -82,17 +82,23 @@ def _build(registry: Registry, section: Any, key: str, *args: Any, **fixed: Any)
         raise WpatError(f"{key}.{section.name}: invalid option value ({err})") from None
 
 
+def num_classes_of(cfg: Config) -> int:
+    """The number of classes the model predicts: the dataset's, or ``len(data.classes)``."""
+    _check_name(DATASETS, "data.name", cfg.data.name)
+    spec = dataset_spec(cfg.data.name)
+    if cfg.data.classes is None:
+        return spec.num_classes
+    if max(cfg.data.classes) >= spec.num_classes:
+        raise WpatError(f"data.classes: {cfg.data.classes} names a class {spec.name} does not have "
+                        f"(0..{spec.num_classes - 1})")
+    return len(cfg.data.classes)
+
+
 def model_from_config(cfg: Config) -> nn.Module:
     """The config's architecture for its dataset, normalizing inside with ``model.mean/std``
     (default: the dataset's statistics)."""
-    _check_name(DATASETS, "data.name", cfg.data.name)
     spec = dataset_spec(cfg.data.name)
-    num_classes = spec.num_classes
-    if cfg.data.classes is not None:
-        if max(cfg.data.classes) >= spec.num_classes:
-            raise WpatError(f"data.classes: {cfg.data.classes} names a class {spec.name} does not have "
-                            f"(0..{spec.num_classes - 1})")
-        num_classes = len(cfg.data.classes)
+    num_classes = num_classes_of(cfg)
     mean = cfg.model.mean if cfg.model.mean is not None else spec.mean
     std = cfg.model.std if cfg.model.std is not None else spec.std
     if len(mean) != spec.shape[0]:
@@ -109,7 +115,11 @@ def model_from_config(cfg: Config) -> nn.Module:
 
 
 def objective_from_config(cfg: Config) -> Objective:
-    return _build(OBJECTIVES, cfg.objective, "objective")
+    objective = _build(OBJECTIVES, cfg.objective, "objective")
+    if cfg.data.mix != "none" and not objective.soft_targets:
+        raise WpatError(f"data.mix: {cfg.data.mix} gives mixed (soft) targets, which objective "
+                        f"{cfg.objective.name!r} does not define (it needs each example's one true class)")
+    return objective
 
 
 def perturbation_from_config(cfg: Config) -> WeightPerturbation | None:

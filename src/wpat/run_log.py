@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from wpat import distributed
 from wpat.fs import write_text_atomic
 from wpat.metrics import LSC_EDGES, lsc_histogram
 
@@ -50,25 +51,36 @@ class EpochStats:
         for name, value in (stats or {}).items():
             self.perturb.setdefault(name, []).append(torch.as_tensor(value, dtype=torch.float32))
 
-    def state(self) -> dict[str, Any]:
-        """The partial sums, for a checkpoint taken in the middle of an epoch."""
-        return {"loss_sum": self.loss_sum, "below": self.below, "count": self.count,
-                "lsc_hist": self.lsc_hist, "seconds": self.seconds,
-                "perturb": {k: torch.stack(v) for k, v in self.perturb.items()}}
+    def totals(self) -> tuple[Tensor, Tensor, Tensor, int]:
+        """Loss sum, count below c_min, LSC histogram and example count over all ranks."""
+        loss_sum, below, hist = (distributed.total(t) for t in (self.loss_sum, self.below, self.lsc_hist))
+        count = int(distributed.total(torch.tensor(self.count, device=self.loss_sum.device)))
+        return loss_sum, below, hist, count
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.loss_sum, self.below, self.lsc_hist = state["loss_sum"], state["below"], state["lsc_hist"]
-        self.count, self.seconds = state["count"], state["seconds"]
+    def state(self) -> dict[str, Any]:
+        """The partial sums (over all ranks), for a checkpoint taken in the middle of an epoch."""
+        loss_sum, below, hist, count = self.totals()
+        return {"loss_sum": loss_sum, "below": below, "count": count, "lsc_hist": hist,
+                "seconds": self.seconds, "perturb": {k: torch.stack(v) for k, v in self.perturb.items()}}
+
+    def load_state(self, state: Mapping[str, Any], sums: bool = True) -> None:
+        """Continue from ``state``; with ``sums=False`` (every rank but the first under torchrun)
+        the example sums start at zero, since the stored ones are already totals."""
+        if sums:
+            self.loss_sum, self.below, self.lsc_hist = state["loss_sum"], state["below"], state["lsc_hist"]
+            self.count = state["count"]
+        self.seconds = state["seconds"]
         self.perturb = {k: list(v.unbind()) for k, v in state["perturb"].items()}
 
     def summary(self) -> dict[str, Any]:
-        """One host sync per epoch: the means of everything accumulated."""
-        n = max(self.count, 1)
+        """One host sync per epoch: the means of everything accumulated (over all ranks)."""
+        loss_sum, below, hist, count = self.totals()
+        n = max(count, 1)
         record = {
-            "train_loss": (self.loss_sum / n).item(),
+            "train_loss": (loss_sum / n).item(),
             # the RWP paper's statistic: training adversarial losses (at w + v) below c_min
-            "lsc_frac_below": (self.below / n).item(),
-            "lsc_hist": self.lsc_hist.cpu().tolist(),
+            "lsc_frac_below": (below / n).item(),
+            "lsc_hist": hist.cpu().tolist(),
         }
         record.update({k: torch.stack(v).mean().item() for k, v in self.perturb.items()})
         return record

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wpat import experiment
+from wpat import distributed, experiment
 from wpat.checkpoint import FORMAT, is_wpat_checkpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
 from wpat.config import Config, ScheduleConfig, config_from_dict, dump_config
 from wpat.data import AUGMENTATIONS, DeviceLoader, dataset_spec
 from wpat.errors import WpatError
 from wpat.finetune import init_from
 from wpat.fs import writable_dir
-from wpat.metrics import accuracy
+from wpat.metrics import accuracy, correct
 from wpat.objectives import Objective
 from wpat.averaging import WeightAverage
 from wpat.perturb import WeightPerturbation, held_at, perturbed
@@ -96,6 +96,7 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Ten
             losses = loss_fn(model)
         optimizer.zero_grad(set_to_none=True)
         (losses.mean() + l1_penalty(model, l1)).backward()
+        distributed.average_gradients(model)  # under torchrun: the global batch's gradient
         optimizer.step()
     return losses.detach(), stats
 
@@ -128,12 +129,16 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, fresh: bool = True) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
-        self.device = experiment.resolve_device(cfg.run.device)
+        self.device = distributed.local_device(experiment.resolve_device(cfg.run.device))
+        self.world = distributed.init(self.device)
+        if cfg.data.batch_size % self.world.size:
+            raise WpatError(f"data.batch_size: {cfg.data.batch_size} (the global batch) does not divide "
+                            f"into {self.world.size} equal shares, one per rank")
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True)
-        seed_everything(cfg.run.seed)
+        seed_everything(cfg.run.seed + self.world.rank)  # the attacks' random starts differ per rank
         # Components first: a bad name or option is reported before any data is read.
         parts = experiment.build_components(cfg)
         augment = cfg.data.augment or dataset_spec(cfg.data.name).augment
@@ -142,6 +147,8 @@ class Trainer:
         if cfg.run.init_from and fresh:  # fine-tuning: a pre-trained network, a new head if the classes differ
             init_from(parts.model, cfg.run.init_from)
         self.model = parts.model.to(self.device)
+        if cfg.run.sync_bn and self.world.size > 1:  # BN statistics of the global batch
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if cfg.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.objective, self.perturbation, self.schedule = parts.objective, parts.perturbation, parts.schedule
@@ -153,7 +160,8 @@ class Trainer:
         self.loader = DeviceLoader(self.splits.x_train, self.splits.y_train, cfg.data.batch_size,
                                    shuffle=True, drop_last=True, augment=augment,
                                    padding=cfg.data.padding, rotation=cfg.data.rotation,
-                                   device=self.device, seed=cfg.run.seed)
+                                   cutout=cfg.data.cutout, mix=cfg.data.mix, mix_alpha=cfg.data.mix_alpha,
+                                   num_classes=experiment.num_classes_of(cfg), device=self.device, seed=cfg.run.seed)
         n = min(cfg.eval.n_train, len(self.splits.x_train))
         self.train_eval = experiment.fixed_subset(self.splits.x_train, self.splits.y_train, n, cfg.run.seed + 1)
         self.c_min = experiment.lsc_threshold(cfg)
@@ -182,7 +190,10 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         """Everything ``--resume`` needs: the weights-only state plus optimizer and RNG states."""
-        state = {**self.weights_only_state("last"), "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
+        ranks = distributed.gather(rng_state())  # every rank's generators, for an exact resume
+        state = {**self.weights_only_state("last"), "optimizer": self.optimizer.state_dict(), "rng": ranks[0]}
+        if self.world.size > 1:
+            state["rng_ranks"] = ranks
         if self.ema is not None:
             state["ema"] = self.ema.state()
         return state
@@ -197,14 +208,18 @@ class Trainer:
         self.history = list(ckpt["history"])
         if self.ema is not None:
             self.ema.load_state(ckpt["ema"])
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if len(ranks) == self.world.size:
+            set_rng_state(ranks[self.world.rank])
+        else:  # another number of ranks: fresh per-rank streams, from where the run stands
+            seed_everything(self.cfg.run.seed + 1000 * (self.epoch * 100_003 + self.step) + self.world.rank)
 
     # ------------------------------------------------------------------ loop
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         steps_per_epoch = len(self.loader)
-        events = EventLog(self.run_dir, self.epoch + 1) if cfg.run.tensorboard else None
+        events = EventLog(self.run_dir, self.epoch + 1) if cfg.run.tensorboard and self.world.main else None
         try:
             self.run_epochs(steps_per_epoch, events)
         finally:
@@ -221,7 +236,7 @@ class Trainer:
             active = self.perturbation is not None and perturbation_active(epoch, cfg)
             stats = EpochStats(self.device, self.c_min)
             if self.resume_stats is not None:  # resuming in the middle of this epoch
-                stats.load_state(self.resume_stats)
+                stats.load_state(self.resume_stats, sums=self.world.main)
                 self.resume_stats = None
             started = time.perf_counter() - stats.seconds
             # A resumed epoch re-draws the batches it had done (same order and augmentation,
@@ -229,8 +244,9 @@ class Trainer:
             batches = itertools.islice(enumerate(self.loader), self.step, None)
             progress = Progress(f"epoch {epoch + 1}/{cfg.schedule.epochs}", steps_per_epoch,
                                 initial=self.step, images_per_unit=cfg.data.batch_size,
-                                enabled=cfg.run.progress)
+                                enabled=cfg.run.progress and self.world.main)
             for i, (x, y) in batches:
+                x, y = self.world.share(x), self.world.share(y)  # this rank's share of the global batch
                 lr = self.schedule(schedule_time(epoch, i, steps_per_epoch, cfg.schedule), cfg.optim.lr)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
@@ -266,11 +282,12 @@ class Trainer:
             self.save(record)
             if events is not None:
                 events.add(record)
-            if cfg.run.progress:
+            if cfg.run.progress and self.world.main:
                 progress.write(format_epoch(record))
-            if self.should_stop():
+            if self.should_stop() and self.world.main:
                 print(f"early stopping after epoch {self.epoch}: no better {self.best['selected_by']} "
                       f"for {cfg.run.patience} epochs; best is epoch {self.best['epoch']}")
+            if self.should_stop():
                 break
 
     def should_stop(self) -> bool:
@@ -286,43 +303,60 @@ class Trainer:
         return metrics
 
     def measure(self, model: nn.Module) -> dict[str, float]:
-        s, bs = self.splits, self.cfg.eval.batch_size
+        s = self.splits
         metrics = {
-            "test_nat_acc": accuracy(model, s.x_test, s.y_test, None, bs),
-            "test_pgd_acc": accuracy(model, s.x_test, s.y_test, self.test_attack, bs),
-            "train_nat_acc": accuracy(model, *self.train_eval, None, bs),
-            "train_pgd_acc": accuracy(model, *self.train_eval, self.test_attack, bs),
+            "test_nat_acc": self.accuracy(model, s.x_test, s.y_test, None),
+            "test_pgd_acc": self.accuracy(model, s.x_test, s.y_test, self.test_attack),
+            "train_nat_acc": self.accuracy(model, *self.train_eval, None),
+            "train_pgd_acc": self.accuracy(model, *self.train_eval, self.test_attack),
         }
         metrics["robust_gap"] = metrics["train_pgd_acc"] - metrics["test_pgd_acc"]
         if len(s.x_val):
-            metrics["val_nat_acc"] = accuracy(model, s.x_val, s.y_val, None, bs)
-            metrics["val_pgd_acc"] = accuracy(model, s.x_val, s.y_val, self.test_attack, bs)
+            metrics["val_nat_acc"] = self.accuracy(model, s.x_val, s.y_val, None)
+            metrics["val_pgd_acc"] = self.accuracy(model, s.x_val, s.y_val, self.test_attack)
         return metrics
+
+    def accuracy(self, model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Tensor] | None) -> float:
+        """Accuracy over all of ``x``; under torchrun each rank attacks its shard and the correct
+        counts are summed (counts, not averages of averages)."""
+        if self.world.size == 1:
+            return accuracy(model, x, y, attack, self.cfg.eval.batch_size)
+        flags = correct(model, self.world.shard(x), self.world.shard(y), attack, self.cfg.eval.batch_size)
+        hits = distributed.total(flags.sum().to(torch.float64))
+        return float(hits) / len(x) if len(x) else float("nan")
+
+    def write(self, state: dict[str, Any], name: str) -> None:
+        """Rank 0 alone writes checkpoints (every rank holds the same state)."""
+        if self.world.main:
+            save_atomic(state, self.run_dir / name)
 
     def save(self, record: dict[str, Any]) -> None:
         key = "val_pgd_acc" if self.cfg.run.select == "val" else "test_pgd_acc"
         if key in record and record[key] > self.best["metric"]:
             self.best = {"metric": record[key], "epoch": self.epoch, "selected_by": key}
-            save_atomic(self.weights_only_state("best"), self.run_dir / "best.pt")
+            self.write(self.weights_only_state("best"), "best.pt")
         if self.ema is not None:
             ema_key = f"ema_{key}"
             if ema_key in record and record[ema_key] > self.best.get("ema_metric", -1.0):
                 self.best.update(ema_metric=record[ema_key], ema_epoch=self.epoch)
-                save_atomic(self.weights_only_state("ema_best", self.ema.model), self.run_dir / "ema_best.pt")
-            save_atomic(self.weights_only_state("ema_last", self.ema.model), self.run_dir / "ema_last.pt")
+                self.write(self.weights_only_state("ema_best", self.ema.model), "ema_best.pt")
+            self.write(self.weights_only_state("ema_last", self.ema.model), "ema_last.pt")
         if self.cfg.run.keep_every and self.epoch % self.cfg.run.keep_every == 0:
-            save_atomic(self.weights_only_state("epoch"), self.run_dir / f"epoch-{self.epoch:03d}.pt")
+            self.write(self.weights_only_state("epoch"), f"epoch-{self.epoch:03d}.pt")
         # last.pt goes last: once it names this epoch, best.pt and the metrics are already there
-        write_metrics(self.run_dir, self.history)
-        save_atomic(self.state(), self.run_dir / "last.pt")
+        state = self.state()  # on every rank: it gathers each rank's random generators
+        if self.world.main:
+            write_metrics(self.run_dir, self.history)
+        self.write(state, "last.pt")
 
     def save_mid_epoch(self, stats: EpochStats) -> None:
         """last.pt after ``self.step`` batches of an epoch, unless the loss is no longer finite."""
-        if not torch.isfinite(stats.loss_sum):  # the one host sync of a mid-epoch checkpoint
+        partial = stats.state()  # totals over the ranks
+        if not torch.isfinite(partial["loss_sum"]):  # the one host sync of a mid-epoch checkpoint
             return  # the epoch's end reports it; the last good checkpoint stays
         state = self.state()
-        state["epoch_stats"] = stats.state()
-        save_atomic(state, self.run_dir / "last.pt")
+        state["epoch_stats"] = partial
+        self.write(state, "last.pt")
 
     def summary(self) -> dict[str, Any]:
         by_epoch = {r["epoch"]: r for r in self.history}
@@ -355,8 +389,9 @@ def train(cfg: Config) -> dict[str, Any]:
         raise WpatError(f"{run_dir} already holds a run; resume it with `wpat train --resume {run_dir}` "
                         f"or choose another run.name=...")
     trainer = Trainer(cfg, run_dir)  # reads the data first: a missing dataset leaves no empty run dir
-    writable_dir(run_dir, "run.out_dir")
-    dump_config(cfg, run_dir / "config.yaml")
+    if trainer.world.main:
+        writable_dir(run_dir, "run.out_dir")
+        dump_config(cfg, run_dir / "config.yaml")
     return trainer.fit()
 
 

@@ -104,13 +104,25 @@ def read_batch(raw: bytes, source: str, label_key: bytes) -> tuple[np.ndarray, n
             and data.shape[1] == 3 * 32 * 32 and isinstance(labels, list) and len(labels) == len(data)):
         raise WpatError(
             f"{source}: expected a dict with b'data' (uint8 [N,3072]) and {label_key!r} "
-            f"(list of N ints)"
+            f"(list of N ints), found {_found(batch, label_key)}"
         )
     try:
         labels_array = np.array(labels, dtype=np.int64)
     except (TypeError, ValueError, OverflowError):
         raise WpatError(f"{source}: {label_key!r} must hold integers") from None
     return data.reshape(-1, 3, 32, 32), labels_array
+
+
+def _found(batch: object, label_key: bytes) -> str:
+    """What a batch pickle holds instead, for the error message."""
+    if not isinstance(batch, dict):
+        return f"a {type(batch).__name__}"
+    data, labels = batch.get(b"data"), batch.get(label_key)
+    parts = [f"b'data' {data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray)
+             else "no b'data' array"]
+    parts.append(f"{len(labels)} {label_key.decode()}" if isinstance(labels, list)
+                 else f"no {label_key!r} list")
+    return ", ".join(parts)
 
 
 def _read_members(archive: Path, names: list[str]) -> dict[str, bytes]:

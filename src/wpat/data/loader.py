@@ -174,7 +174,8 @@ class DeviceLoader:
                 raise WpatError(f"DeviceLoader: mix_alpha must be a finite number > 0 (the Beta(α, α) "
                                 f"parameter), got {mix_alpha!r}")
             if num_classes is None:
-                raise WpatError(f"DeviceLoader: mix={mix!r} needs num_classes (the width of its soft targets)")
+                raise WpatError(f"DeviceLoader: mix={mix!r} needs num_classes "
+                                f"(the width of its soft targets)")
         if num_classes is not None:
             _check_num_classes(num_classes, y)
         self._augment = AUGMENTATIONS.get(augment)

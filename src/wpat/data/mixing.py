@@ -27,6 +27,7 @@ from wpat.registry import Registry
 
 MIXES = Registry("mix")
 
+
 def cutout(x: Tensor, generator: torch.Generator, length: int) -> Tensor:
     """Cutout: set one ``length`` x ``length`` square of every example to 0, all channels.
 
@@ -134,7 +135,9 @@ def cutmix(x: Tensor, y: Tensor, generator: torch.Generator, num_classes: int,
         λ'  = 1 − (box area after clipping) / (H·W)
         ỹ_i = λ'·onehot(y_i) + (1 − λ')·onehot(y_π(i))
 
-    so the label weight of the partner is exactly the fraction of pixels taken from it.
+    so the label weight of the partner is exactly the fraction of pixels taken from it. Every
+    batch is mixed (their ``cutmix_prob`` = 1, as for ImageNet; their CIFAR runs mix half the
+    batches).
 
     Args:
         x: float batch ``[B, C, H, W]`` in [0, 1].

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wpat.attacks.losses import cross_entropy_per_example
 from wpat.objectives.base import OBJECTIVES, Objective
 from wpat.threat import BNMode
 
@@ -18,6 +18,14 @@ class AT(Objective):
 
     Training attack as in the AWP authors' AT code (after Rice et al. 2020): PGD on
     cross-entropy from a uniform random start, crafted with the model in train mode.
+
+    Mixed targets (mixup, CutMix): ``y`` may be soft targets t = λ·onehot(y_a) + (1 − λ)·onehot(y_b)
+    ``[B, C]``; ℓ_i is then the soft cross-entropy −Σ_k t_ik log p_k(x'_i) =
+    λ·CE(f(x'_i), y_a,i) + (1 − λ)·CE(f(x'_i), y_b,i), Rice et al.'s ``mixup_criterion``, and the
+    attack ascends the same loss, as their mixup does. The weight perturbations work on these
+    per-example losses, so AWP and RWP are well defined with mixed targets (RWP's c_min compares
+    each example's soft cross-entropy). The AWP authors' code does not allow it (it asserts that
+    mixup is off when AWP is on); wpat defines it on the per-example losses instead.
     """
 
     attack_loss = "ce"
@@ -25,4 +33,4 @@ class AT(Objective):
     attack_bn_mode = BNMode.TRAIN
 
     def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(model(x_adv).float(), y, reduction="none")
+        return cross_entropy_per_example(model(x_adv), y)

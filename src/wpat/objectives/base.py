@@ -24,6 +24,10 @@ class Objective:
 
         objective.per_example(model, x, x_adv, y) -> Tensor[B]
 
+    ``y`` is int64 labels ``[B]`` or, for batches mixed by mixup or CutMix
+    (``DeviceLoader(mix=...)``), float soft targets ``[B, C]``; an objective whose class
+    attribute ``soft_targets`` is False refuses the latter with a one-line WpatError.
+
     It is differentiable, runs the model in whatever mode the caller set (the training loop and
     the weight perturbations choose it), and knows nothing about weight perturbation: a
     perturbation receives ``lambda m: objective.per_example(m, x, x_adv, y)`` and may mask
@@ -35,12 +39,17 @@ class Objective:
     - ``attack_init``: PGD's random start (``"uniform"`` or ``"normal"``);
     - ``attack_bn_mode``: the model's mode while crafting (``BNMode.TRAIN`` or ``BNMode.EVAL``).
 
+    and ``soft_targets`` (default True) says whether the objective is defined for mixed (soft)
+    targets, so that a configuration combining it with mixup/CutMix can be refused before
+    training starts.
+
     Subclasses set the three ``attack_*`` attributes and implement ``per_example``.
     """
 
     attack_loss: ClassVar[str]
     attack_init: ClassVar[str]
     attack_bn_mode: ClassVar[BNMode]
+    soft_targets: ClassVar[bool] = True
 
     def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wpat.attacks.losses import is_soft
+from wpat.errors import WpatError
 from wpat.objectives.base import OBJECTIVES, Objective, require_non_negative
 from wpat.threat import BNMode
 
@@ -31,17 +33,26 @@ class MART(Objective):
 
     Training attack as in MART's code: PGD on cross-entropy from x + 0.001 · N(0, 1), with the
     model in eval mode.
+
+    Mixed targets: MART is not defined for mixup or CutMix. Its loss needs the true class's
+    probability p_y and the margin against the best other class, which soft targets do not
+    give; ``per_example`` refuses them with a one-line WpatError.
     """
 
     attack_loss = "ce"
     attack_init = "normal"
     attack_bn_mode = BNMode.EVAL
+    soft_targets = False
 
     def __init__(self, lam: float = 6.0) -> None:
         require_non_negative("MART", "lam", lam)
         self.lam = lam
 
     def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
+        if is_soft(y):
+            raise WpatError(f"MART is not defined for mixup/CutMix: its loss needs the true class's "
+                            f"probability and margin, which soft targets {list(y.shape)} do not give "
+                            f"(use data.mix none, or the at or trades objective)")
         logits_clean = model(x).float()
         logits_adv = model(x_adv).float()
         p_clean = F.softmax(logits_clean, dim=1)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wpat.attacks.losses import kl_divergence
+from wpat.attacks.losses import cross_entropy_per_example, kl_divergence
 from wpat.errors import WpatError
 from wpat.objectives.base import OBJECTIVES, Objective, require_non_negative
 from wpat.threat import BNMode
@@ -39,6 +38,10 @@ class TRADES(Objective):
     x + 0.001 · N(0, 1), with the model in eval mode. The clean and adversarial batches go
     through the model in separate forwards, so in train mode each gets its own BatchNorm
     batch statistics, as in the authors' code (docs/design.md, "Reference semantics").
+
+    Mixed targets (mixup, CutMix): ``y`` may be soft targets ``[B, C]``; the natural term is then
+    the soft cross-entropy λ·CE(f(x), y_a) + (1 − λ)·CE(f(x), y_b). The KL and its attack read
+    no labels.
     """
 
     attack_loss = "kl"
@@ -58,5 +61,5 @@ class TRADES(Objective):
         if self.clean_forwards == 2 and model.training:
             with torch.no_grad():  # the authors' third forward: its BN statistics update only
                 model(x)
-        natural = F.cross_entropy(logits_clean.float(), y, reduction="none")
+        natural = cross_entropy_per_example(logits_clean, y)
         return natural + self.beta * kl_divergence(logits_clean, logits_adv)

@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from wpat import distributed
 from wpat.perturb.base import (LossFn, Perturbation, WeightPerturbation, check_gamma, check_steps,
                                check, check_size_norm, global_norm, move_to, per_example,
                                perturbed_parameters, restored)
@@ -84,11 +85,14 @@ class MaskedAscent(WeightPerturbation):
                 mask = self.select(losses.detach())
                 if k == 0 and self.selected_stat is not None:
                     stats[self.selected_stat] = mask.float().mean()
+                    distributed.average_([stats[self.selected_stat]])
                 # Host sync, once per step: an exact early exit saves up to `steps` backwards.
-                if self.stop_when_empty and not bool(mask.any()):
+                # Under torchrun the exit is decided over the global batch.
+                if self.stop_when_empty and not bool(distributed.any_rank(mask.any())):
                     break
                 snapshot.forwarded |= self.subset  # the subset gradient runs its own forward
                 g = self._gradient(model, loss_fn, params, losses, mask)
+                distributed.average_(g)  # the gradient of the global batch's mean loss
                 d = g if d is None else [d_l + g_l for d_l, g_l in zip(d, g)]
                 v = self.rescale(d, w)
                 updates += 1

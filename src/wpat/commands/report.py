@@ -1,0 +1,59 @@
+"""``wpat report RUN_DIR|SWEEP_DIR ...``: mean ± std over seeds, as RWP Table 1 / AWP Table 4.
+
+Rows are methods (objective + perturbation, e.g. ``AT``, ``AT-AWP``, ``TRADES-RWP``) with the
+settings in which the runs differ; columns are grouped by dataset and threat model; cells give the
+test robust (PGD) and natural accuracy of the best and last checkpoints, mean ± sample std over
+the runs that differ only in ``run.seed`` (runs that differ in anything else are never averaged
+together). Writes ``report.md`` and ``report.csv`` into ``--out`` (default: the sweep directory,
+or the first run directory) and prints the table. When the runs vary a perturbation's γ
+(``perturb.<name>.gamma``), K2 (``perturb.<name>.steps``) or ``perturb.rwp.c_min``, it also draws
+robust accuracy against that value (``ablation-<key>.png`` + ``.csv``; RWP Fig. 1b, 2a, 2b).
+Runs that have not reached their last epoch are listed and left out unless ``--unfinished``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wpat.errors import WpatError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="RUN_DIR|SWEEP_DIR",
+                        help="run directories, sweep directories or directories of runs")
+    parser.add_argument("--out", help="output directory (default: the sweep directory or first run directory)")
+    parser.add_argument("--unfinished", action="store_true",
+                        help="also count runs that have not reached their last epoch")
+
+
+def run(args: argparse.Namespace) -> int:
+    # torch (reading configs builds nothing, but wpat.analysis imports it) and matplotlib: only here
+    from wpat.analysis.report import (ablation_keys, ablation_rows, find_runs, group_runs,
+                                      markdown_report, plot_ablation, report_rows, run_result,
+                                      write_csv)
+    from wpat.fs import write_text_atomic
+
+    results = [run_result(p) for p in find_runs(args.paths)]
+    left_out = [r for r in results if not r.finished and not args.unfinished]
+    counted = [r for r in results if r not in left_out]
+    if not counted:
+        raise WpatError(f"no finished run among {len(results)} (pass --unfinished to count them anyway)")
+    groups = group_runs(counted)
+    out = Path(args.out) if args.out else Path(args.paths[0])
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown_report(groups)
+    write_text_atomic(out / "report.md", text + "\n")
+    written = [out / "report.md", write_csv(report_rows(groups), out / "report.csv")]
+    for key in ablation_keys(groups):
+        png = plot_ablation(ablation_rows(groups, key), key, out / f"ablation-{key}.png")
+        written += [png, png.with_suffix(".csv")]
+    print(text)
+    for r in left_out:
+        print(f"left out (unfinished, epoch {r.last_epoch} of {r.epochs}): {r.path}")
+    for g in groups:
+        for r in g.repeats:
+            same = next(o for o in g.runs if o.seed == r.seed)
+            print(f"left out (same setting and seed as {same.path}): {r.path}")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0

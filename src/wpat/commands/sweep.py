@@ -1,0 +1,120 @@
+"""``wpat sweep CONFIG [KEY=VALUE ...] --grid KEY=V1,V2 ... --seeds 0,1,2``: a grid of runs.
+
+Every combination of the grid's values is trained once per seed, each run in its own directory
+``OUT/NAME/<settings>`` (e.g. ``awp__gamma-0.005__seed-1``), with Ray: a local Ray instance by
+default, a cluster with ``--address``; ``--cpus-per-run`` / ``--gpus-per-run`` say what one run
+takes, so several small runs share the cores or one GPU (``--gpus-per-run 0.25``: four per GPU).
+``--local`` runs them one after another in this process, without Ray. Everything is checked
+before the first run starts. Invoked again, a sweep skips its finished runs and resumes the
+unfinished ones from their ``last.pt``; a run that fails is reported on one line and the others
+go on; the exit status is 1 if any run failed. ``sweep.json`` in the sweep directory records the
+sweep; ``wpat report SWEEP_DIR`` tabulates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+from wpat.errors import WpatError
+
+INSTALL_HINT = ("wpat sweep runs its grid with Ray, which is not installed: pip install 'wpat[sweep]' "
+                "(or pass --local to run the runs one after another in this process)")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a preset name (see `wpat presets`) or a YAML file")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="settings shared by every run, e.g. schedule.epochs=100 (before --grid)")
+    parser.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
+                        help="a setting and its values, e.g. perturb.name=awp,rwp perturb.awp.gamma=0.005,0.01")
+    parser.add_argument("--seeds", help="run.seed values, e.g. 0,1,2 or 0-4 (default: the config's run.seed)")
+    parser.add_argument("--out", help="where the sweep directory goes (default: the config's run.out_dir)")
+    parser.add_argument("--name", help="the sweep directory's name (default: <run.name>-sweep)")
+    parser.add_argument("--local", action="store_true", help="no Ray: run the runs one after another here")
+    parser.add_argument("--address", help="join this Ray cluster (host:port, or auto) instead of a local instance")
+    parser.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray CPUs per run (default 1)")
+    parser.add_argument("--gpus-per-run", type=float, default=0.0,
+                        help="Ray GPUs per run, a fraction to share one (default 0)")
+    parser.add_argument("--threads-per-run", type=int,
+                        help="torch threads per run, run.threads (default: --cpus-per-run, rounded; "
+                             "with --local, the config's)")
+    parser.add_argument("--dry-run", action="store_true", help="check and list the runs, run nothing")
+
+
+def check(args: argparse.Namespace) -> None:
+    """Options, and Ray's presence, before the configs are read."""
+    if args.local and args.address:
+        raise WpatError("--local runs without Ray; drop --address (or --local)")
+    if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
+        raise WpatError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
+    if args.threads_per_run is not None and args.threads_per_run < 1:
+        raise WpatError("--threads-per-run must be an integer >= 1")
+    if not (args.local or args.dry_run) and importlib.util.find_spec("ray") is None:
+        raise WpatError(INSTALL_HINT)
+
+
+def runtime_settings(args: argparse.Namespace) -> list[str]:
+    """Settings that change how each run executes, not what it computes."""
+    threads = args.threads_per_run
+    if threads is None and not args.local:
+        threads = max(1, round(args.cpus_per_run))
+    settings = [f"run.threads={threads}"] if threads else []
+    return settings + ([] if args.local else ["run.progress=false"])  # parallel bars would interleave
+
+
+def describe(result: dict, index: int, total: int) -> str:
+    """One line per finished run."""
+    head = f"[{index}/{total}] {result['name']}: "
+    if result["status"] == "failed":
+        return head + f"FAILED after {result['seconds']:.0f} s: {result['error']}"
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    return head + (f"{result['status']} in {result['seconds']:.0f} s; epoch {result['epoch']}, "
+                   f"PGD best {pct(result['best_pgd'])} (epoch {result['best_epoch']}), "
+                   f"last {pct(result['last_pgd'])}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from wpat.config import load_config
+    from wpat.sweep import (parse_grid, parse_seeds, plan, replicas, run_local, run_with_ray,
+                            write_manifest)
+
+    check(args)
+    overrides = list(args.overrides)
+    grid = parse_grid(args.grid)
+    base = load_config(args.config, overrides)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [base.run.seed]
+    sweep_dir = Path(args.out or base.run.out_dir) / (args.name or f"{base.run.name}-sweep")
+    specs = plan(args.config, overrides, grid, seeds, sweep_dir, runtime_settings(args))
+    resources = {"mode": "local" if args.local else "ray", "address": args.address,
+                 "cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run,
+                 "runtime": runtime_settings(args)}
+    print(f"sweep {sweep_dir}: {len(specs)} run(s) = {len(specs) // len(seeds)} setting(s) x "
+          f"{len(seeds)} seed(s)" + (", in this process" if args.local else ", with Ray"))
+    same = replicas(specs)
+    if same:
+        print(f"note: {len(same)} run(s) compute the same as another (they differ only in options of "
+              f"components they do not select), e.g. {same[0][0]} = {same[0][1]}")
+    if args.dry_run:
+        print("\n".join(f"  {s.name}: {' '.join(s.settings)}" for s in specs))
+        return 0
+    manifest = write_manifest(sweep_dir, args.config, overrides, grid, seeds, specs, resources)
+    done: dict[str, dict] = {}
+
+    def report(result: dict) -> None:
+        done[result["name"]] = result
+        print(describe(result, len(done), len(specs)), flush=True)
+
+    if args.local:
+        run_local(specs, report)
+    else:
+        run_with_ray(specs, report, address=args.address, cpus=args.cpus_per_run, gpus=args.gpus_per_run)
+    write_manifest(sweep_dir, args.config, overrides, grid, seeds, specs, resources, done)
+    counts = {s: sum(r["status"] == s for r in done.values()) for s in ("trained", "resumed", "skipped", "failed")}
+    print(f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + f" of {len(specs)} (manifest: {manifest})")
+    return 1 if counts["failed"] else 0

@@ -1,0 +1,257 @@
+"""Exporting a trained model for others: the RobustBench model-zoo convention.
+
+RobustBench (https://github.com/RobustBench/robustbench) loads a model zoo entry by building its
+architecture, then ``torch.load`` of ``<name>.pt``, taking ``ckpt["state_dict"]`` if present
+(else the file itself), removing ``module.`` and ``model.`` from the keys, and
+``load_state_dict(strict=True)``; the model is used in eval mode on inputs in [0, 1], so any
+normalization is inside the model. Its leaderboard entry is ``model_info/<dataset>/<threat
+model>/<name>.json``. :func:`export_robustbench` writes both for a wpat run:
+
+- ``OUT/<name>.pt``: the plain ``state_dict`` (tensors only, on the CPU) of the run's best (or
+  last) checkpoint, as ``torch.save`` writes it. A wpat model normalizes inside
+  (``normalize.mean``/``normalize.std`` are part of the state_dict), so the file fits
+  :func:`wpat.experiment.model_from_config` of the run's config as is;
+- ``OUT/<name>.json``: a ``model_info``-style record filled from the run's config and its
+  ``eval.json`` (clean and AutoAttack accuracy in %, as RobustBench writes them, strings with two
+  decimals); the fields only a person can fill (paper link, title, authors, venue, the reported
+  number, the leaderboard key) say ``"TO FILL: ..."``, and a number that is unknown (no
+  ``eval.json``, no AA column, another checkpoint evaluated) is null with a note in ``notes``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from wpat import __version__
+from wpat.checkpoint import save_atomic
+from wpat.config import Config, component_options
+from wpat.errors import WpatError
+from wpat.experiment import model_from_config
+from wpat.fs import writable_dir, write_text_atomic
+from wpat.loading import checkpoints_of, model_from_checkpoint
+from wpat.models import MODELS
+
+THREAT_MODELS = {"linf": "Linf", "l2": "L2"}  # as RobustBench spells them (ThreatModel enum)
+TO_FILL = "TO FILL: "
+# Substrings RobustBench's loader cuts out of a key (it drops the first len(s) characters of any
+# key that contains one), so an exported key must contain neither.
+_RB_STRIPPED = ("module.", "model.")
+# Names of data options that would say the run used data beyond the dataset's training set.
+_EXTRA_DATA = re.compile(r"^(extra|additional|aux)|unlabel|pseudo", re.IGNORECASE)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def robustbench_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
+    """``model``'s state_dict as RobustBench loads it: CPU, contiguous tensors, no key that its
+    loader would rewrite."""
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    bad = [k for k in state if any(s in k for s in _RB_STRIPPED)]
+    if bad:
+        raise WpatError(f"cannot export for RobustBench: key {bad[0]!r} contains 'module.' or 'model.', "
+                        f"which RobustBench's loader would cut out")
+    return state
+
+
+def architecture_name(cfg: Config) -> str:
+    """A human name of the config's network, as RobustBench's ``architecture`` field writes
+    it (``WideResNet-34-10``, ``PreActResNet-18``)."""
+    name = cfg.model.name
+    try:
+        defaults = {p.name: p.default for p in inspect.signature(MODELS.get(name)).parameters.values()
+                    if p.default is not inspect.Parameter.empty}
+    except WpatError:
+        defaults = {}
+    options = {**defaults, **component_options(cfg.model)}
+    fixed = {"wrn34_10": "WideResNet-34-10", "wrn28_10": "WideResNet-28-10",
+             "preact_resnet18": "PreActResNet-18", "vgg19": "VGG-19"}
+    if name in fixed:
+        return fixed[name]
+    if name == "wide_resnet":
+        return f"WideResNet-{options.get('depth')}-{options.get('widen')}"
+    if name == "small_cnn":
+        return f"SmallCNN (width {options.get('width')})"
+    return name
+
+
+def eps_text(eps: float) -> str:
+    """ε as RobustBench writes it: ``"8/255"`` when it is a multiple of 1/255, else the number."""
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6 and round(k) > 0:
+        fraction = Fraction(int(round(k)), 255)
+        return f"{fraction.numerator}/{fraction.denominator}" if fraction.denominator != 1 else str(fraction.numerator)
+    return f"{eps:g}"
+
+
+def additional_data(cfg: Config) -> tuple[bool, str | None]:
+    """Whether the config says the run used data beyond the dataset's training set, and the key
+    that says so: a ``data`` option named like extra/additional/unlabeled/pseudo data whose value
+    names files (a non-empty string or list) or is ``true``. Numbers (a mixing fraction, a
+    count) alone do not count: they mean nothing without files. wpat otherwise trains on the
+    dataset's training split only."""
+    data = cfg.to_dict().get("data", {})
+    for key, value in data.items():
+        if not _EXTRA_DATA.search(str(key)):
+            continue
+        if value is True or (isinstance(value, str) and value.strip().lower() not in ("", "none", "null", "false")) \
+                or (isinstance(value, (list, tuple)) and len(value) > 0):
+            return True, f"data.{key}"
+    return False, None
+
+
+def _percent(x: Any) -> str | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return f"{100 * x:.2f}"
+
+
+def find_evaluation(ckpt_path: Path, kind: str, epoch: Any) -> tuple[dict[str, Any] | None, Path | None, list[str]]:
+    """The ``eval.json`` entry of this checkpoint: the run directory's ``eval.json`` (``wpat eval
+    RUN_DIR``) or ``eval-<kind>/eval.json`` (``wpat eval RUN_DIR/<kind>.pt``). Returns (entry,
+    its file, notes about what was found and not used)."""
+    notes: list[str] = []
+    for candidate in (ckpt_path.parent / "eval.json", ckpt_path.parent / f"eval-{ckpt_path.stem}" / "eval.json"):
+        if not candidate.is_file():
+            continue
+        try:
+            report = json.loads(candidate.read_text())
+            entries = report["checkpoints"]
+            if not isinstance(entries, dict):
+                raise TypeError
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            notes.append(f"{candidate} is not a readable wpat eval.json; ignored")
+            continue
+        entry = entries.get(kind)
+        if not isinstance(entry, dict):
+            entry = next((e for e in entries.values() if isinstance(e, dict) and e.get("path")
+                          and Path(e["path"]).resolve() == ckpt_path.resolve()), None)
+        if not isinstance(entry, dict):
+            notes.append(f"{candidate} has no entry for {ckpt_path.name}")
+            continue
+        if epoch is not None and entry.get("epoch") not in (None, epoch):
+            notes.append(f"{candidate} evaluated epoch {entry.get('epoch')} but {ckpt_path.name} is "
+                         f"epoch {epoch} (re-run `wpat eval`); ignored")
+            continue
+        return entry, candidate, notes
+    return None, None, notes
+
+
+def model_info(cfg: Config, entry: dict[str, Any] | None, eval_path: Path | None,
+               notes: list[str], source: dict[str, Any]) -> dict[str, Any]:
+    """The ``model_info`` JSON record (RobustBench's fields first, then wpat's)."""
+    threat = (entry or {}).get("threat_model") or {}
+    norm = str(threat.get("norm") or cfg.attack.norm)
+    eps = threat.get("eps") if isinstance(threat.get("eps"), (int, float)) else cfg.attack.eps
+    accuracy = (entry or {}).get("accuracy") or {}
+    clean, aa = _percent(accuracy.get("natural")), _percent(accuracy.get("aa"))
+    extra, extra_key = additional_data(cfg)
+    field_notes: dict[str, str] = {}
+    how = f"run `wpat eval {source['checkpoint']} --attacks natural,aa` on the full test set"
+    if entry is None:
+        reason = "no eval.json of this checkpoint" + (f" ({'; '.join(notes)})" if notes else "")
+        field_notes["clean_acc"] = field_notes["autoattack_acc"] = f"unknown: {reason}; {how}"
+    else:
+        if clean is None:
+            field_notes["clean_acc"] = f"unknown: {eval_path} has no natural column; {how}"
+        if aa is None:
+            field_notes["autoattack_acc"] = f"unknown: {eval_path} has no AA (AutoAttack) column; {how}"
+    n_examples = (entry or {}).get("n_examples")
+    if entry is None:
+        field_notes["n_test_examples"] = "unknown: no eval.json of this checkpoint"
+    elif isinstance(n_examples, int):
+        field_notes["n_test_examples"] = (f"accuracies measured on the first {n_examples} test "
+                                          f"examples; RobustBench reports the full test set "
+                                          f"(10,000 images for CIFAR-10/100)")
+    if abs(eps - cfg.attack.eps) > 1e-12:
+        field_notes["eps"] = (f"eval.json's threat model has eps {eps:g}, the run trained with "
+                              f"{cfg.attack.eps:g}; eps is the evaluated one")
+    field_notes["additional_data"] = (f"true because of {extra_key}" if extra else
+                                      "false: the config uses only the dataset's training set")
+    return {
+        "link": TO_FILL + "URL of the paper (e.g. https://arxiv.org/abs/...)",
+        "name": TO_FILL + "title of the paper",
+        "authors": TO_FILL + "authors, comma-separated",
+        "additional_data": extra,
+        "number_forward_passes": 1,
+        "dataset": cfg.data.name,
+        "venue": TO_FILL + "venue and year, e.g. NeurIPS 2020 (empty if unpublished)",
+        "architecture": architecture_name(cfg),
+        "eps": eps_text(float(eps)),
+        "clean_acc": clean,
+        "reported": TO_FILL + "AutoAttack accuracy (%) reported in the paper",
+        "autoattack_acc": aa,
+        "footnote": None,
+        "leaderboard_key": TO_FILL + "model id in RobustBench's model zoo, e.g. Author2024Title "
+                                     "(the file names <name>.pt/.json must match it)",
+        "threat_model": THREAT_MODELS.get(norm, norm),
+        "n_test_examples": n_examples if isinstance(n_examples, int) else None,
+        "notes": field_notes,
+        "wpat": {"version": __version__, **source, "model": cfg.model.name,
+                 "model_options": component_options(cfg.model),
+                 "normalization": "inside the model (normalize.mean / normalize.std); inputs in [0, 1]",
+                 "eval_json": str(eval_path) if eval_path is not None else None,
+                 "config": cfg.to_dict()},
+    }
+
+
+def _checkpoint_path(target: Path, checkpoint: str) -> Path:
+    found = checkpoints_of(target)
+    if not target.is_dir():
+        return next(iter(found.values()))
+    if checkpoint not in found:
+        other = next(iter(found))
+        raise WpatError(f"{target}: no {checkpoint}.pt (it has {other}.pt; use --checkpoint {other})")
+    return found[checkpoint]
+
+
+def export_robustbench(target: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint: str = "best",
+                       name: str | None = None, config: str | Config | None = None,
+                       force: bool = False) -> dict[str, Any]:
+    """Write ``out_dir/<name>.pt`` and ``out_dir/<name>.json`` for a run directory's
+    ``checkpoint`` (``best`` or ``last``) or one checkpoint file (``config`` as for
+    :func:`wpat.loading.model_from_checkpoint`).
+
+    ``name`` defaults to the run directory's name (the file's stem for a checkpoint file).
+    Existing files are kept unless ``force``. The state_dict written is read back with
+    ``torch.load(weights_only=True)`` and loaded strictly into a fresh model of the config before
+    this returns. Returns ``{"pt", "json", "info", "tensors", "bytes"}``.
+    """
+    if checkpoint not in ("best", "last"):
+        raise WpatError(f"--checkpoint: {checkpoint!r} is invalid; expected best or last")
+    target = Path(target)
+    path = _checkpoint_path(target, checkpoint)
+    name = name or (target.resolve().name if target.is_dir() else path.stem)
+    if not _NAME.match(name):
+        raise WpatError(f"--name: {name!r} is invalid; expected letters, digits and _ . + - "
+                        f"(RobustBench's model id, e.g. Author2024Title)")
+    model, cfg, info = model_from_checkpoint(path, config)
+    model.eval()
+    state = robustbench_state_dict(model)
+    entry, eval_path, notes = find_evaluation(path, path.stem, info.get("epoch"))
+    source = {"checkpoint": str(path), "kind": info.get("kind"), "epoch": info.get("epoch")}
+    record = model_info(cfg, entry, eval_path, notes, source)
+
+    out = Path(out_dir)
+    pt, js = out / f"{name}.pt", out / f"{name}.json"
+    existing = [str(p) for p in (pt, js) if p.exists()]
+    if existing and not force:
+        raise WpatError(f"{' and '.join(existing)} already exist; choose another --name or "
+                        f"--robustbench directory, or pass --force to replace them")
+    writable_dir(out, "--robustbench")
+    try:
+        save_atomic(state, pt)
+        write_text_atomic(js, json.dumps(record, indent=2) + "\n")
+    except OSError as err:
+        raise WpatError(f"{out}: cannot write the export there ({err.strerror or err})") from None
+    check = model_from_config(cfg)
+    check.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True), strict=True)
+    return {"pt": pt, "json": js, "info": record, "tensors": len(state), "bytes": pt.stat().st_size}

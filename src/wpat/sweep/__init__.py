@@ -1,0 +1,27 @@
+"""Sweeps: a grid of config settings × seeds, expanded to named runs and run to completion.
+
+    grid = parse_grid(["perturb.name=awp,rwp", "perturb.awp.gamma=0.005,0.01"])
+    specs = plan("fmnist-smallcnn-linf", [], grid, [0, 1, 2], "runs/gamma-sweep")
+    write_manifest("runs/gamma-sweep", "fmnist-smallcnn-linf", [], grid, [0, 1, 2], specs)
+    results = run_local(specs, print)        # or run_with_ray(specs, print, cpus=1, gpus=0.25)
+
+``grid.py``: each run gets a readable directory name from its settings (``awp__gamma-0.005__seed-1``);
+:func:`plan` builds every run's config with ``load_config`` and ``experiment.build_components``
+before anything runs, so a bad key or value fails at once with one line; ``sweep.json`` in the
+sweep directory records the base config, the grid, the seeds and each run's settings and
+directory. ``runner.py``: :func:`execute` trains, resumes or skips one run and never raises, so
+one failed run never stops the others. No torch or Ray at module level: both are imported where
+a run is checked or executed (``wpat sweep`` builds its parser without them).
+"""
+
+from wpat.sweep.grid import (COMPONENT_SECTIONS, FORMAT, IGNORED_KEYS, MANIFEST, RunSpec, expand,
+                             parse_grid, parse_seeds, plan, read_manifest, replicas, run_names,
+                             setting_of, short_labels, split_values, write_manifest)
+from wpat.sweep.runner import Result, execute, one_line, run_local, run_with_ray
+
+__all__ = [
+    "COMPONENT_SECTIONS", "FORMAT", "IGNORED_KEYS", "MANIFEST", "Result", "RunSpec", "execute",
+    "expand", "one_line", "parse_grid", "parse_seeds", "plan", "read_manifest", "replicas",
+    "run_local", "run_names", "run_with_ray", "setting_of", "short_labels", "split_values",
+    "write_manifest",
+]
