@@ -155,6 +155,20 @@ def _cifar_truncated(w: Workspace) -> list[str]:
             f"run.out_dir={w.root / 'runs'}", "run.name=new", "run.progress=false"]
 
 
+def _svhn_truncated(w: Workspace) -> list[str]:
+    import scipy.io
+
+    root = w.bad / "svhn-cut"
+    root.mkdir()
+    for split, n in (("train", 20), ("test", 10)):
+        scipy.io.savemat(root / f"{split}_32x32.mat", {"X": np.zeros((32, 32, 3, n), np.uint8),
+                                                       "y": np.ones((n, 1), np.uint8)})
+    data = (root / "train_32x32.mat").read_bytes()
+    (root / "train_32x32.mat").write_bytes(data[: len(data) // 2])
+    return ["train", "data.name=svhn", "model.name=small_cnn", f"data.root={root}",
+            f"run.out_dir={w.root / 'runs'}", "run.name=new", "run.progress=false"]
+
+
 def _train_new(w: Workspace, root: str) -> list[str]:
     return ["train", f"data.root={root}", f"run.out_dir={w.root / 'runs'}", "run.name=new",
             "run.progress=false", "data.train_subset=64", "data.batch_size=32"]
@@ -225,9 +239,11 @@ CASES: dict[str, Row] = {
     "train-idx-wrong-size": (lambda w: _train_new(w, _short_idx(w)),
                              lambda w: "fmnist-short/t10k-images-idx3-ubyte.gz", CORRUPT, "truncated"),
     "train-cifar-batch-wrong-length": (_cifar_wrong_length, lambda w: "cifar-rows/cifar-10-batches-py/data_batch_1",
-                                       CORRUPT, "uint8 [10, 3000]"),
+                                       OTHER, "found b'data' uint8 [10, 3000]"),
     "train-cifar-batch-truncated": (_cifar_truncated, lambda w: "cifar-cut/cifar-10-batches-py/data_batch_1",
                                     CORRUPT, "not a valid CIFAR batch"),
+    "train-svhn-mat-truncated": (_svhn_truncated, lambda w: "svhn-cut/train_32x32.mat", CORRUPT,
+                                 "not a readable MATLAB file"),
     "train-resume-cut-last": (lambda w: ["train", "--resume", w.run_copy(_cut_last)],
                               lambda w: "damaged-run/last.pt", CORRUPT, "truncated or corrupt"),
     "train-resume-unsafe": (lambda w: ["train", "--resume",
@@ -283,7 +299,6 @@ def test_bad_input(case, trained, tmp_path, capsys, monkeypatch):
     else:
         assert "unsafe" not in err and "could run code" not in err and "refused" not in err
     if kind == CORRUPT:
-        assert any(s in err for s in ("not a checkpoint", "truncated or corrupt", "corrupt", "not found",
-                                      "truncated", "not a valid", "expected")), err
+        assert any(s in err for s in ("not a checkpoint", "corrupt", "truncated", "not found")), err
     assert not (tmp_path / "pwned-by-checkpoint").exists()
     assert snapshot(tmp_path) == before  # nothing created, changed or removed

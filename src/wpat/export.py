@@ -146,7 +146,7 @@ def find_evaluation(ckpt_path: Path, kind: str, epoch: Any) -> tuple[dict[str, A
 
 
 def model_info(cfg: Config, entry: dict[str, Any] | None, eval_path: Path | None,
-               notes: list[str], source: dict[str, Any]) -> dict[str, Any]:
+               notes: list[str], source: dict[str, Any], eval_command: str | None = None) -> dict[str, Any]:
     """The ``model_info`` JSON record (RobustBench's fields first, then wpat's)."""
     threat = (entry or {}).get("threat_model") or {}
     norm = str(threat.get("norm") or cfg.attack.norm)
@@ -155,7 +155,7 @@ def model_info(cfg: Config, entry: dict[str, Any] | None, eval_path: Path | None
     clean, aa = _percent(accuracy.get("natural")), _percent(accuracy.get("aa"))
     extra, extra_key = additional_data(cfg)
     field_notes: dict[str, str] = {}
-    how = f"run `wpat eval {source['checkpoint']} --attacks natural,aa` on the full test set"
+    how = f"run `{eval_command or 'wpat eval ' + str(source['checkpoint'])} --attacks natural,aa` on the full test set"
     if entry is None:
         reason = "no eval.json of this checkpoint" + (f" ({'; '.join(notes)})" if notes else "")
         field_notes["clean_acc"] = field_notes["autoattack_acc"] = f"unknown: {reason}; {how}"
@@ -238,7 +238,8 @@ def export_robustbench(target: str | os.PathLike, out_dir: str | os.PathLike, *,
     state = robustbench_state_dict(model)
     entry, eval_path, notes = find_evaluation(path, path.stem, info.get("epoch"))
     source = {"checkpoint": str(path), "kind": info.get("kind"), "epoch": info.get("epoch")}
-    record = model_info(cfg, entry, eval_path, notes, source)
+    command = f"wpat eval {path}" + (f" --config {config}" if isinstance(config, (str, os.PathLike)) else "")
+    record = model_info(cfg, entry, eval_path, notes, source, command)
 
     out = Path(out_dir)
     pt, js = out / f"{name}.pt", out / f"{name}.json"

@@ -5,7 +5,9 @@
   a wpat checkpoint rebuilds its own config, a foreign one (e.g. the authors' released
   state_dict) needs a config naming its model and dataset.
 - :func:`fit_state_dict`: a foreign state_dict as a full state_dict of a wpat model, or one
-  :class:`~wpat.errors.WpatError` naming both architectures.
+  :class:`~wpat.errors.WpatError` naming both architectures; the TRADES-code Wide ResNet of the
+  AWP/RWP authors' released checkpoints is mapped by name (:func:`translate_trades_wrn`), its
+  unused ``sub_block1`` dropped.
 """
 
 from __future__ import annotations

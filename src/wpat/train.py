@@ -364,7 +364,7 @@ class Trainer:
         last = self.history[-1] if self.history else {}
         summary = {"run_dir": str(self.run_dir), "eval_steps": self.cfg.eval.steps,
                    "best_epoch": self.best["epoch"], "best": best, "last": last,
-                   "stopped_early": self.epoch < self.cfg.schedule.epochs}
+                   "stopped_early": self.epoch < self.cfg.schedule.epochs, "rank": self.world.rank}
         if self.ema is not None:  # the average's rows: its own best epoch, and the last
             unprefixed = lambda r: {"epoch": r.get("epoch"), **{k[4:]: v for k, v in r.items()  # noqa: E731
                                                                if k.startswith("ema_")}}

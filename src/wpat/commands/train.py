@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         if args.no_progress:
             cfg.run.progress = False
         summary = train(cfg)
-    print(training_table(summary, attack_name=f"PGD-{summary['eval_steps']}"))
-    print(f"run directory: {summary['run_dir']}")
+    if summary.get("rank", 0) == 0:  # under torchrun, one table
+        print(training_table(summary, attack_name=f"PGD-{summary['eval_steps']}"))
+        print(f"run directory: {summary['run_dir']}")
     return 0

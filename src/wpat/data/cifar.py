@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wpat.data.datasets import DATASETS
+from wpat.data.datasets import DATASETS, one_line
 from wpat.data.download import Source
 from wpat.data.locate import locate
 from wpat.data.specs import dataset_spec
@@ -97,7 +97,7 @@ def read_batch(raw: bytes, source: str, label_key: bytes) -> tuple[np.ndarray, n
         # encoding="bytes" keeps Python-2 str keys and array payloads as bytes, as written.
         batch = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as error:  # a corrupt pickle can raise almost any exception type
-        raise WpatError(f"{source}: not a valid CIFAR batch pickle ({error})") from None
+        raise WpatError(f"{source}: not a valid CIFAR batch pickle ({one_line(error)})") from None
     data = batch.get(b"data") if isinstance(batch, dict) else None
     labels = batch.get(label_key) if isinstance(batch, dict) else None
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
@@ -135,7 +135,7 @@ def _read_members(archive: Path, names: list[str]) -> dict[str, bytes]:
                 if name in names and member.isfile():
                     found[name] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        raise WpatError(f"{archive}: corrupt or truncated archive ({error})") from None
+        raise WpatError(f"{archive}: corrupt or truncated archive ({one_line(error)})") from None
     missing = [name for name in names if name not in found]
     if missing:
         raise WpatError(f"{archive}: missing {', '.join(missing)}")
@@ -147,7 +147,7 @@ def _read_file(path: Path, folder: str) -> bytes:
         return path.read_bytes()
     except OSError as error:
         raise WpatError(
-            f"{path}: cannot read this batch of the official {folder} folder ({error.strerror or error})"
+            f"{path}: cannot read this batch of the official {folder} folder ({error.strerror or one_line(error)})"
         ) from None
 
 

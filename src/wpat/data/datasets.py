@@ -25,6 +25,14 @@ SPLITS = ("train", "test")
 Split = Literal["train", "test"]
 
 
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (readers' errors go into one-line WpatErrors)."""
+    text = " ".join(str(error).split())
+    if len(text) > 240:
+        text = text[:240].rsplit(" ", 1)[0] + " ..."
+    return text or type(error).__name__
+
+
 def load_dataset(
     name: str,
     split: Split,

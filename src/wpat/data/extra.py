@@ -111,8 +111,11 @@ def read_rst_pickle(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise WpatError(f"{path}: refused: the pickle would load {err}, which is not NumPy array "
                         f"data; nothing in it was run (only arrays, numbers, strings and plain "
                         f"containers are accepted; prefer .npz files)") from None
+    except MemoryError:
+        raise WpatError(f"{path}: not enough memory to unpickle it (a pickle is loaded whole, about "
+                        f"twice its size); convert it to .npz once on a larger machine") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError) as err:
+            KeyError) as err:
         raise WpatError(f"{path}: not a readable pickle, truncated or corrupt "
                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     except OSError as err:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wpat.data.datasets import DATASETS
+from wpat.data.datasets import DATASETS, one_line
 from wpat.data.download import Source
 from wpat.data.locate import locate
 from wpat.data.specs import dataset_spec
@@ -81,7 +81,7 @@ def _read_bytes(path: Path) -> bytes:
                 return stream.read()
         return path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
-        raise WpatError(f"{path}: unreadable or corrupt file ({error})") from None
+        raise WpatError(f"{path}: unreadable or corrupt file ({one_line(error)})") from None
 
 
 def _source(name: str, filename: str) -> Source:

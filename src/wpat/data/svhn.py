@@ -14,7 +14,7 @@ import numpy as np
 import scipy.io
 import torch
 
-from wpat.data.datasets import DATASETS
+from wpat.data.datasets import DATASETS, one_line
 from wpat.data.download import Source
 from wpat.data.locate import locate
 from wpat.data.specs import dataset_spec
@@ -32,7 +32,7 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         mat = scipy.io.loadmat(path, variable_names=("X", "y"))
     except Exception as error:  # scipy reports corrupt files with many exception types
-        raise WpatError(f"{path}: not a readable MATLAB file ({error})") from None
+        raise WpatError(f"{path}: not a readable MATLAB file, truncated or corrupt ({one_line(error)})") from None
     images, labels = mat.get("X"), mat.get("y")
     if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4
             and images.shape[:3] == (32, 32, 3)):

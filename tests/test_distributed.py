@@ -1,0 +1,120 @@
+"""Data-parallel training: N ranks compute what one process computes on the global batch.
+
+Two gloo processes on the CPU stand for two GPUs. The perturbation tests use a model without
+BatchNorm, whose batch statistics would otherwise differ per share (``run.sync_bn`` is for that).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import fashion_mnist_available
+from wpat import distributed
+from wpat.perturb import RWP, AWP
+from wpat.train import train_step
+
+WORLD = 2
+
+
+def problem():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 5))
+    x, y = torch.rand(16, 1, 4, 4), torch.randint(0, 5, (16,))
+    with torch.no_grad():  # order the batch: rank 0's share holds the 8 highest losses
+        order = F.cross_entropy(model(x), y, reduction="none").argsort(descending=True)
+    x, y = x[order], y[order]
+    delta = 0.05 * torch.randn_like(x)  # a fixed attack, so only the perturbation differs
+    return model, x, y, delta
+
+
+def step(model, x, y, delta, make, world=distributed.World()):
+    x, y, delta = world.share(x), world.share(y), world.share(delta)
+    attack = lambda m, a, b: (a + delta).clamp(0, 1)  # noqa: E731
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    from wpat.objectives import OBJECTIVES
+
+    _, stats = train_step(model, x, y, attack, OBJECTIVES.build("at"), make(), optimizer)
+    return stats
+
+
+# name -> the perturbation, given the c_min that splits the two shares
+MAKERS = {
+    "awp": lambda c_min: AWP(gamma=0.1),
+    "rwp-partial": lambda c_min: RWP(gamma=0.1, c_min=c_min, steps=3),
+}
+
+
+def c_min_between(model, x, y):
+    """A c_min between the two shares' losses: rank 1 has every example below, rank 0 none."""
+    with torch.no_grad():
+        losses = F.cross_entropy(model(x), y, reduction="none")
+    return float((losses[:8].min() + losses[8:].max()) / 2)
+
+
+def worker(rank, init_file, name, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    model, x, y, delta = problem()
+    c_min = c_min_between(model, x, y)
+    stats = step(model, x, y, delta, lambda: MAKERS[name](c_min), distributed.current())
+    # evaluation counts: an uneven shard of 15 examples
+    from wpat.metrics import correct
+
+    world = distributed.current()
+    flags = correct(model, world.shard(x[:15]), world.shard(y[:15]))
+    hits = distributed.total(flags.sum())
+    if rank == 0:
+        torch.save({"state": model.state_dict(), "stats": stats, "hits": hits}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["awp", "rwp-partial"])
+def test_two_ranks_compute_what_one_process_computes_on_the_global_batch(tmp_path, name):
+    out = tmp_path / "rank0.pt"
+    mp.spawn(worker, args=(str(tmp_path / "init"), name, str(out)), nprocs=WORLD, join=True)
+    got = torch.load(out)
+    model, x, y, delta = problem()
+    c_min = c_min_between(model, x, y)
+    stats = step(model, x, y, delta, lambda: MAKERS[name](c_min))
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(got["state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for key, value in stats.items():  # the same statistics, decided over the global batch
+        torch.testing.assert_close(got["stats"][key].float(), value.float(), rtol=1e-5, atol=1e-6, msg=key)
+    if name.startswith("rwp"):  # rank 0 alone had no example below c_min, yet did not stop
+        assert float(stats["rwp_frac_below"]) == 0.5 and float(stats["perturb_steps"]) > 0
+    from wpat.metrics import correct
+
+    assert int(got["hits"]) == int(correct(model, x[:15], y[:15]).sum())
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
+def test_torchrun_trains_writes_once_and_resumes_at_another_rank_count(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["fmnist-smallcnn-linf", "model.small_cnn.width=4", "data.train_subset=256", "data.test_subset=64",
+              "data.batch_size=64", "eval.n_train=32", "attack.steps=1", "eval.steps=1", "perturb.rwp.steps=2",
+              "run.threads=1", f"run.out_dir={tmp_path}", "run.name=ddp", "run.progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "wpat", "train",
+                           *common, "schedule.epochs=1"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("| best") == 1  # one table, from rank 0
+    run = tmp_path / "ddp"
+    assert {"best.pt", "last.pt", "metrics.jsonl", "config.yaml"} <= {p.name for p in run.iterdir()}
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert len(ckpt["rng_ranks"]) == 2 and ckpt["epoch"] == 1
+    # resume with one process: the global batch means the same, so the run just continues
+    ckpt["config"]["schedule"]["epochs"] = 2
+    torch.save(ckpt, run / "last.pt")
+    again = subprocess.run([sys.executable, "-m", "wpat", "train", "--resume", str(run)],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2
