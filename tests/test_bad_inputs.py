@@ -271,12 +271,7 @@ CASES: dict[str, Row] = {
 
 # commands/plot.py writes curves.png/.csv before it reads the --weights checkpoints, so a bad
 # checkpoint still leaves (or overwrites) curves.* in the run directory. Not in this test's files.
-KNOWN = {"plot-weights-empty-best": "commands/plot.py writes curves.png before loading the --weights checkpoints"}
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN[name], strict=True)) if name in KNOWN else name
-    for name in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 def test_bad_input(case, trained, tmp_path, capsys, monkeypatch):
     make_args, names, kind, says = CASES[case]
     monkeypatch.chdir(tmp_path)

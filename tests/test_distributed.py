@@ -118,3 +118,26 @@ def test_torchrun_trains_writes_once_and_resumes_at_another_rank_count(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
+@pytest.mark.parametrize("case", ["indivisible", "mismatch"])
+def test_bad_rank_setups_end_with_one_message_from_rank_0(tmp_path, case):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["fmnist-smallcnn-linf", "model.small_cnn.width=4", "data.train_subset=256", "data.test_subset=64",
+              "eval.n_train=32", "attack.steps=1", "run.threads=1", f"run.out_dir={tmp_path}", "run.name=bad"]
+    if case == "indivisible":
+        extra = ["data.batch_size=63"]
+        launcher = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29541", "-m", "wpat", "train"]
+        done = subprocess.run([*launcher, *common, *extra], capture_output=True, text=True, timeout=300)
+        expected = "does not divide"
+    else:  # each rank reads its own override through the environment
+        script = ("import os, sys; from wpat.cli import main; "
+                  "sys.exit(main(sys.argv[1:] + [f\"attack.steps={1 + int(os.environ['RANK'])}\"]))")
+        launcher = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29542", "--no-python",
+                    sys.executable, "-c", script, "train"]
+        done = subprocess.run([*launcher, *common, "data.batch_size=64"], capture_output=True, text=True, timeout=300)
+        expected = "different configs"
+    errors = [line for line in done.stderr.splitlines() if line.startswith("wpat: error:")]
+    assert done.returncode != 0 and len(errors) == 1 and expected in errors[0], done.stderr[-1500:]
+    assert not (tmp_path / "bad").exists()

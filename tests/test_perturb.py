@@ -476,3 +476,16 @@ def test_loss_fn_must_return_per_example_losses():
     with pytest.raises(WpatError, match=r"shape \[B\]"):
         AWP().compute(model, lambda m: loss_fn(m).mean())
     assert_bitwise_same(model, before)  # restored even when the search fails
+
+
+@pytest.mark.parametrize("which", ["partial", "none", "exit-fires"])
+def test_rwp_without_the_early_exit_gives_the_same_v(which):
+    """early_exit=False runs all K2 steps with no host synchronisation; v is the same."""
+    model, x, y, loss_fn = make_problem()
+    s = train_losses(model, loss_fn).sort().values
+    c_min = {"partial": split_c_min(s), "none": 0.0, "exit-fires": float((s[0] + s[1]) / 2)}[which]
+    gamma = 0.3 if which == "exit-fires" else 0.05
+    exact = RWP(gamma=gamma, c_min=c_min, steps=10).compute(model, loss_fn)
+    synced_free = RWP(gamma=gamma, c_min=c_min, steps=10, early_exit=False).compute(model, loss_fn)
+    assert_agrees(synced_free.v, exact.v)
+    assert int(synced_free.stats["perturb_steps"]) == 10

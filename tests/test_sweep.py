@@ -11,8 +11,9 @@ from wpat import cli
 from wpat.checkpoint import load_checkpoint
 from wpat.config import load_config
 from wpat.errors import WpatError
-from wpat.sweep import (RunSpec, expand, parse_grid, parse_seeds, plan, replicas, run_names,
-                        setting_of, split_values)
+from wpat.sweep import (RunSpec, execute, expand, parse_grid, parse_seeds, plan, replicas,
+                        run_names, setting_of, split_values)
+from wpat.sweep.runner import _check_resources
 
 needs_data = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 
@@ -118,7 +119,7 @@ def test_plan_builds_every_run_config(tmp_path, tiny_config):
     ("atack.steps=1", "--grid atack.steps=1: unknown config key"),
     ("attack.steps=1.5", "--grid attack.steps=1.5: attack.steps"),
     ("perturb.awp.gamma=0.01,-1", "--grid perturb.awp.gamma=-1: .*gamma"),
-    ("perturb.rwp.c_min=abc", "--grid perturb.rwp.c_min=abc"),  # checked though AWP is selected
+    ("perturb.rwp.c_min=1,2", "--grid perturb.rwp.c_min: no run selects perturb.name=rwp"),
     ("perturb.name=awp,nope", "--grid perturb.name=nope"),
 ])
 def test_a_bad_grid_fails_before_any_run_with_one_line(grid, match, tmp_path, tiny_config, capsys):
@@ -135,6 +136,13 @@ def test_a_bad_combination_names_the_run(tmp_path, tiny_config):
     grid = parse_grid(["perturb.name=awp,random", "perturb.alternations=1,2"])
     with pytest.raises(WpatError, match="^run random__alternations-2__seed-0 .*: perturb.alternations"):
         plan(tiny_config, ["perturb.name=awp"], grid, [0], tmp_path)
+
+
+def test_a_bad_value_of_a_method_in_the_grid_names_its_runs(tmp_path, tiny_config):
+    grid = parse_grid(["perturb.name=awp,rwp", "perturb.rwp.c_min=1,abc"])
+    with pytest.raises(WpatError, match=r"^run rwp__c_min-abc__seed-0 \(perturb.name=rwp, "
+                                        r"perturb.rwp.c_min=abc, run.seed=0\): perturb.rwp: .*c_min"):
+        plan(tiny_config, [], grid, [0], tmp_path)
 
 
 def test_without_ray_the_command_says_how_to_get_it(tmp_path, tiny_config, capsys, monkeypatch):
@@ -197,9 +205,22 @@ def test_a_killed_run_is_resumed_a_finished_one_skipped(tmp_path, tiny_config, c
     history = [json.loads(line) for line in (sweep / "awp__seed-0" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2]
 
-    # the same directory with another base config is refused before anything runs
+    # the same directory with another base config is refused before anything runs ...
     assert cli.main([*args[:2], "optim.lr=0.05", *args[2:]]) == 2
     assert "another base config (it differs in optim.lr)" in capsys.readouterr().err
+    # ... and a run directory holding another setting is never resumed or overwritten
+    other = load_config(tiny_config, ["optim.lr=0.05", f"run.out_dir={sweep}", "run.name=awp__seed-0"])
+    result = execute(RunSpec("awp__seed-0", [], str(sweep / "awp__seed-0"), other.to_dict()))
+    assert result["status"] == "failed" and "holds a run with another config" in result["error"]
+    assert last_epoch(sweep / "awp__seed-0") == 2
+
+
+def test_a_run_that_cannot_be_placed_fails_at_once():
+    with pytest.raises(WpatError, match="--gpus-per-run 0.5: the Ray cluster has 0 GPUs"):
+        _check_resources({"CPU": 2.0}, 1, 0.5)
+    with pytest.raises(WpatError, match="--cpus-per-run 4: the Ray cluster has 2 CPUs"):
+        _check_resources({"CPU": 2.0, "GPU": 1.0}, 4, 0)
+    _check_resources({"CPU": 2.0, "GPU": 1.0}, 2, 0.25)
 
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed")

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except WpatError as err:
         if debug:
             traceback.print_exc()
-        print(f"wpat: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: one message
+            print(f"wpat: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `wpat presets | head`: the reader left, which is not an error
         sys.stdout = open(os.devnull, "w")

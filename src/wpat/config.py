@@ -134,6 +134,7 @@ class RunConfig:
     tensorboard: bool = True  # TensorBoard event files of the per-epoch metrics in the run directory
     deterministic: bool = False
     amp: bool = False  # bf16 autocast for training forwards/backwards (GPU); deltas and eval stay fp32
+    compile: bool = False  # torch.compile the model's forward for training (GPU fast path; slow to start on CPU)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm)
     channels_last: bool = True  # NHWC weights: ~1.5x faster convolutions on CPU and GPU
     checkpoint_every: int = 0  # also write last.pt every N training steps; 0 = at epoch ends only

@@ -131,6 +131,9 @@ class Trainer:
         self.run_dir = run_dir
         self.device = distributed.local_device(experiment.resolve_device(cfg.run.device))
         self.world = distributed.init(self.device)
+        if self.world.size > 1 and len({repr(c) for c in distributed.gather(cfg.to_dict())}) > 1:
+            raise WpatError("the ranks were started with different configs: give every torchrun "
+                            "process the same preset and overrides")
         if cfg.data.batch_size % self.world.size:
             raise WpatError(f"data.batch_size: {cfg.data.batch_size} (the global batch) does not divide "
                             f"into {self.world.size} equal shares, one per rank")
@@ -151,6 +154,9 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if cfg.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # torch.compile of the model's forward only (the attack loop and the search stay Python);
+        # it shares the parameters, so checkpoints and evaluation use the plain module.
+        self.forward_model = torch.compile(self.model) if cfg.run.compile else self.model
         self.objective, self.perturbation, self.schedule = parts.objective, parts.perturbation, parts.schedule
         self.attack, self.test_attack = parts.attack, parts.test_attack
         o = cfg.optim
@@ -251,7 +257,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
-                    losses, perturb_stats = train_step(self.model, x, y, self.attack, self.objective,
+                    losses, perturb_stats = train_step(self.forward_model, x, y, self.attack, self.objective,
                                                        self.perturbation if active else None, self.optimizer,
                                                        cfg.perturb.alternations, cfg.optim.l1)
                 if self.ema is not None:

@@ -25,6 +25,7 @@ Cost: per γ, one forward+backward of the n examples (AWP) and 1 + ``directions`
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
@@ -122,15 +123,23 @@ def plot_gamma_sensitivity(rows: Sequence[dict[str, Any]], path: str | Path, tit
     gammas = [r["gamma"] for r in shown]
     for ax, metric, scale, name in ((axes[0], "loss", 1, "adversarial loss"),
                                     (axes[1], "acc", 100, "adversarial accuracy (%)")):
+        ax.set_xlabel("γ (relative size ‖v_l‖ / ‖w_l‖)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
         for kind, color in (("awp", "C3"), ("random", "C0")):
             ax.plot(gammas, [scale * r[f"{kind}_{metric}"] for r in shown], "-o", color=color,
                     label="AWP" if kind == "awp" else "random")
         if center is not None:
             ax.axhline(scale * center[f"awp_{metric}"], color="gray", ls=":", label="unperturbed (γ = 0)")
         ax.set_xscale("log")
-        ax.set_xlabel("γ (relative size ‖v_l‖ / ‖w_l‖)")
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
+    spread = [r["random_loss_std"] for r in shown]
+    if shown and not any(math.isnan(s) for s in spread):  # several random directions: ± std
+        mean = [r["random_loss"] for r in shown]
+        axes[0].fill_between(gammas, [m - s for m, s in zip(mean, spread)],
+                             [m + s for m, s in zip(mean, spread)], color="C0", alpha=0.2)
+    losses = [r[f"{kind}_loss"] for r in shown for kind in ("awp", "random")]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 20:
+        axes[0].set_yscale("log")  # AWP's loss explodes at large γ (AWP Fig. 3a)
     axes[0].legend()
     if title:
         fig.suptitle(title)

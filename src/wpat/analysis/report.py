@@ -3,7 +3,9 @@
     runs = [run_result(p) for p in find_runs(["runs/gamma-sweep"])]
     groups = group_runs([r for r in runs if r.finished])
     print(markdown_report(groups))            # RWP Table 1 / AWP Table 4 layout
-    write_csv(groups, "report.csv"); plot_ablation(groups, "perturb.awp.gamma", "ablation.png")
+    write_csv(report_rows(groups), "report.csv")
+    key = "perturb.awp.gamma"                 # one of ablation_keys(groups)
+    plot_ablation(ablation_rows(groups, key), key, "ablation.png")   # + ablation.csv
 
 A run counts with its **best** checkpoint (the epoch of highest test PGD accuracy, or validation
 accuracy with ``run.select=val``, as training picks ``best.pt``) and its **last** evaluated
@@ -24,7 +26,6 @@ import math
 import re
 import statistics
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -77,19 +78,22 @@ class Group:
 # ---------------------------------------------------------------------- reading
 
 
+def _runs_in(path: Path) -> list[Path]:
+    """A sweep directory's runs (its manifest), a run directory itself, or neither: []."""
+    if (path / MANIFEST).is_file():
+        return [path / r["dir"] for r in read_manifest(path)["runs"]]
+    return [path] if (path / "config.yaml").is_file() else []
+
+
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run directories from run directories, sweep directories (their ``sweep.json``) and
-    directories of run directories; a sweep's runs that have not finished an epoch are left out."""
+    """Run directories from run directories, sweep directories (the runs of their
+    ``sweep.json``) and directories of either; runs without a finished epoch are left out."""
     found: list[Path] = []
     for path in map(run_dir, paths):
-        if (path / MANIFEST).is_file():
-            candidates = [path / r["dir"] for r in read_manifest(path)["runs"]]
-        elif (path / "config.yaml").is_file():
-            candidates = [path]
-        else:
-            candidates = sorted(p for p in path.iterdir() if (p / "config.yaml").is_file())
-            if not candidates:
-                raise WpatError(f"{path}: neither a run directory, a sweep directory nor a directory of runs")
+        candidates = _runs_in(path) or [p for child in sorted(path.iterdir()) if child.is_dir()
+                                        for p in _runs_in(child)]
+        if not candidates:
+            raise WpatError(f"{path}: neither a run directory, a sweep directory nor a directory of them")
         found += [p for p in candidates if (p / "metrics.jsonl").is_file() and p not in found]
     if not found:
         raise WpatError("no run with a finished epoch (metrics.jsonl) in " + ", ".join(map(str, paths)))
@@ -116,12 +120,11 @@ def run_result(path: str | Path) -> RunResult:
 
 
 def _number(value: Any) -> str:
-    """0.0313725... -> '8/255', 0.005 -> '0.005'."""
-    if isinstance(value, float) and 0 < value < 1:
-        fraction = Fraction(value).limit_denominator(255)
-        if fraction.denominator == 255 and abs(float(fraction) - value) < 1e-9:
-            return f"{fraction.numerator}/255"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """0.0313725... -> '8/255' (pixel units as the papers write them), 0.005 -> '0.005'."""
+    if not isinstance(value, float) or not math.isfinite(value):
+        return str(value)
+    text, pixels = f"{value:g}", round(value * 255)
+    return f"{pixels}/255" if len(text) > 6 and 0 < pixels and abs(pixels / 255 - value) < 1e-9 else text
 
 
 def _column(setting: dict[str, Any]) -> str:

@@ -51,10 +51,12 @@ def run(args: argparse.Namespace) -> int:
     labels = labels_for(paths, args.labels)
     out = Path(args.out) if args.out is not None else paths[0]
     runs = dict(zip(labels, paths))
-    written = [plot_curves({label: read_history(p) for label, p in runs.items()}, out / "curves.png")]
-    if args.weights:
-        weights = {label: layer_weights(model_from_checkpoint(p / f"{args.checkpoint}.pt")[0])
-                   for label, p in runs.items()}
+    # Every input is read before anything is written: a bad checkpoint leaves the figures as they were.
+    histories = {label: read_history(p) for label, p in runs.items()}
+    weights = ({label: layer_weights(model_from_checkpoint(p / f"{args.checkpoint}.pt")[0])
+                for label, p in runs.items()} if args.weights else None)
+    written = [plot_curves(histories, out / "curves.png")]
+    if weights is not None:
         written.append(plot_weight_histograms(weights, out / "weights.png"))
     print("wrote " + ", ".join(f"{p} (+ {p.with_suffix('.csv').name})" for p in written))
     return 0

@@ -29,15 +29,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="settings shared by every run, e.g. schedule.epochs=100 (before --grid)")
     parser.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
                         help="a setting and its values, e.g. perturb.name=awp,rwp perturb.awp.gamma=0.005,0.01")
-    parser.add_argument("--seeds", help="run.seed values, e.g. 0,1,2 or 0-4 (default: the config's run.seed)")
-    parser.add_argument("--out", help="where the sweep directory goes (default: the config's run.out_dir)")
+    parser.add_argument("--seeds", metavar="SEEDS", help="run.seed values, e.g. 0,1,2 or 0-4 (default: the config's run.seed)")
+    parser.add_argument("--out", metavar="DIR", help="where the sweep directory goes (default: the config's run.out_dir)")
     parser.add_argument("--name", help="the sweep directory's name (default: <run.name>-sweep)")
     parser.add_argument("--local", action="store_true", help="no Ray: run the runs one after another here")
-    parser.add_argument("--address", help="join this Ray cluster (host:port, or auto) instead of a local instance")
-    parser.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray CPUs per run (default 1)")
-    parser.add_argument("--gpus-per-run", type=float, default=0.0,
+    parser.add_argument("--address", metavar="ADDR", help="join this Ray cluster (host:port, or auto) instead of a local instance")
+    parser.add_argument("--cpus-per-run", type=float, default=1.0, metavar="N", help="Ray CPUs per run (default 1)")
+    parser.add_argument("--gpus-per-run", type=float, default=0.0, metavar="F",
                         help="Ray GPUs per run, a fraction to share one (default 0)")
-    parser.add_argument("--threads-per-run", type=int,
+    parser.add_argument("--threads-per-run", type=int, metavar="N",
                         help="torch threads per run, run.threads (default: --cpus-per-run, rounded; "
                              "with --local, the config's)")
     parser.add_argument("--dry-run", action="store_true", help="check and list the runs, run nothing")

@@ -28,11 +28,13 @@ position at the batch's start)``, so it replays as well, whatever happened befor
 
 **Memory and threads.** A background thread reads the window's blocks with positioned reads
 (:mod:`wpat.data.npz`; no memory map, so nothing stays resident), gathers the permuted examples
-in pieces of ``block_size``, transposes them to ``uint8`` NCHW, and moves each piece to the device (pinned memory and a side CUDA
-stream on a GPU, so the copy overlaps the training step), keeping at most ``prefetch`` pieces
-ahead. Host memory is therefore about one window plus ``prefetch`` pieces (at the defaults and
-CIFAR's 3 KiB images: 48 MiB + 4 x 3 MiB), whatever the file size. The training thread only
-slices pieces and casts them to ``float32`` on the device.
+in pieces of ``block_size``, transposes them to ``uint8`` NCHW and moves each piece to the
+device (pinned memory and a side CUDA stream on a GPU, so the copy overlaps the training step),
+keeping at most ``prefetch`` pieces ahead. Host memory is therefore about one window plus
+``prefetch`` pieces and a few transient copies (at the defaults and CIFAR's 3 KiB images:
+48 MiB + 4 x 3 MiB; docs/benchmarks/stream.md measures the growth), whatever the file size. The
+training thread only slices pieces and casts them to ``float32`` on the device. ``close()`` (or
+leaving a ``with`` block) stops the thread.
 """
 
 from __future__ import annotations
@@ -76,9 +78,8 @@ def window_permutation(size: int, seed: int, epoch: int, pass_: int, w: int) -> 
 def stream_order(n: int, *, seed: int, epoch: int, pass_: int = 0, block_size: int, window: int) -> np.ndarray:
     """All N file indices of one pass in stream order (for checks; O(N) memory)."""
     windows = pass_windows(n, block_size, window, seed, epoch, pass_)
-    return np.concatenate([window_rows(n, block_size, blocks)[
-        window_permutation(len(window_rows(n, block_size, blocks)), seed, epoch, pass_, w)]
-        for w, blocks in enumerate(windows)])
+    rows = [window_rows(n, block_size, blocks) for blocks in windows]
+    return np.concatenate([r[window_permutation(len(r), seed, epoch, pass_, w)] for w, r in enumerate(rows)])
 
 
 class ExtraStream:

@@ -92,12 +92,21 @@ def perturbed_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return chosen
 
 
+def weights_moved() -> None:
+    """Call after changing weights in place: autocast caches the low-precision copy of each
+    weight for the rest of its region, and a forward at the moved weights must not reuse the
+    copy made before the move (under bf16 the search and the step at w + v would run at w)."""
+    if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
+        torch.clear_autocast_cache()
+
+
 @torch.no_grad()
 def add_perturbation(model: nn.Module, v: Mapping[str, Tensor], sign: float = 1.0) -> None:
     """Add ``sign * v`` in place to the named parameters of ``model``."""
     params = dict(model.named_parameters())
     for name, delta in v.items():
         params[name].add_(delta, alpha=sign)
+    weights_moved()
 
 
 @contextmanager
@@ -129,6 +138,7 @@ def held_at(model: nn.Module, v: Mapping[str, Tensor]) -> Iterator[nn.Module]:
         with torch.no_grad():
             for name, w in saved.items():
                 params[name].copy_(w)
+        weights_moved()
 
 
 def per_example(losses: Tensor) -> Tensor:
@@ -201,6 +211,7 @@ def restored(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[Snaps
             if snapshot.forwarded:
                 for b, saved in buffers:
                     b.copy_(saved)
+        weights_moved()
         for m, mode in modes:
             m.training = mode
 
@@ -210,6 +221,7 @@ def move_to(params: Sequence[nn.Parameter], w: Sequence[Tensor], v: Sequence[Ten
     """Set ``params`` to ``w + v`` in place (the search's current point)."""
     for p, w_p, v_p in zip(params, w, v):
         p.copy_(w_p).add_(v_p)
+    weights_moved()
 
 
 def check(ok: bool, what: str, value: object, expected: str) -> None:

@@ -42,6 +42,9 @@ class RWP(MaskedAscent):
             from the authors'. Default False: exact.
         norm: how the size is measured, ``"l2"`` (default, as the authors' code) or ``"l1"``:
             ‖v‖₁ = γ‖W‖₁ over the whole model.
+        early_exit: stop once no example is below ``c_min`` (default True). The result is the
+            same either way; False runs all K2 steps, as the authors' code, with no host
+            synchronisation inside the step (for CUDA graphs and asynchronous GPUs).
 
     Statistics: ``rwp_frac_below`` (fraction with ℓ < c_min at step 1, at w), ``perturb_steps``
     (steps that updated v), ``v_over_w`` (‖v‖/‖W‖ in the size norm).
@@ -51,9 +54,13 @@ class RWP(MaskedAscent):
     stop_when_empty = True
 
     def __init__(self, gamma: float = 0.01, c_min: float = 1.7, steps: int = 10,
-                 subset: bool = False, norm: str = "l2") -> None:
+                 subset: bool = False, norm: str = "l2", early_exit: bool = True) -> None:
         check(is_number(c_min) and c_min >= 0, "RWP c_min", c_min, "a number >= 0 (inf allowed)")
+        check(isinstance(early_exit, bool), "RWP early_exit", early_exit, "true or false")
+        check(not (subset and not early_exit), "RWP subset", subset, "false when early_exit is false "
+              "(the subset's size is read on the host)")
         super().__init__(gamma, steps, norm)
+        self.stop_when_empty = early_exit
         self.c_min = float(c_min)
         self.subset = bool(subset)
 

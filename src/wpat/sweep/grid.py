@@ -153,39 +153,47 @@ def expand(grid: Mapping[str, Sequence[str]], seeds: Sequence[int]) -> list[dict
 # ---------------------------------------------------------------------- validation
 
 
-def _check_setting(config: str | None, overrides: Sequence[str], key: str, value: str) -> None:
-    """Build the base config with one grid setting; for ``section.component.option``, also
-    build that component with it, selected or not, so a bad value never waits for its turn."""
+def _blame(config: str | None, overrides: Sequence[str], settings: Sequence[str]) -> str | None:
+    """The first of a failed run's grid settings that fails on the (valid) base config alone,
+    as ``--grid KEY=VALUE: error``; None if the failure needs the combination."""
     from wpat import experiment
 
-    try:
-        cfg = load_config(config, [*overrides, f"{key}={value}"])
-        experiment.build_components(cfg)
+    for setting in settings:
+        try:
+            experiment.build_components(load_config(config, [*overrides, setting]))
+        except WpatError as err:
+            return f"--grid {setting}: {err}"
+    return None
+
+
+def _check_used(grid: Mapping[str, Sequence[str]], specs: Sequence[RunSpec]) -> None:
+    """A component option in the grid whose component no run selects changes nothing."""
+    for key in grid:
         section, *rest = key.split(".")
-        if len(rest) == 2 and section in COMPONENT_SECTIONS and getattr(cfg, section).name != rest[0]:
-            getattr(cfg, section).name = rest[0]
-            if section == "perturb":
-                cfg.perturb.alternations = 1  # a combination the selected method decides on
-            experiment.build_components(cfg)
-    except WpatError as err:
-        raise WpatError(f"--grid {key}={value}: {err}") from None
+        if len(rest) == 2 and section in COMPONENT_SECTIONS and \
+                not any(spec.config[section]["name"] == rest[0] for spec in specs):
+            raise WpatError(f"--grid {key}: no run selects {section}.name={rest[0]}, so its values "
+                            f"would change nothing (add {section}.name={rest[0]} to the overrides or the grid)")
 
 
 def plan(config: str | None, overrides: Sequence[str], grid: Mapping[str, Sequence[str]],
          seeds: Sequence[int], sweep_dir: str | os.PathLike, extra: Sequence[str] = ()) -> list[RunSpec]:
     """Validate the sweep and return its runs, before any of them starts.
 
-    Every grid value is checked on its own (one line naming ``--grid KEY=VALUE``), then every
-    run's config is built (``load_config`` with ``overrides``, the run's settings, its seed,
-    name and directory, and ``extra`` run-time settings such as ``run.threads=1``) and checked
-    by ``experiment.build_components``. Raises :class:`WpatError` on the first problem."""
+    Every run's config is built (``load_config`` with ``overrides``, the run's settings, its
+    seed, name and directory, and ``extra`` run-time settings such as ``run.threads=1``) and
+    checked by ``experiment.build_components``. The first failure is a :class:`WpatError` of
+    one line naming the grid value at fault (``--grid KEY=VALUE: ...``) or, when only the
+    combination fails, the run and its settings. A component option in the grid whose
+    component no run selects is an error too."""
     from wpat import experiment
 
     base = load_config(config, overrides)
-    experiment.build_components(base)
-    for key, values in grid.items():
-        for value in values:
-            _check_setting(config, overrides, key, value)
+    try:
+        experiment.build_components(base)
+        base_ok = True
+    except WpatError:
+        base_ok = False  # perhaps a grid value makes it whole; each run says
     sweep_dir = Path(sweep_dir).resolve()
     assignments = expand(grid, seeds)
     specs = []
@@ -196,8 +204,10 @@ def plan(config: str | None, overrides: Sequence[str], grid: Mapping[str, Sequen
                                        f"run.name={name}", *extra])
             experiment.build_components(cfg)
         except WpatError as err:
-            raise WpatError(f"run {name} ({', '.join(settings)}): {err}") from None
+            blame = _blame(config, overrides, settings[:-1]) if base_ok else None
+            raise WpatError(blame or f"run {name} ({', '.join(settings)}): {err}") from None
         specs.append(RunSpec(name, settings, str(sweep_dir / name), cfg.to_dict()))
+    _check_used(grid, specs)
     return specs
 
 

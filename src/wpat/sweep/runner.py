@@ -96,6 +96,15 @@ def run_local(specs: Sequence[RunSpec], report: Callable[[Result], None]) -> lis
     return results
 
 
+def _check_resources(total: Mapping[str, float], cpus: float, gpus: float) -> None:
+    """A run that asks for more than the Ray cluster has would wait forever: say so at once."""
+    for what, wanted, option in (("CPU", cpus, "--cpus-per-run"), ("GPU", gpus, "--gpus-per-run")):
+        have = total.get(what, 0)
+        if wanted > have:
+            raise WpatError(f"{option} {wanted:g}: the Ray cluster has {have:g} {what}s "
+                            f"(an autoscaling cluster: start its nodes first)")
+
+
 def run_with_ray(specs: Sequence[RunSpec], report: Callable[[Result], None], *,
                  address: str | None = None, cpus: float = 1, gpus: float = 0) -> list[Result]:
     """Run each run as a Ray task with ``cpus`` CPUs and ``gpus`` GPUs (fractions share one),
@@ -106,8 +115,11 @@ def run_with_ray(specs: Sequence[RunSpec], report: Callable[[Result], None], *,
 
     import ray
 
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    started = not ray.is_initialized()  # a caller's own Ray session is used, and left running
+    if started:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     try:
+        _check_resources(ray.cluster_resources(), cpus, gpus)
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(execute)
         pending = {task.remote(asdict(spec)): spec for spec in specs}
         results = []
@@ -122,4 +134,5 @@ def run_with_ray(specs: Sequence[RunSpec], report: Callable[[Result], None], *,
             report(result)
         return results
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
