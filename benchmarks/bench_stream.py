@@ -203,6 +203,7 @@ def main() -> None:
                 path.unlink(missing_ok=True)
     step_rate = args.batch / rates["fixed"]
     loader_rate = float(rows[0][4].replace(",", ""))
+    crop_rate = float(next(r for r in rows if r[2] == "crop_flip")[4].replace(",", ""))
     table = markdown_table(["file (images)", "data", "augment", "streamed", "images/s", "open s",
                             "RSS before MiB", "RSS peak MiB", "growth MiB"], rows)
     facts = (f"CPU {platform.processor() or platform.machine()} ({_cpu()}), {os.cpu_count()} cores, "
@@ -223,12 +224,15 @@ by one background thread; batches of {args.batch}, float32 NCHW on the CPU. Each
 Consumption: a PGD-10 AT step (`wpat.train.train_step`) of the small CNN (width 32, 32x32x3,
 batch {args.batch}) takes {1000 * rates['fixed']:,.0f} ms here (median; fastest {1000 * rates['fixed_min']:,.0f} ms),
 {step_rate:,.0f} images/s; the loader delivers {loader_rate:,.0f} images/s, **{loader_rate / step_rate:,.0f}x**
-what the step consumes. The same step fed by the stream (each step draws its batch with
-`next_batch`, crop and flip included) takes {1000 * rates['streamed']:,.0f} ms (median,
-{100 * (rates['streamed'] / rates['fixed'] - 1):+.1f} %; fastest {1000 * rates['streamed_min']:,.0f} ms,
-{100 * (rates['streamed_min'] / rates['fixed_min'] - 1):+.1f} %) over {args.steps} interleaved steps of each kind.
-The machine is shared (see the load average), so differences of a few percent between the two
-are noise; what the figures show is that the stream does not stall the step.
+what the step consumes. Drawing one batch costs the training thread {1000 * args.batch / loader_rate:.1f} ms
+({1000 * args.batch / crop_rate:.1f} ms with crop and flip), {100 * args.batch / crop_rate / rates['fixed']:.2f} % of a step.
+The same step fed by the stream (each step draws its batch with `next_batch`, crop and flip
+included) took {1000 * rates['streamed']:,.0f} ms (median; fastest {1000 * rates['streamed_min']:,.0f} ms) over
+{args.steps} interleaved steps of each kind: {100 * (rates['streamed'] / rates['fixed'] - 1):+.1f} % (median),
+{100 * (rates['streamed_min'] / rates['fixed_min'] - 1):+.1f} % (fastest), against a spread of
+{100 * (rates['fixed'] / rates['fixed_min'] - 1):.0f} % between the fastest and the median fixed step on this
+shared machine (load average above), so the difference is not resolved from noise here; the
+stream's own cost is the per-batch figure above.
 
 {_rss_reading(rows)}
 """

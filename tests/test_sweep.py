@@ -188,6 +188,7 @@ def test_a_killed_run_is_resumed_a_finished_one_skipped(tmp_path, tiny_config, c
     sweep = tmp_path / "s"
     assert "awp__seed-0: FAILED after" in out and "RuntimeError: simulated kill" in out
     assert "none__seed-0: trained" in out and "1 trained, 0 resumed, 0 skipped, 1 failed of 2" in out
+    assert out.rstrip().endswith("; failed: awp__seed-0")
     assert last_epoch(sweep / "awp__seed-0") == 1 and last_epoch(sweep / "none__seed-0") == 2
     manifest = json.loads((sweep / "sweep.json").read_text())
     assert manifest["grid"] == {"perturb.name": ["none", "awp"]} and manifest["seeds"] == [0]

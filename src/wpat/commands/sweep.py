@@ -24,7 +24,7 @@ INSTALL_HINT = ("wpat sweep runs its grid with Ray, which is not installed: pip 
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a preset name (see `wpat presets`) or a YAML file")
+    parser.add_argument("config", help="a preset name (see `wpat presets`), a YAML file, or a first KEY=VALUE")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="settings shared by every run, e.g. schedule.epochs=100 (before --grid)")
     parser.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
 
     check(args)
     overrides = list(args.overrides)
+    if "=" in args.config:  # `wpat sweep key=value --grid ...` without a preset, as `wpat train`
+        overrides.insert(0, args.config)
+        args.config = None
     grid = parse_grid(args.grid)
     base = load_config(args.config, overrides)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else [base.run.seed]
@@ -115,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         run_with_ray(specs, report, address=args.address, cpus=args.cpus_per_run, gpus=args.gpus_per_run)
     write_manifest(sweep_dir, args.config, overrides, grid, seeds, specs, resources, done)
     counts = {s: sum(r["status"] == s for r in done.values()) for s in ("trained", "resumed", "skipped", "failed")}
+    failed = [name for name, r in done.items() if r["status"] == "failed"]
     print(f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-          + f" of {len(specs)} (manifest: {manifest})")
+          + f" of {len(specs)} (manifest: {manifest})" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if counts["failed"] else 0
