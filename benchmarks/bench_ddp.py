@@ -33,7 +33,7 @@ def worker(steps: int, batch: int, width: int) -> None:
     from wpat.models import build_model
     from wpat.objectives import OBJECTIVES
     from wpat.perturb import RWP
-    from wpat.train import train_step
+    from wpat.step import train_step
 
     world = distributed.init(torch.device("cpu"))
     comm = {"s": 0.0}

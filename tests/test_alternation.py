@@ -14,7 +14,7 @@ from wpat.errors import WpatError
 from wpat.models import build_model
 from wpat.objectives import OBJECTIVES
 from wpat.perturb import AWP, PERTURBATIONS, RWP, perturbed, perturbed_parameters
-from wpat.train import train_step
+from wpat.step import train_step
 
 
 def problem(seed=0):

@@ -3,7 +3,8 @@ import math
 import pytest
 
 from wpat import experiment
-from wpat.config import Config, config_from_dict, list_presets, load_config, parse_number
+from wpat.config import Config, config_from_dict, list_presets, load_config
+from wpat.config_values import parse_number
 from wpat.errors import WpatError
 from wpat.registry import Registry
 from wpat.schedules import SCHEDULES

@@ -19,7 +19,7 @@ from torch import nn
 from conftest import fashion_mnist_available
 from wpat import distributed
 from wpat.perturb import RWP, AWP
-from wpat.train import train_step
+from wpat.step import train_step
 
 WORLD = 2
 

@@ -71,11 +71,15 @@ def test_written_npz_is_a_plain_uncompressed_npz(parts, arrays):
         assert f["label"].dtype == np.int64
 
 
-def test_compressed_npz_is_read_in_chunks(tmp_path, arrays):
+def test_compressed_npz_is_read_in_chunks(tmp_path, parts, arrays):
     np.savez_compressed(tmp_path / "c.npz", image=arrays[0], label=arrays[1])
     data = open_extra(tmp_path / "c.npz")
     for start, stop in [(300, 400), (0, 50), (650, N)]:  # backwards and forwards
         _same(data, *arrays, start, stop)
+    with _stream(tmp_path / "c.npz") as compressed, _stream(parts) as stored:  # the same stream
+        for n in (50, 300, 120):
+            a, b = compressed.next_batch(n), stored.next_batch(n)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])

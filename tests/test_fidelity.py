@@ -17,11 +17,12 @@ from PIL import Image
 from wpat import experiment
 from wpat.attacks.pgd import STARTS
 from wpat.config import list_presets, load_config
+from wpat.config_values import flatten
 from wpat.data import dataset_spec
 from wpat.data.loader import random_crop_flip, rotate
 from wpat.perturb import AWP, RWP
 from wpat.schedules import Piecewise
-from wpat.train import perturbation_active, schedule_time
+from wpat.step import perturbation_active, schedule_time
 
 TABLE = Path(__file__).resolve().parent.parent / "docs" / "reproduction.md"
 
@@ -59,9 +60,8 @@ def test_setting_presets_are_their_base_plus_the_listed_settings(preset):
     experiment.build_components(cfg)
     if row["base"] == "—":
         return
-    base = load_config(row["base"]).to_dict()
-    differs = {f"{section}.{k}" for section, values in cfg.to_dict().items() for k, v in values.items()
-               if base[section].get(k) != v} - {"run.name", "model.wrn28_10"}
+    base = flatten(load_config(row["base"]).to_dict(), "base")
+    differs = {k for k, v in flatten(cfg.to_dict(), preset).items() if base.get(k) != v} - {"run.name"}
     listed = {item.split("=")[0].strip("`") for item in row["settings"].replace(",", " ").split()
               if "=" in item and not item.startswith("`run.init_from")}
     assert differs <= listed | {"perturb.name"}, differs - listed

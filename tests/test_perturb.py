@@ -1,6 +1,6 @@
 """wpat.perturb: AWP, RWP, AWP-LSC and random weight perturbation.
 
-The reference functions below follow the authors' algorithm literally (DESIGN §3): a deep-copied
+The reference functions below follow the authors' algorithm literally (docs/design.md, "Reference semantics"): a deep-copied
 proxy model, a plain-SGD step on −mean(loss), the weight difference rescaled. They share no code
 with the library.
 """

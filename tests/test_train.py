@@ -9,7 +9,8 @@ from conftest import SEED, fashion_mnist_available
 from wpat.checkpoint import load_checkpoint
 from wpat.cli import main
 from wpat.config import load_config
-from wpat.train import resume, train, train_step
+from wpat.step import train_step
+from wpat.train import resume, train
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Debian's dataset-fashion-mnist is not installed")
 

@@ -20,7 +20,8 @@ from wpat.models import build_model
 from wpat.objectives import OBJECTIVES
 from wpat.perturb import AWP
 from wpat.regularize import l1_penalty, parameter_groups
-from wpat.train import Trainer, resume, train, train_step
+from wpat.step import train_step
+from wpat.train import Trainer, resume, train
 
 needs_fmnist = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 

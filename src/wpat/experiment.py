@@ -97,8 +97,8 @@ def num_classes_of(cfg: Config) -> int:
 def model_from_config(cfg: Config) -> nn.Module:
     """The config's architecture for its dataset, normalizing inside with ``model.mean/std``
     (default: the dataset's statistics)."""
+    num_classes = num_classes_of(cfg)  # checks data.name first
     spec = dataset_spec(cfg.data.name)
-    num_classes = num_classes_of(cfg)
     mean = cfg.model.mean if cfg.model.mean is not None else spec.mean
     std = cfg.model.std if cfg.model.std is not None else spec.std
     if len(mean) != spec.shape[0]:

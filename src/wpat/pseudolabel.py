@@ -151,7 +151,7 @@ def pseudolabel(model: str | os.PathLike, extra: Any, out: str | os.PathLike, *,
     n_chunks = math.ceil(len(data) / chunk_size)
     chunk_paths = [parts / f"labels-{k:06d}.npy" for k in range(n_chunks)]
     sizes = [min(chunk_size, len(data) - k * chunk_size) for k in range(n_chunks)]
-    done = [k for k in range(n_chunks) if _load_chunk(chunk_paths[k], sizes[k]) is not None]
+    done = {k for k in range(n_chunks) if _load_chunk(chunk_paths[k], sizes[k]) is not None}
     bar = Progress("pseudolabel", len(data), unit="img", initial=sum(sizes[k] for k in done),
                    enabled=progress)
     with data:

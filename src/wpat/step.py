@@ -1,0 +1,103 @@
+"""One adversarial training step with an optional weight perturbation, and its timing rules.
+
+The step (docs/design.md, "One training step"):
+
+1. the attack crafts ``x_adv`` from input gradients only;
+2. ``loss_fn(m) = objective.per_example(m, x, x_adv, y)`` (shape [B]);
+3. after its warm-up (:func:`perturbation_active`), the weight perturbation computes ``v``;
+4. the optimizer steps at ``w + v``, then ``v`` is subtracted again, as the authors' code does.
+
+:func:`schedule_time` says when in the run a batch reads the learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from wpat import distributed
+from wpat.config import Config, ScheduleConfig
+from wpat.objectives import Objective
+from wpat.perturb import WeightPerturbation, held_at, perturbed
+from wpat.regularize import l1_penalty
+
+
+def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Tensor], objective: Objective,
+               perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer,
+               alternations: int = 1, l1: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """One adversarial training step; returns the per-example losses at ``w + v`` and the
+    perturbation's statistics (empty without a perturbation).
+
+    ``alternations`` A ≥ 1 (AWP paper §4.2, Fig. 2a): after the first x′ and v, A − 1 more times
+    craft x′ against the model at ``w + v`` and continue the search for v from that x′; the
+    update uses the last x′ and v. The weights are put back bitwise between alternations.
+    ``l1`` adds λ·Σ|w| of the conv/linear weights (at ``w + v``) to the mean loss."""
+    x_adv = attack(model, x, y)
+    model.train()
+
+    def loss_on(x_adv: Tensor) -> Callable[..., Tensor]:
+        def loss_fn(m: nn.Module, index: Tensor | None = None) -> Tensor:
+            if index is None:
+                return objective.per_example(m, x, x_adv, y)
+            return objective.per_example(m, x[index], x_adv[index], y[index])
+        return loss_fn
+
+    loss_fn = loss_on(x_adv)
+    losses, v, stats = None, {}, {}
+    if perturbation is not None:
+        # The forward at w is the search's first step, and when the search does not move off w
+        # (RWP with no example below c_min) it is the training forward too: the step then costs
+        # what plain AT costs. Otherwise its BN statistics update is undone, so that only the
+        # forward at w + v updates them, as in the authors' code.
+        buffers = [b.clone() for b in model.buffers()]
+        losses = loss_fn(model)
+        result = perturbation.compute(model, loss_fn, losses=losses)
+        stats = dict(result.stats)
+        if result.moved or alternations > 1:
+            with torch.no_grad():
+                for b, saved in zip(model.buffers(), buffers):
+                    b.copy_(saved)
+            losses = None
+        for _ in range(alternations - 1):
+            with held_at(model, result.v):
+                x_adv = attack(model, x, y)
+            model.train()
+            loss_fn = loss_on(x_adv)
+            result = perturbation.compute(model, loss_fn, start=result)
+            stats["perturb_steps"] = stats["perturb_steps"] + result.stats["perturb_steps"]
+            stats["v_over_w"] = result.stats["v_over_w"]
+        if result.moved:
+            v = result.v
+        # else: adding a zero v would also invalidate the graph of the forward at w
+    with perturbed(model, v):
+        if losses is None:
+            losses = loss_fn(model)
+        optimizer.zero_grad(set_to_none=True)
+        (losses.mean() + l1_penalty(model, l1)).backward()
+        distributed.average_gradients(model)  # under torchrun: the global batch's gradient
+        optimizer.step()
+    return losses.detach(), stats
+
+
+def perturbation_active(epoch: int, cfg: Config) -> bool:
+    """Whether the weight perturbation runs in (0-based) ``epoch``: after ``perturb.warmup``
+    plain epochs, however the schedule numbers its epochs."""
+    return epoch >= cfg.perturb.warmup
+
+
+def schedule_time(epoch: int, step: int, steps_per_epoch: int, s: ScheduleConfig) -> float:
+    """The schedule's ``t`` for batch ``step`` of ``epoch`` (both counted from 0 here).
+
+    ``schedule.update``: ``step_start`` reads the schedule at the batch's start, ``e + i/N``;
+    ``step_end`` at its end, ``e + (i+1)/N``, as the authors' AT scripts (so the last batch of
+    epoch 99 already runs at the lower rate); ``epoch`` once per epoch, ``e``, as their TRADES,
+    MART and RST scripts. ``schedule.first_epoch=1`` numbers the first epoch 1, as those
+    scripts count, so a milestone at epoch 100 takes effect one epoch earlier than with 0."""
+    t = float(epoch + s.first_epoch)
+    if s.update == "step_start":
+        t += step / steps_per_epoch
+    elif s.update == "step_end":
+        t += (step + 1) / steps_per_epoch
+    return t
