@@ -118,6 +118,13 @@ def test_a_run_with_ema_resumes_bitwise_and_reports_its_own_checkpoints(tmp_path
     assert {"ema_best.pt", "ema_last.pt"} <= {p.name for p in (tmp_path / "whole").iterdir()}
     assert "ema_test_pgd_acc" in whole["last"] and whole["ema_last"]["epoch"] == 2
     assert resumed["ema_last"]["test_pgd_acc"] == whole["ema_last"]["test_pgd_acc"]
+    # wpat eval gives the average its own rows
+    assert main(["eval", str(tmp_path / "whole"), "--attacks", "natural", "--n-examples", "16", "--no-checks",
+                 "--no-progress"]) == 0
+    import json
+
+    report = json.loads((tmp_path / "whole" / "eval.json").read_text())
+    assert list(report["checkpoints"]) == ["best", "last", "ema_best", "ema_last"]
 
 
 # ---------------------------------------------------------------------- AT-ES

@@ -27,6 +27,7 @@ COMMANDS = {
     "sweep": "train a grid of settings x seeds, with Ray (or --local), resuming unfinished runs",
     "report": "mean ± std over seeds of runs/sweeps as RWP Table 1 / AWP Table 4, ablation plots",
     "sensitivity": "adversarial loss under AWP vs random weight perturbations over gamma (AWP Fig. 3a)",
+    "pseudolabel": "label unlabeled extra images (.npz or RST's pickle) with a trained model, resumably",
 }
 
 

@@ -54,6 +54,9 @@ class DataConfig:
     cutout: int = 0  # cutout patch length in pixels (AWP Table 4: 14); 0 = off
     mix: str = "none"  # none | mixup | cutmix: mixed inputs with soft targets
     mix_alpha: float = 1.0  # Beta(α, α) of the mixing weight (AWP Table 4 mixup: 1.4)
+    extra: Union[str, None] = None  # extra labeled data streamed from disk: .npz file(s)/dir/pattern or RST's pickle
+    extra_fraction: float = 0.0  # share of each batch drawn from the extra data (RST: 0.5; DM-AT: 0.7)
+    extra_weight: float = 1.0  # weight of the extra examples' losses
 
 
 @dataclass

@@ -151,6 +151,9 @@ def validate(cfg: Any) -> None:
     for key in ("train_subset", "test_subset", "val_size"):
         _check(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "an integer ≥ 0 (0 = all / none)")
     _choice("data.padding", d.padding, ["zeros", "reflect"])
+    _check(_finite(d.extra_fraction) and 0 <= d.extra_fraction < 1, "data.extra_fraction", d.extra_fraction,
+           "a fraction in [0, 1) of each batch")
+    _check(_finite(d.extra_weight) and d.extra_weight >= 0, "data.extra_weight", d.extra_weight, "a number ≥ 0")
     _check(d.cutout >= 0, "data.cutout", d.cutout, "a patch length ≥ 0 (pixels; 0 = off)")
     _choice("data.mix", d.mix, ["none", "mixup", "cutmix"])
     _check(_finite(d.mix_alpha) and d.mix_alpha > 0, "data.mix_alpha", d.mix_alpha, "a number > 0")

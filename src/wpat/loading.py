@@ -29,10 +29,12 @@ from wpat.models import MODELS, build_model
 
 
 def checkpoints_of(path: str | os.PathLike) -> dict[str, Path]:
-    """``best.pt`` and ``last.pt`` of a run directory, or the one checkpoint file given."""
+    """``best.pt`` and ``last.pt`` of a run directory (and ``ema_best.pt``/``ema_last.pt`` of a
+    run that averaged its weights), or the one checkpoint file given."""
     path = Path(path)
     if path.is_dir():
-        found = {kind: path / f"{kind}.pt" for kind in ("best", "last") if (path / f"{kind}.pt").exists()}
+        found = {kind: path / f"{kind}.pt" for kind in ("best", "last", "ema_best", "ema_last")
+                 if (path / f"{kind}.pt").exists()}
         if not found:
             raise WpatError(f"{path}: no best.pt or last.pt (expected a run directory written by "
                             f"`wpat train`, or a checkpoint file)")

@@ -26,22 +26,26 @@ from wpat.regularize import l1_penalty
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Tensor], objective: Objective,
                perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer,
-               alternations: int = 1, l1: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+               alternations: int = 1, l1: float = 0.0, weights: Tensor | None = None
+               ) -> tuple[Tensor, dict[str, Tensor]]:
     """One adversarial training step; returns the per-example losses at ``w + v`` and the
     perturbation's statistics (empty without a perturbation).
 
     ``alternations`` A ≥ 1 (AWP paper §4.2, Fig. 2a): after the first x′ and v, A − 1 more times
     craft x′ against the model at ``w + v`` and continue the search for v from that x′; the
     update uses the last x′ and v. The weights are put back bitwise between alternations.
-    ``l1`` adds λ·Σ|w| of the conv/linear weights (at ``w + v``) to the mean loss."""
+    ``l1`` adds λ·Σ|w| of the conv/linear weights (at ``w + v``) to the mean loss. ``weights``
+    [B] multiply the per-example losses (the extra examples' weight), in the search and the step."""
     x_adv = attack(model, x, y)
     model.train()
 
     def loss_on(x_adv: Tensor) -> Callable[..., Tensor]:
         def loss_fn(m: nn.Module, index: Tensor | None = None) -> Tensor:
             if index is None:
-                return objective.per_example(m, x, x_adv, y)
-            return objective.per_example(m, x[index], x_adv[index], y[index])
+                losses = objective.per_example(m, x, x_adv, y)
+                return losses if weights is None else losses * weights
+            losses = objective.per_example(m, x[index], x_adv[index], y[index])
+            return losses if weights is None else losses * weights[index]
         return loss_fn
 
     loss_fn = loss_on(x_adv)

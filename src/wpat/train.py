@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from wpat import distributed, experiment
 from wpat.checkpoint import FORMAT, is_wpat_checkpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
 from wpat.config import Config, config_from_dict, dump_config
-from wpat.data import AUGMENTATIONS, DeviceLoader, dataset_spec
+from wpat.data import AUGMENTATIONS, DeviceLoader, ExtraStream, dataset_spec, open_extra
 from wpat.errors import WpatError
 from wpat.finetune import init_from
 from wpat.fs import writable_dir
@@ -47,9 +47,13 @@ class Trainer:
         if self.world.size > 1 and len({repr(c) for c in distributed.gather(cfg.to_dict())}) > 1:
             raise WpatError("the ranks were started with different configs: give every torchrun "
                             "process the same preset and overrides")
-        if cfg.data.batch_size % self.world.size:
-            raise WpatError(f"data.batch_size: {cfg.data.batch_size} (the global batch) does not divide "
-                            f"into {self.world.size} equal shares, one per rank")
+        n_extra = round(cfg.data.batch_size * cfg.data.extra_fraction)
+        if cfg.data.batch_size % self.world.size or n_extra % self.world.size:
+            raise WpatError(f"data.batch_size: {cfg.data.batch_size} (the global batch, {n_extra} of it extra "
+                            f"data) does not divide into {self.world.size} equal shares, one per rank")
+        if n_extra and not cfg.data.extra:
+            raise WpatError(f"data.extra: data.extra_fraction={cfg.data.extra_fraction} draws extra data; "
+                            f"name it with data.extra=PATH (.npz files or RST's pickle)")
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         if cfg.run.deterministic:
@@ -76,11 +80,15 @@ class Trainer:
         self.optimizer = torch.optim.SGD(parameter_groups(self.model, o.weight_decay, o.l2), lr=o.lr,
                                          momentum=o.momentum, nesterov=o.nesterov)
         self.ema = WeightAverage(self.model, cfg.run.ema) if cfg.run.ema else None
-        self.loader = DeviceLoader(self.splits.x_train, self.splits.y_train, cfg.data.batch_size,
+        self.n_extra = round(cfg.data.batch_size * cfg.data.extra_fraction)
+        self.loader = DeviceLoader(self.splits.x_train, self.splits.y_train, cfg.data.batch_size - self.n_extra,
                                    shuffle=True, drop_last=True, augment=augment,
                                    padding=cfg.data.padding, rotation=cfg.data.rotation,
                                    cutout=cfg.data.cutout, mix=cfg.data.mix, mix_alpha=cfg.data.mix_alpha,
                                    num_classes=experiment.num_classes_of(cfg), device=self.device, seed=cfg.run.seed)
+        self.extra, self.steps_per_epoch = self.extra_stream(augment), len(self.loader)
+        if self.extra is not None:  # RST: an epoch is counted in labeled-set sizes of whole batches
+            self.steps_per_epoch = max(1, len(self.splits.x_train) // cfg.data.batch_size)
         n = min(cfg.eval.n_train, len(self.splits.x_train))
         self.train_eval = experiment.fixed_subset(self.splits.x_train, self.splits.y_train, n, cfg.run.seed + 1)
         self.c_min = experiment.lsc_threshold(cfg)
@@ -89,6 +97,34 @@ class Trainer:
         self.resume_stats: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"metric": -1.0, "epoch": 0}
+
+    def extra_stream(self, augment: str) -> ExtraStream | None:
+        """The stream of extra labeled data (RST's pseudo-labels, generated images), if any."""
+        if not self.n_extra:
+            return None
+        spec = dataset_spec(self.cfg.data.name)
+        if self.cfg.data.classes is not None:
+            raise WpatError("data.classes: extra data keeps its own labels; it cannot be combined with a class subset")
+        data = open_extra(self.cfg.data.extra, shape=spec.shape, num_classes=spec.num_classes)
+        # every rank draws the global extra batch and keeps its share, as one process would
+        return ExtraStream(data, self.n_extra, seed=self.cfg.run.seed, device=self.device,
+                           augment=augment, padding=self.cfg.data.padding)
+
+    def batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """This rank's share of the global batch: labeled examples, then extra ones, and the
+        per-example loss weights when the extra examples weigh differently."""
+        x, y = self.world.share(x), self.world.share(y)
+        if self.extra is None:
+            return x, y, None
+        x_extra, y_extra = self.extra.next_batch()
+        x_extra, y_extra = self.world.share(x_extra), self.world.share(y_extra)
+        if y.dtype.is_floating_point:  # mixed (soft) targets for the labeled part
+            y_extra = torch.nn.functional.one_hot(y_extra, y.shape[1]).to(y.dtype)
+        weights = None
+        if self.cfg.data.extra_weight != 1:
+            weights = torch.cat([torch.ones(len(x), device=x.device),
+                                 torch.full((len(x_extra),), self.cfg.data.extra_weight, device=x.device)])
+        return torch.cat([x, x_extra]), torch.cat([y, y_extra]), weights
 
     # ------------------------------------------------------------------ state
 
@@ -113,6 +149,8 @@ class Trainer:
         state = {**self.weights_only_state("last"), "optimizer": self.optimizer.state_dict(), "rng": ranks[0]}
         if self.world.size > 1:
             state["rng_ranks"] = ranks
+        if self.extra is not None:
+            state["extra_stream"] = self.extra.state()
         if self.ema is not None:
             state["ema"] = self.ema.state()
         return state
@@ -127,6 +165,8 @@ class Trainer:
         self.history = list(ckpt["history"])
         if self.ema is not None:
             self.ema.load_state(ckpt["ema"])
+        if self.extra is not None and "extra_stream" in ckpt:
+            self.extra.load_state(ckpt["extra_stream"])
         ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
         if len(ranks) == self.world.size:
             set_rng_state(ranks[self.world.rank])
@@ -137,13 +177,15 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        steps_per_epoch = len(self.loader)
+        steps_per_epoch = self.steps_per_epoch
         events = EventLog(self.run_dir, self.epoch + 1) if cfg.run.tensorboard and self.world.main else None
         try:
             self.run_epochs(steps_per_epoch, events)
         finally:
             if events is not None:
                 events.close()
+            if self.extra is not None:
+                self.extra.close()
         return self.summary()
 
     def run_epochs(self, steps_per_epoch: int, events: EventLog | None) -> None:
@@ -152,6 +194,8 @@ class Trainer:
             if self.should_stop():  # a resumed run that had already stopped early
                 break
             self.loader.set_epoch(epoch)
+            if self.extra is not None:  # the extra stream's position follows from (epoch, step)
+                self.extra.seek(epoch, self.step * self.n_extra)
             active = self.perturbation is not None and perturbation_active(epoch, cfg)
             stats = EpochStats(self.device, self.c_min)
             if self.resume_stats is not None:  # resuming in the middle of this epoch
@@ -160,19 +204,19 @@ class Trainer:
             started = time.perf_counter() - stats.seconds
             # A resumed epoch re-draws the batches it had done (same order and augmentation,
             # from the epoch's seed) and skips them.
-            batches = itertools.islice(enumerate(self.loader), self.step, None)
+            batches = itertools.islice(enumerate(self.loader), self.step, steps_per_epoch)
             progress = Progress(f"epoch {epoch + 1}/{cfg.schedule.epochs}", steps_per_epoch,
                                 initial=self.step, images_per_unit=cfg.data.batch_size,
                                 enabled=cfg.run.progress and self.world.main)
             for i, (x, y) in batches:
-                x, y = self.world.share(x), self.world.share(y)  # this rank's share of the global batch
+                x, y, weights = self.batch(x, y)
                 lr = self.schedule(schedule_time(epoch, i, steps_per_epoch, cfg.schedule), cfg.optim.lr)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
                     losses, perturb_stats = train_step(self.forward_model, x, y, self.attack, self.objective,
                                                        self.perturbation if active else None, self.optimizer,
-                                                       cfg.perturb.alternations, cfg.optim.l1)
+                                                       cfg.perturb.alternations, cfg.optim.l1, weights)
                 if self.ema is not None:
                     self.ema.update(self.model)
                 stats.add(losses, perturb_stats)

@@ -15,11 +15,13 @@
 from wpat.data import cifar, idx, svhn  # noqa: F401
 from wpat.data.datasets import DATASETS, SPLITS, load_dataset
 from wpat.data.download import Source, fetch
+from wpat.data.extra import EXTRA_FORMATS, ExtraData, open_extra, read_rst_pickle, write_npz
 from wpat.data.loader import AUGMENTATIONS, DeviceLoader
 from wpat.data.locate import cache_dir, search_dirs
 from wpat.data.mixing import MIXES, cutmix, cutout, mixup
 from wpat.data.specs import SPECS, DatasetSpec, dataset_spec
 from wpat.data.split import split_validation
+from wpat.data.stream import ExtraStream
 
 __all__ = [
     "AUGMENTATIONS",
@@ -29,6 +31,9 @@ __all__ = [
     "SPLITS",
     "DatasetSpec",
     "DeviceLoader",
+    "EXTRA_FORMATS",
+    "ExtraData",
+    "ExtraStream",
     "Source",
     "cache_dir",
     "cutmix",
@@ -37,6 +42,9 @@ __all__ = [
     "fetch",
     "load_dataset",
     "mixup",
+    "open_extra",
+    "read_rst_pickle",
     "search_dirs",
     "split_validation",
+    "write_npz",
 ]
