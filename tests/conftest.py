@@ -21,3 +21,18 @@ def _seed():
 
 def fashion_mnist_available() -> bool:
     return os.path.isdir(FASHION_MNIST_DIR)
+
+
+def train_tiny_run(out_dir):
+    """A real run directory written by the training loop: 2 tiny epochs on 256 Fashion-MNIST
+    images (a few seconds; for tests that need a run, not a model that learned much)."""
+    from pathlib import Path
+
+    from wpat.config import load_config
+    from wpat.train import train
+
+    cfg = load_config(None, [f"run.out_dir={out_dir}", "run.name=tiny", "run.progress=false",
+                             "model.small_cnn.width=4", "data.train_subset=256", "data.test_subset=32",
+                             "data.batch_size=64", "schedule.epochs=2", "attack.steps=1", "eval.steps=2",
+                             "eval.n_train=32", f"run.seed={SEED}"])
+    return Path(train(cfg)["run_dir"])

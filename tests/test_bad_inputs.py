@@ -24,10 +24,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FASHION_MNIST_DIR, SEED, fashion_mnist_available
+from conftest import FASHION_MNIST_DIR, fashion_mnist_available, train_tiny_run
 from wpat.cli import main
-from wpat.config import load_config
-from wpat.train import train
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 
@@ -45,12 +43,7 @@ class _Payload:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A real run directory (2 tiny epochs, a few seconds), copied into each workspace."""
-    out = tmp_path_factory.mktemp("trained")
-    cfg = load_config(None, [f"run.out_dir={out}", "run.name=tiny", "run.progress=false", "model.small_cnn.width=4",
-                             "data.train_subset=256", "data.test_subset=32", "data.batch_size=64",
-                             "schedule.epochs=2", "attack.steps=1", "eval.steps=2", "eval.n_train=32",
-                             f"run.seed={SEED}"])
-    return Path(train(cfg)["run_dir"])
+    return train_tiny_run(tmp_path_factory.mktemp("trained"))
 
 
 class Workspace:

@@ -4,15 +4,12 @@ exit status 2, without a traceback."""
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import SEED, fashion_mnist_available
+from conftest import fashion_mnist_available, train_tiny_run
 from wpat.cli import main
-from wpat.config import load_config
-from wpat.train import train
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 
@@ -23,12 +20,7 @@ FAST = ["--n-examples", "16", "--no-progress"]
 def run(tmp_path_factory):
     """A run directory written by the training loop: 2 tiny epochs on 256 images (a few seconds;
     what is tested here does not depend on how well the model learned)."""
-    out = tmp_path_factory.mktemp("runs")
-    cfg = load_config(None, [f"run.out_dir={out}", "run.name=tiny", "run.progress=false", "model.small_cnn.width=4",
-                             "data.train_subset=256", "data.test_subset=32", "data.batch_size=64",
-                             "schedule.epochs=2", "attack.steps=1", "eval.steps=2", "eval.n_train=32",
-                             f"run.seed={SEED}"])
-    return Path(train(cfg)["run_dir"])
+    return train_tiny_run(tmp_path_factory.mktemp("runs"))
 
 
 def test_eval_prints_and_writes_the_table(run, tmp_path, capsys):

@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SEED, fashion_mnist_available
+from conftest import fashion_mnist_available, train_tiny_run
 from wpat.cli import main
-from wpat.config import load_config
 from wpat.experiment import model_from_config
 from wpat.loading import model_from_checkpoint
-from wpat.train import train
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 
@@ -26,12 +24,7 @@ pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-M
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny run written by the training loop (2 epochs on 256 images, a few seconds)."""
-    out = tmp_path_factory.mktemp("runs")
-    cfg = load_config(None, [f"run.out_dir={out}", "run.name=tiny", "run.progress=false", "model.small_cnn.width=4",
-                             "data.train_subset=256", "data.test_subset=32", "data.batch_size=64",
-                             "schedule.epochs=2", "attack.steps=1", "eval.steps=2", "eval.n_train=32",
-                             f"run.seed={SEED}"])
-    return Path(train(cfg)["run_dir"])
+    return train_tiny_run(tmp_path_factory.mktemp("runs"))
 
 
 def rm_substr_from_state_dict(state_dict, substr):

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+
 
 from conftest import SEED, fashion_mnist_available
 from wpat import experiment

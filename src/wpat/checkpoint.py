@@ -220,8 +220,8 @@ def _not_torch_save(path: Path, head: bytes, size: int) -> str:
         if unsafe:
             return unsafe
         if looks_pickled or _printable(head) is None:
-            return (f"not a checkpoint: a plain Python pickle, not a file written by torch.save "
-                    f"(which is a zip archive starting with PK\\x03\\x04)")
+            return ("not a checkpoint: a plain Python pickle, not a file written by torch.save "
+                    "(which is a zip archive starting with PK\\x03\\x04)")
     if head.startswith(b"\x1f\x8b"):
         return "not a checkpoint: a gzip-compressed file (decompress it first if it holds one)"
     text = _printable(head)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import yaml
 
 from wpat.config import PRESET_DIR, list_presets
 
