@@ -47,6 +47,7 @@ def step(model, x, y, delta, make, world=distributed.World()):
 
 # name -> the perturbation, given the c_min that splits the two shares
 MAKERS = {
+    "at": lambda c_min: None,
     "awp": lambda c_min: AWP(gamma=0.1),
     "rwp-partial": lambda c_min: RWP(gamma=0.1, c_min=c_min, steps=3),
 }
@@ -76,7 +77,7 @@ def worker(rank, init_file, name, out):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("name", ["awp", "rwp-partial"])
+@pytest.mark.parametrize("name", ["at", "awp", "rwp-partial"])
 def test_two_ranks_compute_what_one_process_computes_on_the_global_batch(tmp_path, name):
     out = tmp_path / "rank0.pt"
     mp.spawn(worker, args=(str(tmp_path / "init"), name, str(out)), nprocs=WORLD, join=True)
@@ -141,3 +142,55 @@ def test_bad_rank_setups_end_with_one_message_from_rank_0(tmp_path, case):
     errors = [line for line in done.stderr.splitlines() if line.startswith("wpat: error:")]
     assert done.returncode != 0 and len(errors) == 1 and expected in errors[0], done.stderr[-1500:]
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
+def test_a_stopped_two_rank_run_resumes_to_the_same_result(tmp_path):
+    """2 ranks for 2 epochs in one go, and 2 ranks stopped after epoch 1 then resumed with 2
+    ranks, end with bitwise the same weights (each rank's generators are in last.pt)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["fmnist-smallcnn-linf", "model.small_cnn.width=4", "data.train_subset=256", "data.test_subset=64",
+              "data.batch_size=64", "eval.n_train=32", "attack.steps=1", "eval.steps=1", "perturb.rwp.steps=2",
+              "run.threads=1", f"run.out_dir={tmp_path}", "run.progress=false", "run.deterministic=true",
+              "schedule.name=constant"]  # the same rates whatever schedule.epochs says
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun_wpat(port, *args):
+        done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m", "wpat",
+                               "train", *args], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    torchrun_wpat(29551, *common, "schedule.epochs=2", "run.name=whole")
+    torchrun_wpat(29552, *common, "schedule.epochs=1", "run.name=cut")
+    ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    ckpt["config"]["schedule"]["epochs"] = 2  # the same run, stopped after its first epoch
+    torch.save(ckpt, tmp_path / "cut" / "last.pt")
+    torchrun_wpat(29553, "--resume", str(tmp_path / "cut"))
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def trainer_worker(rank, init_file, out_dir, out):
+    os.environ.update(WORLD_SIZE=str(WORLD), RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    from wpat.config import load_config
+    from wpat.train import Trainer
+
+    cfg = load_config("fmnist-smallcnn-linf", ["model.small_cnn.width=4", "data.train_subset=128",
+                                               "data.test_subset=32", "data.batch_size=64", "run.threads=1",
+                                               f"run.out_dir={out_dir}"])
+    trainer = Trainer(cfg, Path(out_dir) / "t")
+    weights = torch.cat([t.flatten().float() for t in trainer.model.state_dict().values()])
+    gathered = distributed.gather(weights)
+    if rank == 0:
+        torch.save(gathered, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
+def test_every_rank_starts_from_the_same_weights(tmp_path):
+    out = tmp_path / "weights.pt"
+    mp.spawn(trainer_worker, args=(str(tmp_path / "init"), str(tmp_path), str(out)), nprocs=WORLD, join=True)
+    first, second = torch.load(out)
+    assert torch.equal(first, second)

@@ -1,8 +1,11 @@
-"""The ``wpat`` command line: ``wpat train | eval | landscape | lsc | plot | export | presets``.
+"""The ``wpat`` command line (also ``python -m wpat``, and ``torchrun ... -m wpat train``).
 
+Commands: ``train``, ``eval``, ``presets``, ``landscape``, ``lsc``, ``plot``, ``export``,
+``sweep``, ``report``, ``sensitivity``, ``pseudolabel`` (``COMMANDS`` below says what each does).
 Each subcommand lives in :mod:`wpat.commands` as a module with ``configure(parser)`` and
 ``run(args) -> int``; this file only dispatches. User errors (:class:`WpatError`) print one line
-and exit with status 2; ``--debug`` shows the traceback instead.
+and exit with status 2; ``--debug`` shows the traceback instead. Under ``torchrun`` only rank 0
+prints the error line.
 """
 
 from __future__ import annotations

@@ -95,6 +95,14 @@ def average_(tensors: Sequence[Tensor]) -> None:
         offset += t.numel()
 
 
+def broadcast_(tensors: Sequence[Tensor], source: int = 0) -> None:
+    """Copy ``tensors`` of rank ``source`` to every rank, in place."""
+    if not active():
+        return
+    for t in tensors:
+        dist.broadcast(t, src=source)
+
+
 def any_rank(flag: Tensor) -> Tensor:
     """Whether ``flag`` (a 0-d bool tensor) holds on any rank."""
     if not active():

@@ -58,7 +58,7 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True)
-        seed_everything(cfg.run.seed + self.world.rank)  # the attacks' random starts differ per rank
+        seed_everything(cfg.run.seed)  # the same initial weights on every rank
         # Components first: a bad name or option is reported before any data is read.
         parts = experiment.build_components(cfg)
         augment = cfg.data.augment or dataset_spec(cfg.data.name).augment
@@ -68,7 +68,11 @@ class Trainer:
             init_from(parts.model, cfg.run.init_from)
         self.model = parts.model.to(self.device)
         if cfg.run.sync_bn and self.world.size > 1:  # BN statistics of the global batch
+            if self.device.type != "cuda":
+                raise WpatError("run.sync_bn: SyncBatchNorm runs on CUDA devices only; leave it false on the CPU")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        distributed.broadcast_(list(self.model.state_dict().values()))  # rank 0's weights everywhere
+        seed_everything(cfg.run.seed + self.world.rank)  # the attacks' random starts differ per rank
         if cfg.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # torch.compile of the model's forward only (the attack loop and the search stay Python);
@@ -228,6 +232,9 @@ class Trainer:
                     self.save_mid_epoch(stats)
             progress.close()
             self.step = 0
+            # Each rank's BatchNorm running statistics saw its own shares: averaged, every rank
+            # evaluates and rank 0 saves one model.
+            distributed.average_([b for b in self.model.buffers() if b.is_floating_point()])
             seconds = time.perf_counter() - started
             record = {"epoch": epoch + 1, "lr": lr, "perturb_active": active,
                       "seconds": round(seconds, 3),

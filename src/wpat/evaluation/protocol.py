@@ -27,7 +27,7 @@ from wpat.errors import WpatError
 from wpat.evaluation.columns import DEFAULT_ATTACKS, build_column, check_attack_names, label, labels
 from wpat.evaluation.masking import masking_checks
 from wpat.evaluation.report import prepare_out_dir
-from wpat.experiment import eval_threat, resolve_device
+from wpat.experiment import eval_threat, resolve_device, select_classes
 from wpat.loading import checkpoints_of, model_from_checkpoint
 from wpat.metrics import Attack, correct, model_device, to_unit_float
 from wpat.progress import Progress
@@ -37,6 +37,7 @@ from wpat.threat import ThreatModel
 def first_test_examples(cfg: Config, n: int = 0) -> tuple[Tensor, Tensor]:
     """The first ``n`` examples (0: all) of the config's test set, uint8, fixed for every attack."""
     x, y = load_dataset(cfg.data.name, "test", root=cfg.data.root, download=cfg.data.download)
+    x, y = select_classes(x, y, cfg.data.classes)  # a model trained on a class subset, relabelled
     return (x[:n], y[:n]) if n > 0 else (x, y)
 
 
