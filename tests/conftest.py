@@ -36,3 +36,16 @@ def train_tiny_run(out_dir):
                              "data.batch_size=64", "schedule.epochs=2", "attack.steps=1", "eval.steps=2",
                              "eval.n_train=32", f"run.seed={SEED}"])
     return Path(train(cfg)["run_dir"])
+
+
+def crashing_at_call(step_fn, n):
+    """``step_fn`` that raises KeyboardInterrupt (a kill) on its n-th call."""
+    calls = {"n": 0}
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return step_fn(*args, **kwargs)
+
+    return crash

@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SEED, fashion_mnist_available
+from conftest import SEED, crashing_at_call, fashion_mnist_available
 from wpat.checkpoint import load_checkpoint
 from wpat.cli import main
 from wpat import experiment
@@ -152,15 +152,9 @@ def test_resume_from_a_mid_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path
     import wpat.train as training
 
     clean = training.train(load_config(None, [*TINY, "schedule.epochs=2", f"run.out_dir={tmp_path}", "run.name=a"]))
-    real_step, calls = training.train_step, {"n": 0}
-
-    def crash_in_epoch_2(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 18:  # epoch 2, step 8: after the step-6 checkpoint
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_step", crash_in_epoch_2)
+    real_step = training.train_step
+    # epoch 2, step 8: after the step-6 checkpoint
+    monkeypatch.setattr(training, "train_step", crashing_at_call(real_step, 18))
     with pytest.raises(KeyboardInterrupt):
         training.train(load_config(None, [*TINY, "schedule.epochs=2", f"run.out_dir={tmp_path}", "run.name=b"]))
     ckpt = load_checkpoint(tmp_path / "b" / "last.pt")

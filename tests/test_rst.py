@@ -4,7 +4,7 @@ counted in labeled-set sizes, a weight for the extra examples, and exact resume.
 import pytest
 import torch
 
-from conftest import SEED, fashion_mnist_available
+from conftest import SEED, crashing_at_call, fashion_mnist_available
 from wpat.checkpoint import load_checkpoint
 from wpat.config import load_config
 from wpat.data import load_dataset, write_npz
@@ -61,15 +61,9 @@ def test_a_killed_rst_run_resumes_bitwise(tmp_path, extra, monkeypatch):
 
     common = ["run.checkpoint_every=3", "run.deterministic=true"]
     training.train(rst(tmp_path, extra, *common, "run.name=whole"))
-    real, calls = training.train_step, {"n": 0}
-
-    def crash(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 13:  # epoch 2, step 5: after its step-3 checkpoint
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_step", crash)
+    real = training.train_step
+    # epoch 2, step 5: after its step-3 checkpoint
+    monkeypatch.setattr(training, "train_step", crashing_at_call(real, 13))
     with pytest.raises(KeyboardInterrupt):
         training.train(rst(tmp_path, extra, *common, "run.name=cut"))
     monkeypatch.setattr(training, "train_step", real)
