@@ -16,7 +16,6 @@ import pickle
 import pickletools
 import random
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,31 +25,15 @@ import numpy as np
 import torch
 
 from wpat.errors import WpatError
+from wpat.fs import atomic_file
 
 FORMAT = "wpat-checkpoint-v1"
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` with ``torch.save`` to ``path`` atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every filesystem allows fsync on a directory
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    """Write ``obj`` with ``torch.save`` to ``path`` atomically (:func:`wpat.fs.atomic_file`)."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

@@ -13,28 +13,11 @@ from __future__ import annotations
 import os
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from wpat.checkpoint import is_wpat_checkpoint, load_checkpoint
+from wpat.checkpoint import load_checkpoint
 from wpat.errors import WpatError
-
-
-def _state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    ckpt = load_checkpoint(path)
-    if is_wpat_checkpoint(ckpt):
-        state = ckpt.get("model")
-    else:
-        state = next((ckpt[k] for k in ("state_dict", "model") if isinstance(ckpt.get(k), dict)), ckpt)
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WpatError(f"{path}: no model weights found (expected a state dict of tensors)")
-    stripped = {}
-    for key, value in state.items():
-        while key.startswith(("module.", "_orig_mod.")):
-            key = key.split(".", 1)[1]
-        stripped[key] = value
-    if not any(k.startswith(("net.", "normalize.")) for k in stripped):  # a bare network's keys
-        stripped = {f"net.{k}": v for k, v in stripped.items()}
-    return stripped
+from wpat.loading import checkpoint_weights, wpat_names
 
 
 def classifier_name(model: nn.Module) -> str:
@@ -48,7 +31,7 @@ def classifier_name(model: nn.Module) -> str:
 def init_from(model: nn.Module, path: str | os.PathLike) -> list[str]:
     """Load ``path``'s weights into ``model`` in place; returns the names of the re-initialised
     classifier's tensors (empty when the numbers of classes agree)."""
-    theirs = _state_dict(path)
+    theirs = wpat_names(checkpoint_weights(load_checkpoint(path), path))
     own = model.state_dict()
     head = classifier_name(model)
     head_keys = {k for k in own if k.startswith(head + ".")}

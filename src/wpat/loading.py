@@ -55,24 +55,43 @@ def model_from_checkpoint(path: str | os.PathLike, config: str | Config | None =
     ckpt = load_checkpoint(path)
     if is_wpat_checkpoint(ckpt):
         cfg = _config(config) if config is not None else _stored_config(ckpt, path)
-        state, info = ckpt.get("model"), {"kind": ckpt.get("kind"), "epoch": ckpt.get("epoch")}
+        info = {"kind": ckpt.get("kind"), "epoch": ckpt.get("epoch")}
     elif config is None:
         raise WpatError(f"{path}: not a wpat checkpoint (no format {FORMAT!r}); to evaluate a "
                         f"foreign state_dict, pass --config PRESET_OR_YAML naming its model and dataset")
     else:
         cfg = _config(config)
-        state = next((ckpt[k] for k in ("state_dict", "model") if isinstance(ckpt.get(k), dict)), ckpt)
         info = {"kind": "foreign", "epoch": None}
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WpatError(f"{path}: no model weights found (expected a state_dict of tensors)")
-    if not all(isinstance(k, str) for k in state):
-        raise WpatError(f"{path}: malformed state_dict (its keys must be parameter names)")
+    state = checkpoint_weights(ckpt, path)
     try:
         model = model_from_config(cfg)
     except WpatError as err:
         raise WpatError(f"{path}: {'stored config' if config is None else 'config'}: {err}") from None
     model.load_state_dict(fit_state_dict(model, state, str(path), cfg))
     return model, cfg, info
+
+
+def checkpoint_weights(ckpt: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict a loaded checkpoint holds: a wpat checkpoint's ``model``, or a foreign
+    one's (plain, or under ``state_dict`` / ``model``); one WpatError if there is none."""
+    if is_wpat_checkpoint(ckpt):
+        state = ckpt.get("model")
+    else:
+        state = next((ckpt[k] for k in ("state_dict", "model") if isinstance(ckpt.get(k), dict)), ckpt)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WpatError(f"{path}: no model weights found (expected a state_dict of tensors)")
+    if not all(isinstance(k, str) for k in state):
+        raise WpatError(f"{path}: malformed state_dict (its keys must be parameter names)")
+    return state
+
+
+def wpat_names(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` under wpat's key names: prefixes stripped (:func:`_strip_all`) and a bare
+    network's keys moved under ``net.`` (wpat models are ``Sequential(normalize, net)``)."""
+    theirs = _strip_all(state)
+    if not any(k.startswith(("net.", "normalize.")) for k in theirs):
+        theirs = {f"net.{k}": v for k, v in theirs.items()}
+    return theirs
 
 
 def _config(config: str | Config) -> Config:

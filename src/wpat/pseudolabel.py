@@ -37,7 +37,7 @@ from wpat.data.npz import NpzWriter
 from wpat.data.specs import dataset_spec
 from wpat.errors import WpatError
 from wpat.experiment import resolve_device
-from wpat.fs import writable_dir, write_text_atomic
+from wpat.fs import atomic_file, writable_dir, write_text_atomic
 from wpat.loading import checkpoints_of, model_from_checkpoint
 from wpat.progress import Progress
 
@@ -97,12 +97,8 @@ def _load_chunk(path: Path, size: int) -> np.ndarray | None:
 
 
 def _save_chunk(path: Path, labels: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         np.save(f, labels, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def pseudolabel(model: str | os.PathLike, extra: Any, out: str | os.PathLike, *,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Iterable
 import numpy as np
 
 from wpat.errors import WpatError
+from wpat.fs import atomic_file
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... file name length, extra field length
 _LOCAL_MAGIC = b"PK\x03\x04"
@@ -212,10 +212,8 @@ class NpzWriter:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        self.zip = zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self._file = atomic_file(self.path)
+        self.zip = zipfile.ZipFile(self._file.__enter__(), "w", zipfile.ZIP_STORED, allowZip64=True)
 
     def write(self, name: str, shape: tuple[int, ...], dtype, chunks: Iterable[np.ndarray]) -> None:
         dtype = np.dtype(dtype)
@@ -237,9 +235,4 @@ class NpzWriter:
 
     def __exit__(self, kind, value, tb) -> None:
         self.zip.close()
-        if kind is not None:
-            self.tmp.unlink(missing_ok=True)
-            return
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(self.tmp, self.path)
+        self._file.__exit__(kind, value, tb)  # renamed into place only without an exception
