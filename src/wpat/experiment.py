@@ -60,11 +60,10 @@ def _check_options(registry: Registry, section: Any, key: str, fixed: tuple[str,
         if other not in registry:
             raise WpatError(f"{key}.{other}: there is no {registry.kind} {other!r}; "
                             f"valid choices: {', '.join(registry.names())}")
-        declared = [o for o in registry.options(other) if o not in fixed]
-        unknown = [o for o in options if o not in declared]
-        if unknown:
-            raise WpatError(f"{key}.{other}: {registry.kind} {other!r} has no option "
-                            f"{', '.join(map(repr, unknown))}; its options: {', '.join(declared) or 'none'}")
+        try:
+            registry.check_options(other, options, reserved=fixed)
+        except WpatError as err:
+            raise WpatError(f"{key}.{other}: {err}") from None
 
 
 def _build(registry: Registry, section: Any, key: str, *args: Any, **fixed: Any) -> Any:

@@ -24,12 +24,21 @@ Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
 LSC_EDGES: tuple[float, ...] = tuple(0.5 * i for i in range(11)) + (math.inf,)
 
 
-def lsc_histogram(losses: Tensor, edges: Sequence[float] = LSC_EDGES) -> Tensor:
+def lsc_inner_edges(edges: Sequence[float] = LSC_EDGES, device: torch.device | str = "cpu") -> Tensor:
+    """The bin boundaries between the first and the last edge, as the tensor
+    :func:`lsc_histogram` searches (made once by a caller that bins every step)."""
+    return torch.tensor(list(edges[1:-1]), dtype=torch.float32, device=device)
+
+
+def lsc_histogram(losses: Tensor, edges: Sequence[float] = LSC_EDGES, inner: Tensor | None = None) -> Tensor:
     """Counts of ``losses`` in each bin [edges[k], edges[k+1]) (a loss equal to an edge goes
-    up), as a float tensor on the losses' device: no host synchronisation."""
-    inner = torch.tensor(list(edges[1:-1]), dtype=losses.dtype, device=losses.device)
-    bins = torch.bucketize(losses.detach(), inner, right=True)
-    return torch.bincount(bins, minlength=len(edges) - 1)[: len(edges) - 1].float()
+    up), as a float tensor on the losses' device, with no host synchronisation (``index_add_``,
+    not ``bincount``, whose length is read on the host). ``inner``: :func:`lsc_inner_edges`."""
+    if inner is None:
+        inner = lsc_inner_edges(edges, losses.device)
+    bins = torch.bucketize(losses.detach().float(), inner, right=True)
+    counts = torch.zeros(len(edges) - 1, device=losses.device)
+    return counts.index_add_(0, bins, torch.ones(len(bins), device=losses.device))
 
 
 def to_unit_float(x: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ metadata (``register("pgd20", label="PGD-20")``), read back with :meth:`Registry
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from wpat.errors import WpatError
 
@@ -70,17 +70,22 @@ class Registry:
         return [p.name for p in parameters
                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
 
-    def build(self, name: str, *args: Any, **options: Any) -> Any:
-        """Build ``name`` with ``options``; an option it does not declare is a WpatError."""
-        factory = self.get(name)
-        parameters = inspect.signature(factory).parameters.values()
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)
-        declared = self.options(name)
+    def check_options(self, name: str, options: Iterable[str], reserved: Iterable[str] = ()) -> None:
+        """The one rule for options: one a factory does not declare is a WpatError naming the
+        ones it does. ``reserved`` options are the caller's to pass, not the user's to set."""
+        parameters = inspect.signature(self.get(name)).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return
+        declared = [o for o in self.options(name) if o not in set(reserved)]
         unknown = [k for k in options if k not in declared]
-        if unknown and not takes_any:
+        if unknown:
             raise WpatError(f"{self.kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
                             f"its options: {', '.join(declared) or 'none'}")
-        return factory(*args, **options)
+
+    def build(self, name: str, *args: Any, **options: Any) -> Any:
+        """Build ``name`` with ``options``; an option it does not declare is a WpatError."""
+        self.check_options(name, options)
+        return self.get(name)(*args, **options)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from wpat import distributed
 from wpat.fs import write_text_atomic
-from wpat.metrics import LSC_EDGES, lsc_histogram
+from wpat.metrics import LSC_EDGES, lsc_histogram, lsc_inner_edges
 
 
 class EpochStats:
@@ -38,6 +38,7 @@ class EpochStats:
         self.loss_sum = torch.zeros((), device=device)
         self.below = torch.zeros((), device=device)
         self.lsc_hist = torch.zeros(len(LSC_EDGES) - 1, device=device)
+        self.lsc_inner = lsc_inner_edges(LSC_EDGES, device)
         self.count = 0
         self.perturb: dict[str, list[Tensor]] = {}
         self.seconds = 0.0  # training time of the epoch before a mid-epoch checkpoint
@@ -47,7 +48,7 @@ class EpochStats:
         self.loss_sum += losses.sum()
         self.below += (losses < self.c_min).sum()
         self.count += len(losses)
-        self.lsc_hist += lsc_histogram(losses)
+        self.lsc_hist += lsc_histogram(losses, inner=self.lsc_inner)
         for name, value in (stats or {}).items():
             self.perturb.setdefault(name, []).append(torch.as_tensor(value, dtype=torch.float32))
 
