@@ -165,6 +165,18 @@ class Config:
         return tree
 
 
+def stopped_early(cfg: Config, epoch: int, best_epoch: int) -> bool:
+    """AT-ES (Rice et al.): after ``epoch`` epochs, ``run.patience`` of them without a better
+    selection accuracy than at ``best_epoch``, before the schedule's end."""
+    patience = cfg.run.patience
+    return bool(patience) and epoch < cfg.schedule.epochs and epoch - best_epoch >= patience
+
+
+def run_over(cfg: Config, epoch: int, best_epoch: int) -> bool:
+    """Whether a run at ``epoch`` has nothing left to train: its last epoch, or stopped early."""
+    return epoch >= cfg.schedule.epochs or stopped_early(cfg, epoch, best_epoch)
+
+
 def component_options(section: Any) -> dict[str, Any]:
     """The options the config gives the component ``section.name`` (a copy; may be empty)."""
     return dict(section.options.get(section.name, {}))

@@ -23,12 +23,12 @@ from torch import Tensor, nn
 
 from wpat import distributed, experiment
 from wpat.checkpoint import FORMAT, is_wpat_checkpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
-from wpat.config import Config, config_from_dict, dump_config
+from wpat.config import Config, config_from_dict, dump_config, stopped_early
 from wpat.data import AUGMENTATIONS, DeviceLoader, ExtraStream, dataset_spec, open_extra
 from wpat.errors import WpatError
 from wpat.finetune import init_from
 from wpat.fs import writable_dir
-from wpat.metrics import accuracy, correct
+from wpat.metrics import correct
 from wpat.averaging import WeightAverage
 from wpat.progress import Progress
 from wpat.regularize import parameter_groups
@@ -262,9 +262,7 @@ class Trainer:
 
     def should_stop(self) -> bool:
         """AT-ES (Rice et al.): ``run.patience`` epochs without a better validation accuracy."""
-        patience = self.cfg.run.patience
-        return (bool(patience) and self.epoch < self.cfg.schedule.epochs
-                and self.epoch - self.best["epoch"] >= patience)
+        return stopped_early(self.cfg, self.epoch, self.best["epoch"])
 
     def evaluate(self) -> dict[str, float]:
         metrics = self.measure(self.model)
@@ -289,11 +287,9 @@ class Trainer:
     def accuracy(self, model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Tensor] | None) -> float:
         """Accuracy over all of ``x``; under torchrun each rank attacks its shard and the correct
         counts are summed (counts, not averages of averages)."""
-        if self.world.size == 1:
-            return accuracy(model, x, y, attack, self.cfg.eval.batch_size)
         flags = correct(model, self.world.shard(x), self.world.shard(y), attack, self.cfg.eval.batch_size)
-        hits = distributed.total(flags.sum().to(torch.float64))
-        return float(hits) / len(x) if len(x) else float("nan")
+        hits = distributed.total(flags.sum())
+        return int(hits) / len(x) if len(x) else float("nan")
 
     def write(self, state: dict[str, Any], name: str) -> None:
         """Rank 0 alone writes checkpoints (every rank holds the same state)."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from wpat.analysis.runs import read_history, run_config, run_dir
+from wpat.config import run_over
 from wpat.errors import WpatError
 from wpat.sweep import MANIFEST, read_manifest, setting_of, short_labels
 from wpat.tables import markdown_table
@@ -109,8 +110,7 @@ def run_result(path: str | Path) -> RunResult:
     key = "val_pgd_acc" if cfg.run.select == "val" else "test_pgd_acc"
     best = max((r for r in evaluated if key in r), key=lambda r: r[key], default=evaluated[-1])  # first max
     last = evaluated[-1]
-    patience = cfg.run.patience
-    finished = last["epoch"] >= cfg.schedule.epochs or bool(patience and last["epoch"] - best["epoch"] >= patience)
+    finished = run_over(cfg, last["epoch"], best["epoch"])
     return RunResult(Path(path), cfg.run.seed, setting_of(cfg.to_dict()), best["epoch"], last["epoch"],
                      cfg.schedule.epochs, finished, best["test_pgd_acc"], last["test_pgd_acc"],
                      best["test_nat_acc"], last["test_nat_acc"])

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from wpat.config import Config
+from wpat.config import Config, run_over
 from wpat.errors import WpatError
 from wpat.sweep.grid import RunSpec, setting_of
 
@@ -24,9 +24,7 @@ Result = dict[str, Any]
 
 def _finished(ckpt: Mapping[str, Any], cfg: Config) -> bool:
     """Whether a run's ``last.pt`` is at its end: the final epoch, or stopped early (AT-ES)."""
-    epoch, step = int(ckpt["epoch"]), int(ckpt.get("step", 0))
-    stopped = bool(cfg.run.patience) and epoch - int(ckpt["best"]["epoch"]) >= cfg.run.patience
-    return step == 0 and (epoch >= cfg.schedule.epochs or stopped)
+    return int(ckpt.get("step", 0)) == 0 and run_over(cfg, int(ckpt["epoch"]), int(ckpt["best"]["epoch"]))
 
 
 def _from_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
