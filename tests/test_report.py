@@ -3,12 +3,13 @@ directories written by hand with known numbers."""
 
 import csv
 import json
+import math
 import statistics
 
 import pytest
 
 from wpat import cli
-from wpat.analysis.report import find_runs, group_runs, markdown_report, run_result
+from wpat.analysis.report import find_runs, group_curves, group_runs, markdown_report, run_result
 from wpat.config import dump_config, load_config
 from wpat.errors import WpatError
 from wpat.sweep import RunSpec, write_manifest
@@ -66,7 +67,9 @@ def test_mean_and_sample_std_over_seeds(runs):
     assert at.stats("last_robust") == pytest.approx((0.45, 0.02))  # 0.45, 0.47, 0.43
     assert at.stats("best_natural") == pytest.approx((0.75, 0.0))  # epoch 2 in every run
     table = markdown_report(groups)
-    assert "| AT-AWP | 56.33 ± 1.53 | 55.67 ± 1.53 | 75.00 ± 0.00 | 80.00 ± 0.00 |" in table
+    # best − last per run: 0.01, 0.00, 0.01
+    assert "| AT-AWP | 56.33 ± 1.53 | 55.67 ± 1.53 | 0.67 ± 0.58 | 75.00 ± 0.00 | 80.00 ± 0.00 |" in table
+    assert at.stats("robust_drop") == pytest.approx((0.08, statistics.stdev([0.05, 0.05, 0.14])))
     assert "over 3 seed(s)" in table and "Fashion-MNIST L∞ ε=0.1" in table
 
 
@@ -102,6 +105,31 @@ def test_cli_writes_markdown_csv_and_prints(tmp_path, runs, capsys):
     assert float(rows["AT"]["last_robust_mean"]) == pytest.approx(0.45)
     assert float(rows["AT"]["last_robust_std"]) == pytest.approx(statistics.stdev([0.45, 0.47, 0.43]))
     assert not list(out.glob("ablation-*"))  # nothing varies but the method
+    assert (out / "curves.png").stat().st_size > 1000
+    curves = read_csv(out / "curves.csv")
+    assert [(r["method"], r["epoch"]) for r in curves][:4] == [("AT", "1"), ("AT", "2"), ("AT", "3"), ("AT-AWP", "1")]
+    assert float(curves[1]["test_pgd_acc_mean"]) == pytest.approx((0.50 + 0.52 + 0.57) / 3)
+
+
+def test_learning_curves_average_the_seeds_epoch_by_epoch(tmp_path):
+    def run(name, seed, records):
+        path = make_run(tmp_path, name, ["perturb.name=rwp"], seed, epochs=3)
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return path
+
+    a = run("a", 0, [{"epoch": 1, "lsc_frac_below": 0.2},
+                     {"epoch": 2, "lsc_frac_below": 0.4, "test_pgd_acc": 0.5, "test_nat_acc": 0.7},
+                     {"epoch": 3, "lsc_frac_below": 0.5, "test_pgd_acc": 0.6, "test_nat_acc": 0.8}])
+    b = run("b", 1, [{"epoch": 1, "lsc_frac_below": 0.4},
+                     {"epoch": 2, "lsc_frac_below": 0.8, "test_pgd_acc": 0.7, "test_nat_acc": 0.9}])
+    (group,) = group_runs(run_result(p) for p in (a, b))
+    rows = group_curves(group)
+    assert [r["epoch"] for r in rows] == [1, 2]  # epoch 3: not every run reached it
+    assert rows[0]["lsc_frac_below_mean"] == pytest.approx(0.3)
+    assert rows[0]["lsc_frac_below_std"] == pytest.approx(statistics.stdev([0.2, 0.4]))
+    assert math.isnan(rows[0]["test_pgd_acc_mean"])  # not evaluated that epoch
+    assert rows[1]["test_pgd_acc_mean"] == pytest.approx(0.6) and rows[1]["n"] == 2
+    assert math.isnan(rows[1]["train_pgd_acc_mean"])  # neither run logged it
 
 
 def test_a_sweep_directory_reports_its_runs_and_ablation_plots(tmp_path):

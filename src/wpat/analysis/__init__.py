@@ -21,20 +21,20 @@ from wpat.analysis.landscape import (adversarial_losses, filter_normalized_direc
                                      landscape_1d, landscape_2d)
 from wpat.analysis.lsc import LSCTable, lsc_from_losses, lsc_table
 from wpat.analysis.report import (Group, RunResult, ablation_keys, ablation_rows, find_runs,
-                                  group_runs, markdown_report, plot_ablation, report_rows,
+                                  group_curves, group_runs, markdown_report, report_rows,
                                   run_result)
 from wpat.analysis.gamma import (DEFAULT_GAMMAS, crafted_examples, gamma_sensitivity,
                                  plot_gamma_sensitivity)
-from wpat.analysis.plots import (plot_curves, plot_landscape_1d, plot_landscape_2d, plot_lsc,
-                                 plot_weight_histograms)
+from wpat.analysis.plots import (plot_ablation, plot_curves, plot_group_curves, plot_landscape_1d,
+                                 plot_landscape_2d, plot_lsc, plot_weight_histograms)
 
 __all__ = [
     "DEFAULT_GAMMAS", "Group", "RunResult", "ablation_keys", "ablation_rows", "crafted_examples",
-    "find_runs", "gamma_sensitivity", "group_runs", "markdown_report", "plot_ablation",
+    "find_runs", "gamma_sensitivity", "group_curves", "group_runs", "markdown_report", "plot_ablation",
     "plot_gamma_sensitivity", "report_rows", "run_result",
     "CheckpointRef", "LSCTable", "adversarial_losses", "analysis_attack", "curve_rows", "examples",
     "filter_normalized_direction", "landscape_1d", "landscape_2d", "layer_weights",
-    "list_checkpoints", "lsc_from_losses", "lsc_table", "plot_curves", "plot_landscape_1d",
+    "list_checkpoints", "lsc_from_losses", "lsc_table", "plot_curves", "plot_group_curves", "plot_landscape_1d",
     "plot_landscape_2d", "plot_lsc", "plot_weight_histograms", "read_history", "run_config",
     "run_dir", "run_label",
 ]

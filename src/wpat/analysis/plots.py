@@ -5,6 +5,9 @@
 - :func:`plot_lsc` -- LSC histogram per epoch and fraction below c_min (RWP §3, Fig. 1c);
 - :func:`plot_curves` -- robust/natural learning curves and the robust gap of several runs
   (AWP Fig. 1a, RWP Fig. 2c);
+- :func:`plot_group_curves` -- the same averaged over seeds, with the fraction below c_min
+  (``wpat report``);
+- :func:`plot_ablation` -- robust accuracy against γ, c_min or K2 (RWP Fig. 1b, 2a, 2b);
 - :func:`plot_weight_histograms` -- per-layer weight histograms, log counts (AWP Fig. 4).
 
 Figures are built on ``matplotlib.figure.Figure`` and saved through its Agg canvas: no pyplot,
@@ -210,4 +213,77 @@ def plot_weight_histograms(weights: Mapping[str, Mapping[str, Tensor]], path: st
     axes[0].legend(fontsize="x-small")
     shown = f"{len(layers)} of {len(names)}" if len(layers) < len(names) else f"{len(names)}"
     fig.suptitle(f"Weight distributions ({shown} layers, log-scale counts)")
+    return _save(fig, path, rows)
+
+
+def _band(ax, x: np.ndarray, mean: np.ndarray, std: np.ndarray, **style: Any) -> None:
+    """``mean`` drawn as a line, ± ``std`` as a light band (none where std is NaN)."""
+    keep = ~np.isnan(mean)
+    ax.plot(x[keep], mean[keep], **style)
+    spread = np.nan_to_num(std[keep])
+    ax.fill_between(x[keep], mean[keep] - spread, mean[keep] + spread, color=style.get("color"),
+                    alpha=0.15, lw=0)
+
+
+def plot_group_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Learning curves of method groups, mean ± std over seeds (rows of
+    :func:`wpat.analysis.report.group_curves`): robust accuracy (test solid, train dashed),
+    natural accuracy, and the fraction of training adversarial examples below c_min."""
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    robust, natural, below = fig.subplots(1, 3)
+    series = list(dict.fromkeys((r["method"], r["column"]) for r in rows))
+    columns = {column for _, column in series}
+    for (method, column), color in zip(series, _qualitative_colors()):
+        mine = [r for r in rows if (r["method"], r["column"]) == (method, column)]
+        label = method if len(columns) == 1 else f"{method} [{column}]"
+        label += f" (n={mine[0]['n']})"
+        epoch = np.array([r["epoch"] for r in mine], dtype=float)
+
+        def col(key: str, scale: float = 100.0) -> np.ndarray:
+            return scale * np.array([r[key] for r in mine], dtype=float)
+
+        for ax, prefix in ((robust, "pgd"), (natural, "nat")):
+            _band(ax, epoch, col(f"test_{prefix}_acc_mean"), col(f"test_{prefix}_acc_std"),
+                  color=color, label=label)
+            _band(ax, epoch, col(f"train_{prefix}_acc_mean"), col(f"train_{prefix}_acc_std"),
+                  color=color, ls="--")
+        _band(below, epoch, col("lsc_frac_below_mean", 1.0), col("lsc_frac_below_std", 1.0),
+              color=color, label=label)
+    styles = [Line2D([], [], color="gray", ls="-", label="test"),
+              Line2D([], [], color="gray", ls="--", label="train")]
+    for ax, title, ylabel in ((robust, "Robust accuracy (PGD)", "accuracy (%)"),
+                              (natural, "Natural accuracy", "accuracy (%)"),
+                              (below, "Training adversarial examples below c_min", "fraction")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    below.set_ylim(0, 1)
+    robust.legend(handles=robust.get_legend_handles_labels()[0] + styles, fontsize="small")
+    below.legend(fontsize="small")
+    fig.suptitle("Mean ± sample std over seeds")
+    return _save(fig, path, rows)
+
+
+def plot_ablation(rows: Sequence[dict[str, Any]], key: str, path: str | Path) -> Path:
+    """Robust accuracy (%) against ``key``'s value, best (solid) and last (dashed) per series,
+    mean ± std error bars; a log axis when the values span 20× or more. CSV beside."""
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    values = [r[key] for r in rows]
+    for i, name in enumerate(dict.fromkeys(r["series"] for r in rows)):
+        mine = [r for r in rows if r["series"] == name]
+        x = [r[key] for r in mine]
+        for kind, style, fill in (("best", "-o", None), ("last", "--s", "none")):
+            y = [100 * r[f"{kind}_robust_mean"] for r in mine]
+            err = [0 if math.isnan(r[f"{kind}_robust_std"]) else 100 * r[f"{kind}_robust_std"] for r in mine]
+            ax.errorbar(x, y, yerr=err, fmt=style, mfc=fill, color=f"C{i % 10}", capsize=3,
+                        label=f"{name}, {kind}")
+    if min(values) > 0 and max(values) / min(values) >= 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel("test robust accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
     return _save(fig, path, rows)

@@ -4,13 +4,15 @@
     groups = group_runs([r for r in runs if r.finished])
     print(markdown_report(groups))            # RWP Table 1 / AWP Table 4 layout
     write_csv(report_rows(groups), "report.csv")
+    curves = [row for g in groups for row in group_curves(g)]   # per-epoch mean ± std
     key = "perturb.awp.gamma"                 # one of ablation_keys(groups)
-    plot_ablation(ablation_rows(groups, key), key, "ablation.png")   # + ablation.csv
+    rows = ablation_rows(groups, key)         # figures: plots.plot_group_curves, plot_ablation
 
 A run counts with its **best** checkpoint (the epoch of highest test PGD accuracy, or validation
 accuracy with ``run.select=val``, as training picks ``best.pt``) and its **last** evaluated
 epoch; robust accuracy is the per-epoch test PGD accuracy (``eval.steps``), natural the clean
-test accuracy, both of ``metrics.jsonl``. Runs are averaged only when their resolved configs are
+test accuracy, both of ``metrics.jsonl``; ``best − last`` is their difference per run (robust
+overfitting's cost), averaged like the others. Runs are averaged only when their resolved configs are
 equal but for the seed and the settings that do not change what a run computes
 (``wpat.sweep.IGNORED_KEYS``); the options of components a run does not use (``perturb.rwp.*`` of an
 AWP run) are not part of its setting either, since they never reach it. Each group is labelled by
@@ -38,9 +40,20 @@ from wpat.tables import markdown_table
 METHOD_KEYS = ("objective.name", "perturb.name")
 COLUMN_KEYS = ("data.name", "attack.norm", "attack.eps")
 ABLATION_KEY = re.compile(r"perturb\.[^.]+\.(gamma|steps)|perturb\.rwp\.c_min")  # γ, K2, c_min
-METRICS = ("best_robust", "last_robust", "best_natural", "last_natural")
+METRICS = ("best_robust", "last_robust", "robust_drop", "best_natural", "last_natural")
+METRIC_NAMES = ("robust best", "robust last", "best − last", "natural best", "natural last")
+# Per-epoch series averaged over a group's seeds (fractions): the learning curves and the share
+# of training adversarial examples with loss below c_min (logged every epoch, also without RWP).
+CURVE_SERIES = ("test_pgd_acc", "train_pgd_acc", "test_nat_acc", "train_nat_acc", "lsc_frac_below")
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN",
                  "fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1); NaN for a missing std or no values."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 @dataclass
@@ -59,6 +72,11 @@ class RunResult:
     best_natural: float
     last_natural: float
 
+    @property
+    def robust_drop(self) -> float:
+        """Best minus last robust accuracy: how much robust overfitting cost this run."""
+        return self.best_robust - self.last_robust
+
 
 @dataclass
 class Group:
@@ -72,8 +90,7 @@ class Group:
 
     def stats(self, metric: str) -> tuple[float, float]:
         """Mean and sample standard deviation (n − 1; NaN for one run) of a metric."""
-        values = [getattr(r, metric) for r in self.runs]
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+        return _mean_std([getattr(r, metric) for r in self.runs])
 
 
 # ---------------------------------------------------------------------- reading
@@ -197,8 +214,7 @@ def markdown_report(groups: Sequence[Group]) -> str:
     columns = list(dict.fromkeys(g.column for g in groups))
     rows = list(dict.fromkeys(g.label for g in groups))
     cell = {(g.label, g.column): g for g in groups}
-    names = ["robust best", "robust last", "natural best", "natural last"]
-    headers = ["method", *(n if len(columns) == 1 else f"{c} {n}" for c in columns for n in names)]
+    headers = ["method", *(n if len(columns) == 1 else f"{c} {n}" for c in columns for n in METRIC_NAMES)]
     body = [[row, *(_cell(cell.get((row, c)), m) for c in columns for m in METRICS)] for row in rows]
     counts = sorted({len(g.runs) for g in groups})
     steps = sorted({g.setting.get("eval.steps") for g in groups})
@@ -237,6 +253,27 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------- learning curves
+
+
+def group_curves(group: Group) -> list[dict[str, Any]]:
+    """Per epoch that every run of ``group`` reached: the mean and sample std over its runs of
+    each of ``CURVE_SERIES`` (NaN where some run did not log it that epoch, e.g. between
+    evaluations)."""
+    histories = [{r["epoch"]: r for r in read_history(run.path)} for run in group.runs]
+    epochs = sorted(set.intersection(*(set(h) for h in histories)))
+    rows = []
+    for epoch in epochs:
+        row: dict[str, Any] = {"method": group.label, "column": group.column, "epoch": epoch,
+                               "n": len(histories)}
+        for key in CURVE_SERIES:
+            values = [h[epoch][key] for h in histories if key in h[epoch]]
+            complete = len(values) == len(histories)
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values if complete else [])
+        rows.append(row)
+    return rows
+
+
 # ---------------------------------------------------------------------- ablations
 
 
@@ -263,32 +300,3 @@ def ablation_rows(groups: Sequence[Group], key: str) -> list[dict[str, Any]]:
                          "best_robust_mean": best, "best_robust_std": best_std,
                          "last_robust_mean": last, "last_robust_std": last_std})
     return rows
-
-
-def plot_ablation(rows: Sequence[dict[str, Any]], key: str, path: str | Path) -> Path:
-    """Robust accuracy (%) against ``key``'s value, best (solid) and last (dashed) per series,
-    mean ± std error bars; a log axis when the values span 20× or more. CSV beside."""
-    from matplotlib.figure import Figure  # matplotlib only when plotting
-
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-    ax = fig.add_subplot()
-    values = [r[key] for r in rows]
-    for i, name in enumerate(dict.fromkeys(r["series"] for r in rows)):
-        mine = [r for r in rows if r["series"] == name]
-        x = [r[key] for r in mine]
-        for kind, style, fill in (("best", "-o", None), ("last", "--s", "none")):
-            y = [100 * r[f"{kind}_robust_mean"] for r in mine]
-            err = [0 if math.isnan(r[f"{kind}_robust_std"]) else 100 * r[f"{kind}_robust_std"] for r in mine]
-            ax.errorbar(x, y, yerr=err, fmt=style, mfc=fill, color=f"C{i % 10}", capsize=3,
-                        label=f"{name}, {kind}")
-    if min(values) > 0 and max(values) / min(values) >= 20:
-        ax.set_xscale("log")
-    ax.set_xlabel(key)
-    ax.set_ylabel("test robust accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    write_csv(rows, path.with_suffix(".csv"))
-    return path
