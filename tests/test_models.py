@@ -158,6 +158,8 @@ def test_wide_resnet_bad_depth(depth):
     [
         ("wide_resnet", {"widen": 0}, "widen=0"),
         ("small_cnn", {"width": 0}, "width=0"),
+        ("mlp", {"hidden": 0}, "hidden=0"),
+        ("mlp", {"width": 8}, "model 'mlp' has no option 'width'"),
         ("preact_resnet18", {"depth": 34}, "model 'preact_resnet18' has no option 'depth'"),
         ("small_cnn", {"num_classes": 0}, "num_classes=0"),
     ],
@@ -181,7 +183,7 @@ def test_unknown_option_is_one_line_naming_the_valid_ones(name, options):
 
 def test_models_register_through_the_registry():
     assert set(MODELS.names()) == {"preact_resnet18", "wide_resnet", "wrn34_10", "wrn28_10",
-                                   "vgg19", "small_cnn"}
+                                   "vgg19", "small_cnn", "mlp"}
     net = MODELS.build("small_cnn", 10, 1, width=4)
     assert net.features[0].out_channels == 4
 
@@ -228,3 +230,18 @@ def test_torch_compile_without_graph_breaks(name, kwargs):
     (grad,) = torch.autograd.grad(out.sum(), x)
     (grad_c,) = torch.autograd.grad(out_c.sum(), x)
     torch.testing.assert_close(grad_c, grad, rtol=1e-3, atol=1e-5)
+
+
+def test_mlp_layout_and_input_check():
+    from wpat.config import load_config
+    from wpat.experiment import model_from_config
+
+    model = make("mlp", 1)
+    assert num_params(model) == 269_834  # 784·256 + 256·256 + 256·10 + 10, BN 2·2·256
+    assert model(torch.rand(4, 1, 28, 28)).shape == (4, 10)
+    assert make("mlp", 3, input_size=32, hidden=32, depth=3)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(WpatError, match="model.mlp.input_size"):
+        model(torch.rand(2, 1, 32, 32))
+    cfg = load_config("fmnist-smallcnn-linf", ["model.name=mlp", "model.mlp.hidden=64"])
+    net = model_from_config(cfg).net
+    assert [m.out_features for m in net.modules() if isinstance(m, nn.Linear)] == [64, 64, 10]

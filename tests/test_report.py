@@ -4,12 +4,14 @@ directories written by hand with known numbers."""
 import csv
 import json
 import math
+import re
 import statistics
 
 import pytest
 
 from wpat import cli
-from wpat.analysis.report import find_runs, group_curves, group_runs, markdown_report, run_result
+from wpat.analysis.report import (find_runs, group_curves, group_runs, markdown_report, paired_differences,
+                                  run_result)
 from wpat.config import dump_config, load_config
 from wpat.errors import WpatError
 from wpat.sweep import RunSpec, write_manifest
@@ -73,6 +75,17 @@ def test_mean_and_sample_std_over_seeds(runs):
     assert "over 3 seed(s)" in table and "Fashion-MNIST L∞ ε=0.1" in table
 
 
+def test_paired_differences_follow_the_seeds(tmp_path, runs):
+    runs.append(make_run(tmp_path, "awp-lone", ["perturb.name=awp", "optim.lr=0.05"], 7))  # no shared seed
+    groups = group_runs(run_result(p) for p in runs)
+    (row,) = paired_differences(groups)
+    assert (row["difference"], row["n"], row["seeds"]) == ("AT (lr=0.1) − AT-AWP (lr=0.1)", 3, "0 1 2")
+    by_seed = [0.50 - 0.55, 0.52 - 0.56, 0.57 - 0.58]  # AT best − AT-AWP best, seed by seed
+    assert row["best_robust_mean"] == pytest.approx(statistics.fmean(by_seed))
+    assert row["best_robust_std"] == pytest.approx(statistics.stdev(by_seed))
+    assert row["last_robust_mean"] == pytest.approx(statistics.fmean([0.45 - 0.54, 0.47 - 0.56, 0.43 - 0.57]))
+
+
 def test_runs_that_differ_in_more_than_the_seed_are_never_averaged(tmp_path, runs):
     runs.append(make_run(tmp_path, "awp-lr", ["perturb.name=awp", "optim.lr=0.05"], 0, (0.1, 0.2, 0.3)))
     runs.append(make_run(tmp_path, "awp-same-seed", ["perturb.name=awp", "run.device=cpu"], 0, (0, 0, 0)))
@@ -105,6 +118,8 @@ def test_cli_writes_markdown_csv_and_prints(tmp_path, runs, capsys):
     assert float(rows["AT"]["last_robust_mean"]) == pytest.approx(0.45)
     assert float(rows["AT"]["last_robust_std"]) == pytest.approx(statistics.stdev([0.45, 0.47, 0.43]))
     assert not list(out.glob("ablation-*"))  # nothing varies but the method
+    assert re.search(r"\| AT − AT-AWP +\| 3 +\| -3\.33 ± 2\.08 +\|", printed)  # per-seed best: -5, -4, -1 points
+    assert read_csv(out / "differences.csv")[0]["n"] == "3"
     assert (out / "curves.png").stat().st_size > 1000
     curves = read_csv(out / "curves.csv")
     assert [(r["method"], r["epoch"]) for r in curves][:4] == [("AT", "1"), ("AT", "2"), ("AT", "3"), ("AT-AWP", "1")]

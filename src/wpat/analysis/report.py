@@ -253,6 +253,40 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+def paired_differences(groups: Sequence[Group]) -> list[dict[str, Any]]:
+    """For each two rows of one column that share two or more seeds: per metric, the mean and
+    sample std over those seeds of the per-seed difference (first row minus second, fractions).
+
+    Seeds pair runs that started alike (same data order, same initial weights where the model
+    is the same), so a difference is judged against its own spread across seeds, which is
+    usually smaller than the rows' stds combined."""
+    rows = []
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            mine = {r.seed: r for r in a.runs}
+            pairs = [(mine[r.seed], r) for r in b.runs if r.seed in mine and a.column == b.column]
+            if len(pairs) < 2:
+                continue
+            row: dict[str, Any] = {"difference": f"{a.label} − {b.label}", "column": a.column,
+                                   "n": len(pairs), "seeds": " ".join(str(x.seed) for x, _ in pairs)}
+            for metric in METRICS:
+                row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(
+                    [getattr(x, metric) - getattr(y, metric) for x, y in pairs])
+            rows.append(row)
+    return rows
+
+
+def markdown_differences(rows: Sequence[dict[str, Any]]) -> str:
+    """:func:`paired_differences` as a table in percentage points (mean ± sample std)."""
+    columns = {r["column"] for r in rows}
+    headers = ["difference", *([] if len(columns) == 1 else ["column"]), "seeds", *METRIC_NAMES]
+    body = [[r["difference"], *([] if len(columns) == 1 else [r["column"]]), str(r["n"]),
+             *(f"{100 * r[f'{m}_mean']:+.2f} ± {100 * r[f'{m}_std']:.2f}" for m in METRICS)]
+            for r in rows]
+    return ("Paired differences over shared seeds (percentage points, mean ± sample std of the "
+            "per-seed difference)\n\n" + markdown_table(headers, body))
+
+
 # ---------------------------------------------------------------------- learning curves
 
 

@@ -4,12 +4,19 @@ Rows are methods (objective + perturbation, e.g. ``AT``, ``AT-AWP``, ``TRADES-RW
 settings in which the runs differ; columns are grouped by dataset and threat model; cells give the
 test robust (PGD) and natural accuracy of the best and last checkpoints, mean ± sample std over
 the runs that differ only in ``run.seed`` (runs that differ in anything else are never averaged
-together); ``best − last`` is the robust accuracy robust overfitting cost each run. Writes
-``report.md`` and ``report.csv`` into ``--out`` (default: the sweep directory, or the first run
-directory) and prints the table, and draws each row's learning curves and fraction of training
-adversarial examples below c_min, mean ± std over its seeds (``curves.png`` + ``.csv``). When the runs vary a perturbation's γ
-(``perturb.<name>.gamma``), K2 (``perturb.<name>.steps``) or ``perturb.rwp.c_min``, it also draws
-robust accuracy against that value (``ablation-<key>.png`` + ``.csv``; RWP Fig. 1b, 2a, 2b).
+together); ``best − last`` is the robust accuracy robust overfitting cost each run. Writes into
+``--out`` (default: the sweep directory, or the first run directory):
+
+- ``report.md`` / ``report.csv``: the table (also printed);
+- ``differences.csv`` and a second table in ``report.md``: where rows share seeds, the per-seed
+  difference between two rows, mean ± std (a difference's own spread, smaller than the rows'
+  stds combined when seeds pair alike runs);
+- ``curves.png`` / ``.csv``: each row's learning curves and fraction of training adversarial
+  examples below c_min, mean ± std over its seeds;
+- ``ablation-<key>.png`` / ``.csv`` when the runs vary a perturbation's γ
+  (``perturb.<name>.gamma``), K2 (``perturb.<name>.steps``) or ``perturb.rwp.c_min``: robust
+  accuracy against that value (RWP Fig. 1b, 2a, 2b).
+
 Runs that have not reached their last epoch are listed and left out unless ``--unfinished``.
 """
 
@@ -33,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     # torch (reading configs builds nothing, but wpat.analysis imports it) and matplotlib: only here
     from wpat.analysis.plots import plot_ablation, plot_group_curves
     from wpat.analysis.report import (ablation_keys, ablation_rows, find_runs, group_curves,
-                                      group_runs, markdown_report, report_rows, run_result,
-                                      write_csv)
+                                      group_runs, markdown_differences, markdown_report,
+                                      paired_differences, report_rows, run_result, write_csv)
     from wpat.fs import write_text_atomic
 
     results = [run_result(p) for p in find_runs(args.paths)]
@@ -46,8 +53,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.paths[0])
     out.mkdir(parents=True, exist_ok=True)
     text = markdown_report(groups)
+    differences = paired_differences(groups)
+    if differences:
+        text += "\n\n" + markdown_differences(differences)
     write_text_atomic(out / "report.md", text + "\n")
     written = [out / "report.md", write_csv(report_rows(groups), out / "report.csv")]
+    if differences:
+        written.append(write_csv(differences, out / "differences.csv"))
     curves = plot_group_curves([row for g in groups for row in group_curves(g)], out / "curves.png")
     written += [curves, curves.with_suffix(".csv")]
     for key in ablation_keys(groups):

@@ -2,7 +2,8 @@
 
 Architectures, each registered in ``MODELS`` by its own file (see each factory's docstring for
 the paper, the exact layout and the options): ``preact_resnet18``, ``wide_resnet`` (``depth``,
-``widen``), ``wrn34_10``, ``wrn28_10``, ``vgg19``, ``small_cnn`` (``width``).
+``widen``), ``wrn34_10``, ``wrn28_10``, ``vgg19``, ``small_cnn`` (``width``), ``mlp`` (``hidden``,
+``depth``, ``input_size``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 from wpat.errors import WpatError
 
 # Importing the architecture files registers them.
-from wpat.models import preact_resnet, small_cnn, vgg, wide_resnet  # noqa: F401
+from wpat.models import mlp, preact_resnet, small_cnn, vgg, wide_resnet  # noqa: F401
 from wpat.models.normalize import Normalize
 from wpat.models.registry import MODELS
 
