@@ -60,7 +60,7 @@ def test_presets_carry_the_papers_hyperparameters():
     ("perturb.rwp.low=1", "perturb.rwp: weight perturbation 'rwp' has no option 'low'; its options: gamma"),
     ("perturb.rpw.c_min=1", "perturb.rpw: there is no weight perturbation 'rpw'"),
     ("attack.steps=0", "attack.steps"),
-    ("model.name=resnet9000", "model.name: .resnet9000. is invalid; expected one of preact_resnet18"),
+    ("model.name=resnet9000", "model.name: .resnet9000. is invalid; expected one of mlp, preact_resnet18"),
     ("data.name=imagenet", "data.name"),
     ("objective.name=foo", "objective.name"),
     ("schedule.name=foo", "schedule.name"),
