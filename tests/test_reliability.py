@@ -166,3 +166,20 @@ def test_resume_from_a_mid_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path
         assert torch.equal(a["model"][key], b["model"][key]), key
     strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}  # noqa: E731
     assert strip(resumed["last"]) == strip(clean["last"])
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    import os
+    import stat
+
+    from wpat.fs import atomic_file, write_text_atomic
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # open(): 0o666 less the umask
+    write_text_atomic(tmp_path / "report.md", "| a |\n")
+    with atomic_file(tmp_path / "last.pt") as f:
+        f.write(b"\0")
+    expected = stat.S_IMODE(os.stat(plain).st_mode)
+    for name in ("report.md", "last.pt"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == expected
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -11,6 +11,17 @@ from typing import IO, Iterator
 from wpat.errors import WpatError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# A plain open() would create files with 0o666 minus the umask; mkstemp makes them 0o600, which
+# would hide checkpoints and reports from the rest of a team's group on a shared cluster.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def writable_dir(path: str | os.PathLike, label: str) -> Path:
     """Create ``path`` and prove it writable now, before hours of compute are spent on it."""
     path = Path(path)
@@ -31,6 +42,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     It is a temporary file in the same directory, flushed and fsync'ed, then renamed over
     ``path``; the rename is made durable too where the filesystem allows. A crash or a full disk
     at any moment leaves the old file or the new one, never half of one, and no temporary file.
+    The file gets the permissions ``open()`` would give it (0o666 less the umask).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -39,6 +51,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
