@@ -1,8 +1,11 @@
-"""Plain-text tables shaped like the papers' (markdown, readable in a terminal too)."""
+"""Plain-text tables shaped like the papers' (markdown, readable in a terminal too), and CSV."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import csv
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 
 def percent(value: Any) -> str:
@@ -29,3 +32,16 @@ def training_table(summary: dict[str, Any], attack_name: str = "PGD-20") -> str:
         rows.append([kind, r.get("epoch", "-"), percent(r.get("test_nat_acc")), percent(r.get("test_pgd_acc")),
                      percent(r.get("train_pgd_acc")), percent(r.get("robust_gap"))])
     return markdown_table(["checkpoint", "epoch", "natural", attack_name, f"train {attack_name}", "gap"], rows)
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Rows to CSV (columns: the union of the rows' keys, in order of appearance); the data a
+    figure or a report shows, written beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from wpat.analysis.landscape import adversarial_losses
 from wpat.metrics import Attack, attacked_logits
 from wpat.perturb import PERTURBATIONS, held_at
+from wpat.tables import write_csv
 
 # The paper's range, 1e-4 ... 2, on a 1-2-5 log grid, with γ = 0 (the unperturbed model).
 DEFAULT_GAMMAS = (0.0, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0)
@@ -112,8 +113,6 @@ def gamma_sensitivity(model: nn.Module, x: Tensor, y: Tensor, attack: Attack,
 def plot_gamma_sensitivity(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Adversarial loss and accuracy (%) against γ (log axis; γ = 0 as a dotted line), AWP and
     random; the CSV of ``rows`` beside the PNG."""
-    import csv
-
     from matplotlib.figure import Figure  # matplotlib only when plotting
 
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -146,8 +145,5 @@ def plot_gamma_sensitivity(rows: Sequence[dict[str, Any]], path: str | Path, tit
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    with open(path.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, path.with_suffix(".csv"))
     return path

@@ -17,7 +17,6 @@ the same name with ``.csv``. Accuracies are stored as fractions and drawn in per
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import Tensor
 from wpat.analysis.runs import CURVE_KEYS, curve_rows
 from wpat.analysis.lsc import LSCTable
 from wpat.errors import WpatError
+from wpat.tables import write_csv
 
 MAX_PANELS = 12  # weight histograms: beyond this many layers, an evenly spaced selection
 
@@ -42,10 +42,7 @@ def _save(fig: Figure, path: str | Path, rows: Sequence[Mapping[str, Any]]) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    with open(path.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, path.with_suffix(".csv"))
     return path
 
 

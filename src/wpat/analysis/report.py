@@ -3,10 +3,10 @@
     runs = [run_result(p) for p in find_runs(["runs/gamma-sweep"])]
     groups = group_runs([r for r in runs if r.finished])
     print(markdown_report(groups))            # RWP Table 1 / AWP Table 4 layout
-    write_csv(report_rows(groups), "report.csv")
-    curves = [row for g in groups for row in group_curves(g)]   # per-epoch mean ± std
+    write_csv(report_rows(groups), "report.csv")     # wpat.tables.write_csv
+    plot_group_curves([row for g in groups for row in group_curves(g)], "curves.png")
     key = "perturb.awp.gamma"                 # one of ablation_keys(groups)
-    rows = ablation_rows(groups, key)         # figures: plots.plot_group_curves, plot_ablation
+    plot_ablation(ablation_rows(groups, key), key, "ablation.png")   # both in plots.py, CSV beside
 
 A run counts with its **best** checkpoint (the epoch of highest test PGD accuracy, or validation
 accuracy with ``run.select=val``, as training picks ``best.pt``) and its **last** evaluated
@@ -23,7 +23,6 @@ percent in the tables and plots; the std of a single run is NaN (shown as no ``�
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 import statistics
@@ -241,18 +240,6 @@ def report_rows(groups: Sequence[Group]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Rows to CSV (columns: the union of the rows' keys, in order of appearance)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def paired_differences(groups: Sequence[Group]) -> list[dict[str, Any]]:
     """For each two rows of one column that share two or more seeds: per metric, the mean and
     sample std over those seeds of the per-seed difference (first row minus second, fractions).
@@ -263,8 +250,10 @@ def paired_differences(groups: Sequence[Group]) -> list[dict[str, Any]]:
     rows = []
     for i, a in enumerate(groups):
         for b in groups[i + 1:]:
+            if a.column != b.column:
+                continue
             mine = {r.seed: r for r in a.runs}
-            pairs = [(mine[r.seed], r) for r in b.runs if r.seed in mine and a.column == b.column]
+            pairs = [(mine[r.seed], r) for r in b.runs if r.seed in mine]
             if len(pairs) < 2:
                 continue
             row: dict[str, Any] = {"difference": f"{a.label} − {b.label}", "column": a.column,

@@ -41,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     from wpat.analysis.plots import plot_ablation, plot_group_curves
     from wpat.analysis.report import (ablation_keys, ablation_rows, find_runs, group_curves,
                                       group_runs, markdown_differences, markdown_report,
-                                      paired_differences, report_rows, run_result, write_csv)
+                                      paired_differences, report_rows, run_result)
     from wpat.fs import write_text_atomic
+    from wpat.tables import write_csv
 
     results = [run_result(p) for p in find_runs(args.paths)]
     left_out = [r for r in results if not r.finished and not args.unfinished]
