@@ -114,6 +114,7 @@ class OptimConfig:
     nesterov: bool = False
     l1: float = 0.0  # λ·Σ|w| on conv/linear weights added to the loss (AWP Table 4: 5e-6)
     l2: float = 0.0  # > 0: conv/linear weights decay with this, the rest with 0 (AWP Table 4: 5e-3)
+    lr_groups: str = "all"  # all | first: the groups the schedule sets; first = the --l2 scripts (BN and biases keep optim.lr)
 
 
 @dataclass

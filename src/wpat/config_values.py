@@ -196,6 +196,7 @@ def validate(cfg: Any) -> None:
     _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number ≥ 0")
     _check(_finite(o.l1) and o.l1 >= 0, "optim.l1", o.l1, "a number ≥ 0 (0 = off)")
     _check(_finite(o.l2) and o.l2 >= 0, "optim.l2", o.l2, "a number ≥ 0 (0 = off)")
+    _choice("optim.lr_groups", o.lr_groups, ["all", "first"])
     _check(s.epochs >= 1, "schedule.epochs", s.epochs, "an integer ≥ 1")
     _choice("schedule.first_epoch", s.first_epoch, [0, 1])
     _choice("schedule.update", s.update, ["step_start", "step_end", "epoch"])

@@ -31,7 +31,7 @@ from wpat.fs import writable_dir
 from wpat.metrics import correct
 from wpat.averaging import WeightAverage
 from wpat.progress import Progress
-from wpat.regularize import parameter_groups
+from wpat.regularize import parameter_groups, scheduled_groups
 from wpat.step import perturbation_active, schedule_time, train_step
 from wpat.run_log import EpochStats, EventLog, format_epoch, write_metrics
 
@@ -215,7 +215,7 @@ class Trainer:
             for i, (x, y) in batches:
                 x, y, weights = self.batch(x, y)
                 lr = self.schedule(schedule_time(epoch, i, steps_per_epoch, cfg.schedule), cfg.optim.lr)
-                for group in self.optimizer.param_groups:
+                for group in scheduled_groups(self.optimizer, cfg.optim.lr_groups):
                     group["lr"] = lr
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
                     losses, perturb_stats = train_step(self.forward_model, x, y, self.attack, self.objective,
