@@ -79,6 +79,7 @@ class AttackConfig:
     steps: int = 10
     random_start: bool = True
     bn_mode: Union[str, None] = None  # train | eval | None = the objective's default
+    script_forwards: bool = False  # BN statistics also take the updates of the AT scripts' extra PGD forwards (scoring, mixup)
 
 
 @dataclass
