@@ -31,8 +31,9 @@ from wpat.fs import writable_dir
 from wpat.metrics import correct
 from wpat.averaging import WeightAverage
 from wpat.progress import Progress
-from wpat.regularize import parameter_groups
+from wpat.regularize import parameter_groups, scheduled_groups
 from wpat.step import perturbation_active, schedule_time, train_step
+from wpat.threat import BNMode
 from wpat.run_log import EpochStats, EventLog, format_epoch, write_metrics
 
 
@@ -80,6 +81,8 @@ class Trainer:
         self.forward_model = torch.compile(self.model) if cfg.run.compile else self.model
         self.objective, self.perturbation, self.schedule = parts.objective, parts.perturbation, parts.schedule
         self.attack, self.test_attack = parts.attack, parts.test_attack
+        # The AT scripts' PGD scores its result with one more forward; only in train mode does it count.
+        self.score_forward = cfg.attack.script_forwards and self.attack.bn_mode is BNMode.TRAIN
         o = cfg.optim
         self.optimizer = torch.optim.SGD(parameter_groups(self.model, o.weight_decay, o.l2), lr=o.lr,
                                          momentum=o.momentum, nesterov=o.nesterov)
@@ -215,12 +218,13 @@ class Trainer:
             for i, (x, y) in batches:
                 x, y, weights = self.batch(x, y)
                 lr = self.schedule(schedule_time(epoch, i, steps_per_epoch, cfg.schedule), cfg.optim.lr)
-                for group in self.optimizer.param_groups:
+                for group in scheduled_groups(self.optimizer, cfg.optim.lr_groups):
                     group["lr"] = lr
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
                     losses, perturb_stats = train_step(self.forward_model, x, y, self.attack, self.objective,
                                                        self.perturbation if active else None, self.optimizer,
-                                                       cfg.perturb.alternations, cfg.optim.l1, weights)
+                                                       cfg.perturb.alternations, cfg.optim.l1, weights,
+                                                       score_forward=self.score_forward)
                 if self.ema is not None:
                     self.ema.update(self.model)
                 stats.add(losses, perturb_stats)
