@@ -41,7 +41,7 @@ def test_single_checkpoint_goes_to_its_own_folder(run, capsys):
     assert main(["eval", str(run / "last.pt"), "--attacks", "natural", "--no-checks", *FAST]) == 0
     report = json.loads((run / "eval-last" / "eval.json").read_text())
     assert list(report["checkpoints"]) == ["last"] and report["checkpoints"]["last"]["epoch"] == 2
-    assert report["checkpoints"]["last"]["n_examples"] == 16
+    assert report["checkpoints"]["last"]["settings"]["natural"]["n_examples"] == 16
 
 
 def test_foreign_state_dict_with_config(run, tmp_path, capsys):
