@@ -24,7 +24,7 @@ INTERVAL_S = 30.0
 
 
 def _clock(seconds: float) -> str:
-    seconds = max(0, int(seconds))
+    seconds = max(0, round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
