@@ -30,7 +30,7 @@ from wpat.finetune import init_from
 from wpat.fs import writable_dir
 from wpat.metrics import correct
 from wpat.averaging import WeightAverage
-from wpat.progress import Progress
+from wpat.progress import After, Progress
 from wpat.regularize import parameter_groups, scheduled_groups
 from wpat.step import perturbation_active, schedule_time, train_step
 from wpat.threat import BNMode
@@ -197,6 +197,7 @@ class Trainer:
 
     def run_epochs(self, steps_per_epoch: int, events: EventLog | None) -> None:
         cfg = self.cfg
+        eval_seconds: float | None = None  # the last evaluation's length, for the run's ETA
         for epoch in range(self.epoch, cfg.schedule.epochs):
             if self.should_stop():  # a resumed run that had already stopped early
                 break
@@ -214,7 +215,8 @@ class Trainer:
             batches = itertools.islice(enumerate(self.loader), self.step, steps_per_epoch)
             progress = Progress(f"epoch {epoch + 1}/{cfg.schedule.epochs}", steps_per_epoch,
                                 initial=self.step, images_per_unit=cfg.data.batch_size,
-                                enabled=cfg.run.progress and self.world.main)
+                                enabled=cfg.run.progress and self.world.main,
+                                after=run_after(epoch, steps_per_epoch, cfg, eval_seconds))
             for i, (x, y) in batches:
                 x, y, weights = self.batch(x, y)
                 lr = self.schedule(schedule_time(epoch, i, steps_per_epoch, cfg.schedule), cfg.optim.lr)
@@ -250,8 +252,10 @@ class Trainer:
                     f"stopped, the last good checkpoint is kept in {self.run_dir} "
                     f"(lower optim.lr or the perturbation's gamma)")
             self.epoch = epoch + 1
-            if self.epoch % cfg.eval.every == 0 or self.epoch == cfg.schedule.epochs:
+            if evaluates(self.epoch, cfg):
+                eval_started = time.perf_counter()
                 record.update(self.evaluate())
+                eval_seconds = time.perf_counter() - eval_started
             self.history.append(record)
             self.save(record)
             if events is not None:
@@ -363,6 +367,24 @@ def train(cfg: Config) -> dict[str, Any]:
         writable_dir(run_dir, "run.out_dir")
         dump_config(cfg, run_dir / "config.yaml")
     return trainer.fit()
+
+
+def evaluates(epoch: int, cfg: Config) -> bool:
+    """Whether the run evaluates after (1-based) ``epoch``: every ``eval.every`` and the last."""
+    return epoch % cfg.eval.every == 0 or epoch == cfg.schedule.epochs
+
+
+def run_after(epoch: int, steps_per_epoch: int, cfg: Config, eval_seconds: float | None) -> After:
+    """What the run does after (0-based) ``epoch``'s steps, for its ETA: the later epochs' steps,
+    its evaluations (this epoch's included) as long as the last one measured. A minimum while
+    an evaluation is due but none was measured yet, or while the weight perturbation is still to
+    start (its epochs are slower than this one)."""
+    later = range(epoch + 1, cfg.schedule.epochs)
+    n_evals = sum(evaluates(e + 1, cfg) for e in (epoch, *later))
+    slower_later = cfg.perturb.name != "none" and not perturbation_active(epoch, cfg) and \
+        any(perturbation_active(e, cfg) for e in later)
+    return After(units=steps_per_epoch * len(later), seconds=n_evals * (eval_seconds or 0.0),
+                 lower_bound=(n_evals > 0 and eval_seconds is None) or slower_later)
 
 
 def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> dict[str, Any]:

@@ -7,6 +7,11 @@ column and the registry's strict rule (an undeclared option is an error) holds. 
 has no use for ``seed`` (the torch RNG is seeded by the protocol before each column) or
 ``state_dir`` (only AutoAttack resumes) ignores it.
 
+What defines a column's measurement beyond the examples, the threat model, the seed and the
+batch size is metadata too: ``attacked=False`` for the clean column (none of those apply to
+it), ``defines={...}`` for settings of its own (AutoAttack's version and pyautoattack's);
+:func:`column_settings` puts them together for ``eval.json``.
+
 The settings follow docs/design.md, "Evaluation conventions": eval-mode BatchNorm while
 crafting, random starts for the PGD-type attacks, the threat model's ε and PGD step.
 """
@@ -15,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
+
+import pyautoattack
 
 from wpat.attacks import PGD, SPSA, AutoAttack
 from wpat.errors import WpatError
@@ -25,9 +32,11 @@ from wpat.threat import ThreatModel
 
 COLUMNS = Registry("evaluation attack")
 DEFAULT_ATTACKS = ("natural", "fgsm", "pgd20", "pgd100", "cw")  # spsa and aa are slow
+TABLE_ORDER = ("natural", "fgsm", "pgd20", "pgd100", "cw", "spsa", "aa")  # Table 2, left to right
+AA_VERSION = "standard"  # the AA column's AutoAttack version (the papers')
 
 
-@COLUMNS.register("natural", label="Natural")
+@COLUMNS.register("natural", label="Natural", attacked=False)
 def natural(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> None:
     """No attack: accuracy on the clean test examples."""
     return None
@@ -68,12 +77,13 @@ def spsa(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -
     return SPSA(threat.eps, 100, delta=0.001, lr=0.01, samples=256, norm=threat.norm)
 
 
-@COLUMNS.register("aa", label="AA")
+@COLUMNS.register("aa", label="AA", defines={"autoattack": AA_VERSION,
+                                                      "pyautoattack": pyautoattack.__version__})
 def aa(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
     """AutoAttack, standard version, through pyautoattack with ``seed``; resumable from
     ``state_dir``. Its column counts AutoAttack's own verdict (see
     :func:`wpat.evaluation.protocol.column_correct`)."""
-    return AutoAttack(threat.eps, norm=threat.norm, version="standard", seed=seed,
+    return AutoAttack(threat.eps, norm=threat.norm, version=AA_VERSION, seed=seed,
                       state_dir=state_dir)
 
 
@@ -82,6 +92,18 @@ def build_column(name: str, threat: ThreatModel, *, seed: int = 0,
     """The attack of column ``name`` (None for ``natural``) in ``threat``'s ball."""
     return COLUMNS.build(name, threat, seed=seed,
                          state_dir=Path(state_dir) if state_dir is not None else None)
+
+
+def column_settings(name: str, threat: ThreatModel, *, seed: int, batch_size: int) -> dict[str, Any]:
+    """What defines column ``name``'s measurement besides the examples it is measured on: for an
+    attack, the threat model (norm, ε, PGD step), the seed, the batch size (random starts and
+    AutoAttack's per-call seeding follow the batches) and the column's own settings; for the
+    clean column nothing."""
+    info = COLUMNS.info(name)
+    if not info.get("attacked", True):
+        return {}
+    return {"norm": threat.norm.value, "eps": threat.eps, "step": threat.alpha, "seed": seed,
+            "batch_size": batch_size, **info.get("defines", {})}
 
 
 def label(name: str) -> str:

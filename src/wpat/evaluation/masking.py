@@ -15,7 +15,9 @@ evaluation prints and stores in ``eval.json``:
   randomized model (two forwards of the same input in eval mode differ), outputs that are
   probabilities instead of logits, a forward that calls autograd, and the zero-gradient count.
 
-:func:`masking_checks` runs them all on one model.
+:func:`model_checks` runs the checks that attack or probe one model; :func:`masking_checks`
+adds the ordering of its accuracies. ``wpat eval`` keeps the two apart, because its ordering
+check runs on every result ``eval.json`` holds, also those of earlier evaluations.
 """
 
 from __future__ import annotations
@@ -123,11 +125,11 @@ def autoattack_checks(model: nn.Module, x: Tensor, y: Tensor, grad_norms: Tensor
     return {"randomized": randomized, "warnings": [f"AutoAttack check: {m}" for m in handler.messages]}
 
 
-def masking_checks(model: nn.Module, x: Tensor, y: Tensor, accuracies: Mapping[str, float], norm: str,
-                   batch_size: int = 500, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """All checks on one model; ``accuracies`` maps attack names (see :data:`ORDER`) to accuracies
-    measured on ``(x, y)``. Returns the measurements and a list of ``warnings``."""
-    warnings = ordering_warnings(accuracies, len(x), labels)
+def model_checks(model: nn.Module, x: Tensor, y: Tensor, norm: str,
+                 batch_size: int = 500) -> dict[str, Any]:
+    """The checks that probe the model itself on ``(x, y)``: the large-ε PGD, the zero input
+    gradients and AutoAttack's own checks. Returns the measurements and a list of ``warnings``."""
+    warnings = []
     large = large_eps_accuracy(model, x, y, norm, batch_size)
     if large["accuracy"] > LARGE_EPS_MAX_ACCURACY:
         warnings.append(
@@ -138,3 +140,11 @@ def masking_checks(model: nn.Module, x: Tensor, y: Tensor, accuracies: Mapping[s
     aa = autoattack_checks(model, x[:batch_size], y[:batch_size], norms)
     return {"large_eps": large, "zero_gradient_fraction": (norms == 0).float().mean().item(),
             "randomized": aa["randomized"], "warnings": warnings + aa["warnings"]}
+
+
+def masking_checks(model: nn.Module, x: Tensor, y: Tensor, accuracies: Mapping[str, float], norm: str,
+                   batch_size: int = 500, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """All checks on one model; ``accuracies`` maps attack names (see :data:`ORDER`) to accuracies
+    measured on ``(x, y)``. Returns the measurements and a list of ``warnings``."""
+    found = model_checks(model, x, y, norm, batch_size)
+    return {**found, "warnings": ordering_warnings(accuracies, len(x), labels) + found["warnings"]}
