@@ -350,7 +350,7 @@ def test_bad_arguments_raise_a_clear_error(kwargs, mentions):
 
 
 def test_bad_fgsm_eps_names_fgsm():
-    with pytest.raises(WpatError, match="FGSM: eps"):
+    with pytest.raises(WpatError, match="FGSM eps"):
         FGSM(0)
 
 

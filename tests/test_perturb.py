@@ -438,14 +438,14 @@ def test_random_wp_without_seed_follows_the_global_rng():
     (lambda: AWP(gamma=math.nan), "nan"),
     (lambda: AWP(gamma=math.inf), "inf"),
     (lambda: AWP(gamma="0.01"), "'0.01'"),
-    (lambda: AWP(steps=2.0), "steps=2.0"),
-    (lambda: AWP(steps=0), "steps=0"),
-    (lambda: RWP(steps=0), "steps=0"),
-    (lambda: RWP(c_min=-1.0), "c_min=-1.0"),
-    (lambda: RWP(gamma=-1.0), "gamma=-1.0"),
-    (lambda: RWP(c_min=math.nan), "c_min=nan"),
+    (lambda: AWP(steps=2.0), "steps: 2.0"),
+    (lambda: AWP(steps=0), "steps: 0"),
+    (lambda: RWP(steps=0), "steps: 0"),
+    (lambda: RWP(c_min=-1.0), "c_min: -1.0"),
+    (lambda: RWP(gamma=-1.0), "gamma: -1.0"),
+    (lambda: RWP(c_min=math.nan), "c_min: nan"),
     (lambda: LSCRangeAWP(low=2.0, high=1.0), "low=2.0"),
-    (lambda: RandomWP(gamma=-0.5), "gamma=-0.5"),
+    (lambda: RandomWP(gamma=-0.5), "gamma: -0.5"),
 ])
 def test_bad_values_raise_wpat_error_naming_the_value(build, shown):
     with pytest.raises(WpatError, match=shown):

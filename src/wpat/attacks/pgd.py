@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wpat.attacks.base import ATTACKS, Attack, Ball, ball, require_count, require_positive
+from wpat.attacks.base import ATTACKS, Attack, Ball, ball
 from wpat.attacks.losses import ATTACK_LOSSES
-from wpat.errors import WpatError
+from wpat.errors import check, is_count, is_number
 from wpat.registry import Registry
 from wpat.threat import BNMode, Norm, ThreatModel
 
@@ -74,13 +74,12 @@ class PGD(Attack):
                  loss: str = "ce", bn_mode: BNMode | str | None = None) -> None:
         super().__init__(bn_mode=bn_mode)
         owner = type(self).__name__
-        require_positive(owner, "eps", eps)
-        require_positive(owner, "alpha", alpha)
-        require_count(owner, "steps", steps)
-        require_count(owner, "restarts", restarts)
-        if restarts > 1 and not random_start:
-            raise WpatError(f"{owner}: restarts={restarts} needs random_start=True "
-                            "(without it every run is the same)")
+        for key, value in (("eps", eps), ("alpha", alpha)):
+            check(is_number(value) and value > 0, f"{owner} {key}", value, "a number > 0 (pixel units)")
+        for key, value in (("steps", steps), ("restarts", restarts)):
+            check(is_count(value), f"{owner} {key}", value, "an integer >= 1")
+        check(restarts == 1 or random_start, f"{owner} restarts", restarts,
+              "1 unless random_start=True (without it every run is the same)")
         self.eps, self.alpha, self.steps, self.restarts = eps, alpha, steps, restarts
         self.norm = Norm.parse(norm, f"{owner} norm")
         self.ball = ball(self.norm)

@@ -20,7 +20,7 @@ from wpat.models import mlp, preact_resnet, small_cnn, vgg, wide_resnet  # noqa:
 from wpat.models.normalize import Normalize
 from wpat.models.registry import MODELS
 
-__all__ = ["MODELS", "Normalize", "build_model"]
+__all__ = ["MODELS", "Normalize", "build_model", "normalized"]
 
 
 def build_model(
@@ -48,5 +48,9 @@ def build_model(
         raise WpatError(f"model {name!r}: num_classes={num_classes} and "
                         f"in_channels={in_channels} must both be >= 1")
     normalize = Normalize(mean, std, in_channels)
-    net = MODELS.build(name, num_classes, in_channels, **options)
+    return normalized(MODELS.build(name, num_classes, in_channels, **options), normalize)
+
+
+def normalized(net: nn.Module, normalize: Normalize) -> nn.Sequential:
+    """``nn.Sequential(normalize=normalize, net=net)``, the layout of every wpat model."""
     return nn.Sequential(OrderedDict(normalize=normalize, net=net))

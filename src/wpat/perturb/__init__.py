@@ -1,7 +1,7 @@
 """Weight perturbations for adversarial training: AWP, RWP, AWP-LSC and random.
 
-Build one by name from ``PERTURBATIONS`` (``"none"`` is the caller's business: no perturbation
-object at all)::
+Build one by name from ``PERTURBATIONS`` (a config's ``perturb.name=none`` builds None through
+``PERTURBATIONS.build_from``: no perturbation object at all)::
 
     perturbation = PERTURBATIONS.build("rwp", gamma=0.01, c_min=1.7)
     result = perturbation.compute(model, loss_fn)   # model, .grad and buffers left untouched
