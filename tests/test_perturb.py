@@ -199,6 +199,17 @@ def test_compute_leaves_model_bitwise_unchanged(name, with_grads):
     assert all(seen_modes)  # the search forwards ran in train mode
 
 
+@pytest.mark.parametrize("name", PERTURBATIONS.names())
+def test_every_registered_perturbation_keeps_the_contract_with_its_defaults(name):
+    """Every method in the registry, also one added later in a file of its own: only >1-D
+    weights in v, and the model handed back bitwise."""
+    model, _, _, loss_fn = make_problem()
+    before = snapshot(model)
+    v = PERTURBATIONS.build(name).compute(model, loss_fn).v
+    assert set(v) <= set(WEIGHTS)
+    assert_bitwise_same(model, before)
+
+
 def test_perturbed_parameters_are_the_multidimensional_trainable_ones():
     model, *_ = make_problem()
     model.conv2.weight.requires_grad_(False)  # frozen: never perturbed

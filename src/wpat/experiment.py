@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from wpat.attacks import ATTACKS, PGD
 from wpat.config import LSC_THRESHOLD, Config, component_options
@@ -165,11 +166,24 @@ def build_components(cfg: Config) -> Components:
                       attack=train_attack(cfg, objective), test_attack=eval_attack(cfg))
 
 
+class _NoRandomFill(TorchFunctionMode):
+    """Drawing random values into a ``meta`` tensor stores nothing, yet torch computes it with
+    its Python reference implementation (milliseconds a call, hundreds of calls for a Wide
+    ResNet's initialisation): skip those draws."""
+
+    DRAWS = {torch.Tensor.normal_, torch.Tensor.uniform_}
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func in self.DRAWS and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def check_components(cfg: Config) -> None:
     """Everything :func:`build_components` checks, with the model's tensors on the ``meta``
     device: shapes without memory or initialisation, so checking a sweep of large networks
     costs milliseconds per run rather than seconds."""
-    with torch.device("meta"):
+    with torch.device("meta"), _NoRandomFill():
         build_components(cfg)
 
 

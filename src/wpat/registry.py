@@ -25,7 +25,9 @@ a component declares and their defaults are read here, from its signature, and n
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, TypeVar
 
@@ -165,3 +167,10 @@ class Registry:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def import_package(name: str, path: Iterable[str]) -> None:
+    """Import every module of the package ``name`` (its ``__path__``): a component registers
+    itself when its file is imported, so a new method's file is found without a list of imports."""
+    for module in pkgutil.iter_modules(path):
+        importlib.import_module(f"{name}.{module.name}")

@@ -15,10 +15,11 @@ from torch import nn
 
 from wpat.errors import WpatError
 
-# Importing the architecture files registers them.
-from wpat.models import mlp, preact_resnet, small_cnn, vgg, wide_resnet  # noqa: F401
 from wpat.models.normalize import Normalize
 from wpat.models.registry import MODELS
+from wpat.registry import import_package
+
+import_package(__name__, __path__)  # each architecture file registers itself in MODELS
 
 __all__ = ["MODELS", "Normalize", "build_model", "normalized"]
 
