@@ -3,8 +3,8 @@ train through `wpat train` with `section.<name>.<option>=value` overrides, sweep
 `wpat sweep --local`, and `wpat report` plots that option as an ablation axis. No library file
 names them: the registries are the only lists of methods.
 
-The commands run in this process (`wpat.cli.main`), where importing this file registered the
-methods, as a user's script or a module imported before `wpat.cli.main` would.
+The commands run in this process (`wpat.cli.main`), where the methods are registered, as a user's
+script or a module imported before `wpat.cli.main` would register them.
 """
 
 import csv
@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 
 import wpat
@@ -34,7 +33,6 @@ needs_data = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-M
 # ---------------------------------------------------------------------- the method file
 
 
-@PERTURBATIONS.register("sign-awp")
 class SignAWP(WeightPerturbation):
     """AWP with the sign of the gradient: ``v_l = γ · ‖w_l‖ · sign(g_l) / ‖sign(g_l)‖``.
 
@@ -64,7 +62,6 @@ class SignAWP(WeightPerturbation):
 BUILT: list["SmoothAT"] = []
 
 
-@OBJECTIVES.register("smooth-at")
 class SmoothAT(Objective):
     """Adversarial training on label-smoothed targets: ``ℓ_i = CE_ε(f(x'_i), y_i)``.
 
@@ -86,23 +83,27 @@ class SmoothAT(Objective):
         return F.cross_entropy(model(x_adv), y, reduction="none", label_smoothing=self.smoothing)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    """Register the two methods as their file would (``@PERTURBATIONS.register("sign-awp")`` on
+    the class); the registries are put back after this module, so other tests' lists of the
+    registered methods stay the built-in ones."""
+    with pytest.MonkeyPatch.context() as patch:
+        for registry in (PERTURBATIONS, OBJECTIVES):
+            patch.setattr(registry, "_entries", dict(registry._entries))
+            patch.setattr(registry, "_info", dict(registry._info))
+        PERTURBATIONS.register("sign-awp")(SignAWP)
+        OBJECTIVES.register("smooth-at")(SmoothAT)
+        yield
+
+
 # ---------------------------------------------------------------------- using it
 
 
-TINY = {
-    "data": {"name": "fashion_mnist", "train_subset": 128, "test_subset": 32, "batch_size": 64},
-    "model": {"name": "small_cnn", "small_cnn": {"width": 2}},
-    "attack": {"steps": 1}, "eval": {"steps": 1, "n_train": 32},
-    "schedule": {"epochs": 1},
-    "run": {"device": "cpu", "tensorboard": False, "progress": False},
-}
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return str(path)
+# A run of a few seconds: 128 training images, a width-2 CNN, one-step attacks, one epoch.
+TINY = ["data.train_subset=128", "data.test_subset=32", "data.batch_size=64", "model.small_cnn.width=2",
+        "attack.steps=1", "eval.steps=1", "eval.n_train=32", "schedule.epochs=1", "run.device=cpu",
+        "run.tensorboard=false", "run.progress=false"]
 
 
 def test_no_library_file_names_the_new_methods():
@@ -113,15 +114,15 @@ def test_no_library_file_names_the_new_methods():
 
 
 @needs_data
-def test_wpat_train_builds_each_new_method_with_its_options(tmp_path, tiny, capsys):
+def test_wpat_train_builds_each_new_method_with_its_options(tmp_path, capsys):
     out = tmp_path / "runs"
-    assert cli.main(["train", tiny, "perturb.name=sign-awp", "perturb.sign-awp.gamma=0.02",
+    assert cli.main(["train", *TINY, "perturb.name=sign-awp", "perturb.sign-awp.gamma=0.02",
                      f"run.out_dir={out}", "run.name=perturb"]) == 0
     record = RunDir(out / "perturb").history()[-1]
     assert record["v_over_w"] == pytest.approx(0.02, rel=1e-4)  # the option reached the method
 
     BUILT.clear()
-    assert cli.main(["train", tiny, "objective.name=smooth-at", "objective.smooth-at.smoothing=0.3",
+    assert cli.main(["train", *TINY, "objective.name=smooth-at", "objective.smooth-at.smoothing=0.3",
                      f"run.out_dir={out}", "run.name=objective"]) == 0
     assert BUILT and {o.smoothing for o in BUILT} == {0.3}
     assert math.isfinite(RunDir(out / "objective").history()[-1]["train_loss"])
@@ -129,7 +130,7 @@ def test_wpat_train_builds_each_new_method_with_its_options(tmp_path, tiny, caps
 
     # their options are checked like every built-in method's, with one line naming the key
     capsys.readouterr()
-    assert cli.main(["train", tiny, "perturb.name=sign-awp", "perturb.sign-awp.gama=0.02",
+    assert cli.main(["train", *TINY, "perturb.name=sign-awp", "perturb.sign-awp.gama=0.02",
                      f"run.out_dir={out}", "run.name=bad"]) == 2
     err = capsys.readouterr().err.strip()
     assert "perturb.sign-awp" in err and "its options: gamma" in err and "\n" not in err
@@ -137,8 +138,8 @@ def test_wpat_train_builds_each_new_method_with_its_options(tmp_path, tiny, caps
 
 
 @needs_data
-def test_a_sweep_of_a_new_option_is_reported_as_an_ablation_axis(tmp_path, tiny):
-    args = ["sweep", tiny, "objective.name=smooth-at", "perturb.name=sign-awp", "perturb.sign-awp.gamma=0.02",
+def test_a_sweep_of_a_new_option_is_reported_as_an_ablation_axis(tmp_path):
+    args = ["sweep", *TINY, "objective.name=smooth-at", "perturb.name=sign-awp", "perturb.sign-awp.gamma=0.02",
             "--grid", "objective.smooth-at.smoothing=0.1,0.3", "--out", str(tmp_path), "--name", "s", "--local"]
     assert cli.main(args) == 0
     sweep = tmp_path / "s"

@@ -9,7 +9,7 @@ from wpat.attacks.base import ATTACKS, Attack, Ball, ball
 from wpat.attacks.losses import ATTACK_LOSSES
 from wpat.errors import check, is_count, is_number
 from wpat.registry import Registry
-from wpat.threat import BNMode, Norm, ThreatModel
+from wpat.threat import BNMode, Norm
 
 STARTS = Registry("random start")
 
@@ -85,15 +85,6 @@ class PGD(Attack):
         self.ball = ball(self.norm)
         self.start = STARTS.get(init) if random_start else None
         self.loss = ATTACK_LOSSES.get(loss)
-
-    @classmethod
-    def from_threat(cls, threat: ThreatModel, steps: int, *, random_start: bool = True,
-                    init: str = "uniform", restarts: int = 1, loss: str = "ce",
-                    bn_mode: BNMode | str | None = BNMode.EVAL) -> "PGD":
-        """PGD-``steps`` in ``threat``'s ball with its step size: the one way training,
-        evaluation and analysis build PGD from a threat model."""
-        return cls(threat.eps, threat.alpha, steps, norm=threat.norm, random_start=random_start,
-                   init=init, restarts=restarts, loss=loss, bn_mode=bn_mode)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         x = x.float()  # deltas and projections stay fp32 whatever the batch's dtype
