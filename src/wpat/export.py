@@ -23,7 +23,6 @@ OUT is by default ``robustbench/`` inside the run directory (:func:`default_expo
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -42,8 +41,9 @@ from wpat.errors import WpatError
 from wpat.evaluation.report import describe_settings, read_report
 from wpat.experiment import model_from_config
 from wpat.fs import writable_dir, write_text_atomic
-from wpat.loading import checkpoints_of, model_from_checkpoint
+from wpat.loading import model_from_checkpoint
 from wpat.models import MODELS
+from wpat.run_dir import find_checkpoint
 
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}  # as RobustBench spells them (ThreatModel enum)
 TO_FILL = "TO FILL: "
@@ -70,11 +70,7 @@ def architecture_name(cfg: Config) -> str:
     """A human name of the config's network, as RobustBench's ``architecture`` field writes
     it (``WideResNet-34-10``, ``PreActResNet-18``)."""
     name = cfg.model.name
-    try:
-        defaults = {p.name: p.default for p in inspect.signature(MODELS.get(name)).parameters.values()
-                    if p.default is not inspect.Parameter.empty}
-    except WpatError:
-        defaults = {}
+    defaults = MODELS.defaults(name) if name in MODELS else {}
     options = {**defaults, **component_options(cfg.model)}
     fixed = {"wrn34_10": "WideResNet-34-10", "wrn28_10": "WideResNet-28-10",
              "preact_resnet18": "PreActResNet-18", "vgg19": "VGG-19"}
@@ -245,16 +241,6 @@ def default_export_dir(target: str | os.PathLike) -> Path:
     return (target if target.is_dir() else target.parent) / "robustbench"
 
 
-def _checkpoint_path(target: Path, checkpoint: str) -> Path:
-    found = checkpoints_of(target)
-    if not target.is_dir():
-        return next(iter(found.values()))
-    if checkpoint not in found:
-        other = next(iter(found))
-        raise WpatError(f"{target}: no {checkpoint}.pt (it has {other}.pt; use --checkpoint {other})")
-    return found[checkpoint]
-
-
 def export_robustbench(target: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint: str = "best",
                        name: str | None = None, config: str | Config | None = None,
                        force: bool = False) -> dict[str, Any]:
@@ -270,7 +256,7 @@ def export_robustbench(target: str | os.PathLike, out_dir: str | os.PathLike, *,
     if checkpoint not in ("best", "last"):
         raise WpatError(f"--checkpoint: {checkpoint!r} is invalid; expected best or last")
     target = Path(target)
-    path = _checkpoint_path(target, checkpoint)
+    path = find_checkpoint(target, checkpoint)
     name = name or (target.resolve().name if target.is_dir() else path.stem)
     if not _NAME.match(name):
         raise WpatError(f"--name: {name!r} is invalid; expected letters, digits and _ . + - "

@@ -12,9 +12,9 @@ import pyautoattack
 import torch
 from torch import Tensor, nn
 
-from wpat.attacks.base import ATTACKS, Attack, crafting_mode, require_count, require_positive
+from wpat.attacks.base import ATTACKS, Attack, crafting_mode
 from wpat.checkpoint import hash_tensors, save_atomic
-from wpat.errors import WpatError
+from wpat.errors import check, is_count, is_number
 from wpat.threat import BNMode, Norm
 
 # pyautoattack's names of the norms.
@@ -78,18 +78,16 @@ class AutoAttack(Attack):
                  attacks: Sequence[str] | None = None, seed: int = 0, batch_size: int = 500,
                  state_dir: str | Path | None = None) -> None:
         super().__init__(bn_mode=BNMode.EVAL)
-        require_positive("AutoAttack", "eps", eps)
-        require_count("AutoAttack", "batch_size", batch_size)
+        check(is_number(eps) and eps > 0, "AutoAttack eps", eps, "a number > 0 (pixel units)")
+        check(is_count(batch_size), "AutoAttack batch_size", batch_size, "an integer >= 1")
         norm = Norm.parse(norm, "AutoAttack norm")
         if attacks is not None:
-            unknown = sorted(set(attacks) - set(ATTACK_NAMES))
-            if unknown or not attacks:
-                raise WpatError(f"AutoAttack: attacks {list(attacks)!r} must be a non-empty list "
-                                f"of {', '.join(ATTACK_NAMES)}")
+            check(bool(attacks) and set(attacks) <= set(ATTACK_NAMES), "AutoAttack attacks", list(attacks),
+                  f"a non-empty list of {', '.join(ATTACK_NAMES)}")
             version = "custom"
-        elif version not in VERSIONS:
-            raise WpatError(f"AutoAttack: version must be one of {', '.join(VERSIONS)} "
-                            f"(or give attacks=[...] for a custom run), got {version!r}")
+        else:
+            check(version in VERSIONS, "AutoAttack version", version,
+                  f"one of {', '.join(VERSIONS)} (or give attacks=[...] for a custom run)")
         self.eps, self.norm, self.version, self.seed = eps, norm, version, seed
         self.attacks = list(attacks) if attacks is not None else None
         self.batch_size = batch_size

@@ -5,7 +5,9 @@ Each entry of :data:`COLUMNS` is registered with its Table-2 header as metadata
 ``(threat, *, seed=0, state_dir=None)``, so :func:`build_column` passes all of them to every
 column and the registry's strict rule (an undeclared option is an error) holds. A column that
 has no use for ``seed`` (the torch RNG is seeded by the protocol before each column) or
-``state_dir`` (only AutoAttack resumes) ignores it.
+``state_dir`` (only AutoAttack resumes) ignores it. A column is a setting of an attack, not an
+attack of its own: each builds its attack through the ``ATTACKS`` registry (FGSM is ``fgsm``,
+PGD-20 and PGD-100 are ``pgd``, CW∞ is ``cw``), with the options the papers give it.
 
 What defines a column's measurement beyond the examples, the threat model, the seed and the
 batch size is metadata too: ``attacked=False`` for the clean column (none of those apply to
@@ -18,17 +20,16 @@ crafting, random starts for the PGD-type attacks, the threat model's ε and PGD 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pyautoattack
 
-from wpat.attacks import PGD, SPSA, AutoAttack
+from wpat.attacks import ATTACKS
 from wpat.errors import WpatError
 from wpat.metrics import Attack
 from wpat.registry import Registry
-from wpat.threat import ThreatModel
+from wpat.threat import BNMode, ThreatModel
 
 COLUMNS = Registry("evaluation attack")
 DEFAULT_ATTACKS = ("natural", "fgsm", "pgd20", "pgd100", "cw")  # spsa and aa are slow
@@ -46,14 +47,14 @@ def natural(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None
 def fgsm(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
     """One step of size ε from x, no random start (PGD-1 with α = ε); for an L2 threat model
     along the L2-normalised gradient."""
-    return PGD.from_threat(dataclasses.replace(threat, alpha=threat.eps), 1, random_start=False)
+    return ATTACKS.build("fgsm", eps=threat.eps, norm=threat.norm, bn_mode=BNMode.EVAL)
 
 
 def pgd_column(steps: int) -> Callable[..., Attack]:
     """The builder of the PGD-``steps`` column (PGD-20, PGD-100)."""
 
     def build(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
-        return PGD.from_threat(threat, steps)
+        return ATTACKS.build("pgd", **threat.as_dict(), steps=steps, bn_mode=BNMode.EVAL)
 
     build.__name__ = build.__qualname__ = f"pgd{steps}"
     build.__doc__ = (f"PGD-{steps} on cross-entropy with the threat model's step size, one "
@@ -68,13 +69,14 @@ COLUMNS.register("pgd100", label="PGD-100")(pgd_column(100))
 @COLUMNS.register("cw", label="CW∞")
 def cw(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
     """AWP §5.1: "CW∞ (L∞ version of CW loss optimized by PGD-100)", random start, PGD's step."""
-    return PGD.from_threat(threat, 100, loss="cw")
+    return ATTACKS.build("cw", **threat.as_dict(), steps=100, bn_mode=BNMode.EVAL)
 
 
 @COLUMNS.register("spsa", label="SPSA")
 def spsa(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
     """AWP §5.1: 100 iterations, δ = 0.001, learning rate 0.01, 256 samples per estimate."""
-    return SPSA(threat.eps, 100, delta=0.001, lr=0.01, samples=256, norm=threat.norm)
+    return ATTACKS.build("spsa", eps=threat.eps, steps=100, delta=0.001, lr=0.01, samples=256,
+                         norm=threat.norm)
 
 
 @COLUMNS.register("aa", label="AA", defines={"autoattack": AA_VERSION,
@@ -83,8 +85,8 @@ def aa(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> 
     """AutoAttack, standard version, through pyautoattack with ``seed``; resumable from
     ``state_dir``. Its column counts AutoAttack's own verdict (see
     :func:`wpat.evaluation.protocol.column_correct`)."""
-    return AutoAttack(threat.eps, norm=threat.norm, version=AA_VERSION, seed=seed,
-                      state_dir=state_dir)
+    return ATTACKS.build("autoattack", eps=threat.eps, norm=threat.norm, version=AA_VERSION, seed=seed,
+                         state_dir=state_dir)
 
 
 def build_column(name: str, threat: ThreatModel, *, seed: int = 0,

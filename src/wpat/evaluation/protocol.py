@@ -32,9 +32,10 @@ from wpat.evaluation.columns import (DEFAULT_ATTACKS, build_column, check_attack
 from wpat.evaluation.masking import model_checks, ordering_warnings
 from wpat.evaluation.report import FORMAT, prepare_out_dir, with_ordering
 from wpat.experiment import eval_threat, resolve_device, select_classes
-from wpat.loading import checkpoints_of, model_from_checkpoint
+from wpat.loading import model_from_checkpoint
 from wpat.metrics import Attack, correct, model_device, to_unit_float
 from wpat.progress import Progress
+from wpat.run_dir import checkpoints_of
 from wpat.threat import ThreatModel
 
 

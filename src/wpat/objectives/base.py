@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 from torch import Tensor, nn
 
-from wpat.errors import WpatError
 from wpat.registry import Registry
 from wpat.threat import BNMode
 
 OBJECTIVES = Registry("objective")
-
-
-def require_non_negative(owner: str, key: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise WpatError(f"{owner}: {key} must be a finite number >= 0, got {value!r}")
 
 
 class Objective:
