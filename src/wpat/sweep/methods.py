@@ -66,7 +66,7 @@ class Method:
     name: str
     base: str | None = None
     settings: tuple[str, ...] = ()
-    about: str = ""
+    about: str = field(default="", compare=False)
     groups: tuple[str, ...] = field(default=(), compare=False)
 
     def definition(self) -> dict[str, Any]:
