@@ -1,9 +1,10 @@
 """``wpat report RUN_DIR|SWEEP_DIR ...``: mean ± std over seeds, as RWP Table 1 / AWP Table 4.
 
-Rows are methods (objective + perturbation, e.g. ``AT``, ``AT-AWP``, ``TRADES-RWP``) with the
-settings in which the runs differ; columns are grouped by dataset and threat model; cells give the
-test robust (PGD) and natural accuracy of the best and last checkpoints, mean ± sample std over
-the runs that differ only in ``run.seed`` (runs that differ in anything else are never averaged
+Rows are methods (the sweep's method names, ``wpat sweep --methods``, or else objective +
+perturbation, e.g. ``AT``, ``AT-AWP``, ``TRADES-RWP``) with the settings in which the runs
+differ; columns are grouped by dataset and threat model; cells give the test robust (PGD) and
+natural accuracy of the best and last checkpoints, mean ± sample std over the runs that differ
+only in ``run.seed`` (runs that differ in anything else are never averaged
 together); ``best − last`` is the robust accuracy robust overfitting cost each run. Writes into
 ``--out`` (default: the sweep directory, or the first run directory):
 
