@@ -115,6 +115,11 @@ def test_autoattack_counts_only_results_of_the_runs_best_and_last_epochs_under_o
     assert any("awp-2" in n and "500 images" in n for n in board.notes)
     assert any("at-2" in n and "epoch 1" in n for n in board.notes)
     assert rows["AT-RWP"]["aa_last_n"] == 0 and rows["AT-RWP"]["aa_version"] == ""
+    # a run measured with another AutoAttack column: said which --aa shows it
+    write_eval(runs[-1], 0.30, 0.29, column="aa-apgd", version="apgd-ce+apgd-t")
+    assert "eval.json holds aa-apgd, not aa: --aa aa-apgd shows it" in board_of(runs).notes
+    rows = {r["method"]: r for r in board_of(runs, aa_column="aa-apgd").rows}
+    assert (rows["TRADES"]["aa_last_mean"], rows["TRADES"]["aa_version"]) == (pytest.approx(0.29), "apgd-ce+apgd-t")
 
 
 def test_the_paired_difference_from_the_baseline_counts_the_seeds_of_its_sign(runs):

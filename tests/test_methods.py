@@ -231,6 +231,8 @@ def test_every_method_times_seeds_is_one_command_then_eval_and_report(tmp_path, 
     assert "2 evaluated, 0 already measured" in capsys.readouterr().out
     assert cli.main(["eval", str(sweep), "--seeds", "3"]) == 2
     assert "no run of seed(s) 3" in capsys.readouterr().err
+    assert cli.main(["eval", str(sweep), "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "evaluated into their own directories" in capsys.readouterr().err
     assert cli.main(["report", str(sweep)]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^\| awp +\| 1 +\|", printed, re.M) and re.search(r"^\| at +\| 1 +\|.*baseline", printed, re.M)

@@ -109,6 +109,10 @@ def autoattack_of(result: RunResult, column: str = AA_COLUMN) -> tuple[dict[str,
     if report is None:
         return {}, None, []
     found, settings, notes = {}, [], []
+    held = {a for e in report["checkpoints"].values() for a in e.get("accuracy", {})}
+    if column not in held:
+        notes += [f"eval.json holds {other}, not {column}: --aa {other} shows it"
+                  for other in sorted(held) if other.startswith("aa")]
     for kind, epoch in (("best", result.best_epoch), ("last", result.last_epoch)):
         entry = report["checkpoints"].get(kind)
         if entry is None or entry.get("superseded") or column not in entry.get("accuracy", {}):
@@ -233,7 +237,7 @@ def leaderboard(groups: Sequence[Group], baseline: str | None = None, sort: str 
             row["runs"] = " ".join(str(r.path) for r in g.runs)
             block.append(row)
         rows += _sorted(block, sort)
-    return Leaderboard(rows, sort, baseline, "PGD-" + "/".join(map(str, steps)), notes)
+    return Leaderboard(rows, sort, baseline, "PGD-" + "/".join(map(str, steps)), list(dict.fromkeys(notes)))
 
 
 def _sorted(rows: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:

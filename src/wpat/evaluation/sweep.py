@@ -62,7 +62,11 @@ def sweep_runs(sweep_dir: str | Path, seeds: Sequence[int] | None = None) -> tup
             raise WpatError(f"{sweep_dir}: no run of seed(s) {', '.join(map(str, seeds))}")
     for entry in entries:
         run = RunDir(sweep_dir / entry["dir"])
-        done, where = _finished(run) if run.path.is_dir() else (False, "not started")
+        try:
+            done, where = _finished(run) if run.path.is_dir() else (False, "not started")
+        except WpatError as err:  # a damaged run directory: said, and the others go on
+            left_out.append(f"{entry['name']}: {err}")
+            continue
         if done:
             runs.append(run.path)
         else:
