@@ -40,6 +40,7 @@ and bad values are found when the sweep is planned, before any run starts
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from wpat.config import PRESET_DIR, component_sections, list_presets
+from wpat.config import PRESET_DIR, Config, list_presets
+from wpat.config_values import flatten
 from wpat.errors import WpatError
 
 LIBRARY_DIR = PRESET_DIR / "methods"
@@ -122,25 +124,17 @@ def _bundle(name: str, body: Any, where: str) -> tuple[dict[str, Any], list[str]
     """A bundle of a method file: its own keys and its settings (``KEY=VALUE``, file order)."""
     if not isinstance(body, dict):
         raise WpatError(f"{where}: method {name!r} must be a mapping (objective:, perturb:, ...)")
-    sections = set(component_sections()) | {"data", "model", "attack", "eval", "optim", "schedule", "run"}
+    sections = [f.name for f in dataclasses.fields(Config)]
     own = {k: body[k] for k in BUNDLE_KEYS if k in body}
-    settings = []
+    tree = {}
     for section, values in body.items():
         if section in BUNDLE_KEYS:
             continue
         if section not in sections:
             raise WpatError(f"{where}: method {name!r}: {section!r} is neither a config section "
-                            f"({', '.join(sorted(sections))}) nor one of {', '.join(BUNDLE_KEYS)}")
-        if isinstance(values, str):
-            values = {"name": values}
-        if not isinstance(values, dict):
-            raise WpatError(f"{where}: method {name!r}: section {section!r} must be a component name "
-                            f"or a mapping of key: value")
-        for key, value in values.items():
-            if isinstance(value, dict):
-                settings += [f"{section}.{key}.{o}={override_text(v)}" for o, v in value.items()]
-            else:
-                settings.append(f"{section}.{key}={override_text(value)}")
+                            f"({', '.join(sections)}) nor one of {', '.join(BUNDLE_KEYS)}")
+        tree[section] = {"name": values} if isinstance(values, str) else values  # `perturb: awp`
+    settings = [f"{key}={override_text(value)}" for key, value in flatten(tree, f"{where}: method {name!r}").items()]
     groups = own.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise WpatError(f"{where}: method {name!r}: groups must be a list of names")
