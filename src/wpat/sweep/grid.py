@@ -195,7 +195,8 @@ def plan(config: str | None, overrides: Sequence[str], grid: Mapping[str, Sequen
     """Validate the sweep and return its runs, before any of them starts.
 
     Every run's config is built (``load_config`` of its method's preset or ``config``, with the
-    method's settings, ``overrides``, the run's grid settings, its seed, name and directory, and
+    method's settings, ``overrides``, the run's grid settings (which win over a method's), its
+    seed, name and directory, and
     ``extra`` run-time settings such as ``run.threads=1``) and checked by
     ``experiment.check_components`` (every component built, the model without weights). The
     first failure is a :class:`WpatError` of one line naming the method (``--methods NAME:
@@ -204,7 +205,7 @@ def plan(config: str | None, overrides: Sequence[str], grid: Mapping[str, Sequen
     selects is an error too, and so are two methods whose runs compute the same."""
     from wpat import experiment
 
-    check_conflicts(methods, overrides, grid)
+    check_conflicts(methods, overrides)
     base_ok = _checked(config, overrides) is None  # if not, perhaps a grid value makes it whole
     starts: dict[str | None, tuple[str | None, list[str], bool]] = {None: (config, list(overrides), base_ok)}
     for method in methods:

@@ -32,8 +32,10 @@ component::
 
 and optionally ``base: PRESET`` (the runs start from that preset instead of CONFIG) or
 ``extends: METHOD`` (that method's settings first). A method may set any config key but the
-ones a sweep owns (``run.seed``, ``run.name``, ``run.out_dir``); a key the sweep's shared
-settings or its grid also set is an error rather than a silent override. Unknown components
+ones a sweep owns (``run.seed``, ``run.name``, ``run.out_dir``). The grid may vary a key a
+method sets (``--methods at-awp --grid perturb.awp.gamma=0.005,0.02``): the grid's value wins and
+shows in the runs' names; a key the sweep's shared settings also set is an error rather than a
+silent override. Unknown components
 and bad values are found when the sweep is planned, before any run starts
 (:func:`wpat.sweep.grid.plan`).
 """
@@ -45,7 +47,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import yaml
 
@@ -297,18 +299,17 @@ def parse_methods(items: Sequence[str], library: Library | None = None) -> list[
     return methods
 
 
-def check_conflicts(methods: Sequence[Method], overrides: Sequence[str], grid: Mapping[str, Any]) -> None:
-    """A key a method sets and the sweep's shared settings or grid set too would be overridden
-    silently one way or the other: say so instead."""
+def check_conflicts(methods: Sequence[Method], overrides: Sequence[str]) -> None:
+    """A key a method sets and the sweep's shared settings set too would leave it unclear which
+    one a run got: refused. (A grid key may vary a method's setting: each run's name and report
+    row show the value it got.)"""
     shared = {o.split("=", 1)[0].strip() for o in overrides}
     for method in methods:
         for key in method.keys():
             if key in shared:
                 raise WpatError(f"--methods {method.name} sets {key}, which the sweep's shared settings "
-                                f"set too; set it in one place (or define a method of your own)")
-            if key in grid:
-                raise WpatError(f"--methods {method.name} sets {key}, which --grid varies; "
-                                f"drop it from the grid or define methods for its values")
+                                f"set too; set it in one place (--grid {key}=VALUE sets it for every method, "
+                                f"in the runs' names)")
 
 
 def list_methods(library: Library) -> str:
