@@ -4,8 +4,8 @@
     python benchmarks/gpu.py --smoke --out /tmp/g.md  # any CPU, toy sizes, seconds (the test suite runs it)
     python benchmarks/gpu.py --dry-run                # measure nothing: the page of planned rows
 
-Sections, in the order they run (the cheap, decisive ones first, so that the time budget can
-only cut the expensive ones):
+Sections (they run in the order 1, 3, 4, 2, 5: the quick, decisive ones first, so that the time
+budget can only cut the long ones):
 
 1. **Correctness.** A few training steps of AT, AT-AWP, AT-RWP and TRADES-AWP on the device
    equal the same steps on the CPU: fp32 (TF32 off) on PreAct ResNet-18 within 10× the CPU fp32
@@ -299,9 +299,9 @@ def no_gpu_banner(args: argparse.Namespace) -> str:
                 + (" at toy sizes (`--smoke`: stand-in models, a few steps, no compiling)" if args.smoke else "")
                 + ". Its figures show only that every row is produced; none of them says anything about a GPU.")
     return (f"> {what} On a machine with a CUDA GPU, from the repository root: `{GPU_COMMAND}` (after "
-            "`bash scripts/setup.sh`; where a CUDA build of PyTorch is installed already, "
-            "`PYTHONPATH=src python3 benchmarks/gpu.py --budget 420`). It stops within the budget, in "
-            "seconds, and rewrites this page.")
+            "`bash scripts/setup.sh`; where PyTorch with CUDA and wpat's other dependencies are installed "
+            "already, `PYTHONPATH=src python3 benchmarks/gpu.py --budget 420`). It stops within the budget, "
+            "in seconds, and rewrites this page.")
 
 
 def command_line() -> str:
@@ -820,6 +820,7 @@ def throughput(s: Settings, grid: Grid, models: list[str], modes: list[str]) -> 
     def run(report: Report, budget: Budget) -> None:
         for model in models:
             if COMPILED in modes:
+                import torch._dynamo
                 torch._dynamo.reset()  # a fresh cache per model keeps recompiles under dynamo's limit
             for mode in modes:
                 for method in METHODS:
@@ -1055,13 +1056,13 @@ def lay_out(report: Report, s: Settings) -> list[Callable[[Report, Budget], None
         report.sections.append(throughput_section(s, model, grid))
         if grid.times[model]:
             report.sections.append(time_section(s, model, grid))
-    if eager:
-        work.append(throughput(s, grid, args.models, eager))
-    for name, build in (("stream", stream), ("nccl", nccl)):
+    for name, build in (("stream", stream), ("nccl", nccl)):  # quick: before the long grid
         if name in args.sections:
             section, run = build(s)
             report.sections.append(section)
             work.append(run)
+    if eager:
+        work.append(throughput(s, grid, args.models, eager))
     if COMPILED in modes:
         work.append(throughput(s, grid, args.models, [COMPILED]))
     return work
