@@ -7,14 +7,14 @@
 Sections (they run in the order 1, 3, 4, 2, 5: the quick, decisive ones first, so that the time
 budget can only cut the long ones):
 
-1. **Correctness.** A few training steps of AT, AT-AWP, AT-RWP and TRADES-AWP on the device
-   equal the same steps on the CPU: fp32 (TF32 off) on PreAct ResNet-18 within 10× the CPU fp32
-   steps' own distance from float64 (at least 1e-4), on the update of the weights and on the
-   BatchNorm statistics; one bf16 autocast step within docs/design.md's tolerance ("Mixed
-   precision") in the setting it was measured in. Both sides take the same adversarial
-   examples, crafted on the CPU, because each device draws the attack's random start from its
-   own generator; the attack itself is checked from x (no random start), where both must find
-   the same examples.
+1. **Correctness.** Training steps of AT, AT-AWP, AT-RWP and TRADES-AWP on the device equal
+   the same steps on the CPU, in the setting where docs/design.md's bf16 tolerance was measured
+   (a small CNN): two fp32 steps (TF32 off), every tensor within 10× the CPU fp32 steps' own
+   distance from float64 on it (at least 1e-4); one bf16 autocast step within docs/design.md's
+   tolerance ("Mixed precision"). Both sides take the
+   same adversarial examples, crafted on the CPU, because each device draws the attack's random
+   start from its own generator; the attack itself is checked from x (no random start), where
+   both must find the same examples.
 2. **Throughput** of PreAct ResNet-18 and WRN-34-10 at batch 128 for clean, AT (PGD-10),
    AT-AWP, AT-RWP with every and with no example below ``c_min``, and TRADES, in the modes fp32,
    bf16, bf16 + channels_last (each adds one setting to the one before): images/s, the
@@ -174,15 +174,18 @@ CHECKS = [  # correctness: label, overrides
     ("AT-RWP, all below c_min", ["perturb.name=rwp", "perturb.rwp.c_min=inf"]),
     ("TRADES-AWP", ["objective.name=trades", "perturb.name=awp", "perturb.awp.gamma=0.005"]),
 ]
-# fp32: within FP32_MARGIN times the CPU fp32 steps' own distance from float64, at least FP32_FLOOR
+# Every check runs in the setting where docs/design.md's bf16 tolerance was measured
+# (tests/test_fast_path.py), moved onto CIFAR-shaped images: a width-4 small CNN, PGD-3 of
+# ε = 0.1 in eval mode, plain SGD. PreAct ResNet-18 at initialization on random images is no
+# place for an element-wise comparison: two fp32 AT steps on the CPU lie 2 % from the same steps
+# in float64, AT-AWP's 20 %, AT-RWP's (10 ascent steps) 62 %.
+CHECK_SETTING = ["model.name=small_cnn", "model.small_cnn.width=4", "model.mean=[0.3,0.3,0.3]",
+                 "model.std=[0.3,0.3,0.3]", "attack.eps=0.1", "attack.alpha=0.05", "attack.steps=3",
+                 "attack.bn_mode=eval", "optim.momentum=0", "optim.weight_decay=0", "perturb.rwp.steps=2"]
+CHECK_BATCH, FP32_STEPS = 32, 2
+# fp32: each tensor within FP32_MARGIN times the CPU fp32 steps' own error on it, at least FP32_FLOOR
 FP32_MARGIN, FP32_FLOOR = 10.0, 1e-4
-# bf16: docs/design.md's tolerance ("Mixed precision"), in the setting of tests/test_fast_path.py
-# where it was measured, moved onto CIFAR-shaped images
-BF16_COSINE, BF16_NORM, BF16_TENSOR = 0.99, 0.05, 0.25
-BF16_BATCH = 32
-BF16_SETTING = ["model.name=small_cnn", "model.small_cnn.width=4", "model.mean=[0.3,0.3,0.3]",
-                "model.std=[0.3,0.3,0.3]", "attack.eps=0.1", "attack.alpha=0.05", "attack.steps=3",
-                "attack.bn_mode=eval", "optim.momentum=0", "optim.weight_decay=0", "perturb.rwp.steps=2"]
+BF16_COSINE, BF16_NORM, BF16_TENSOR = 0.99, 0.05, 0.25  # docs/design.md, "Mixed precision": one step
 ATTACK_AGREEMENT = 0.999  # share of pixels; a sign step may flip on a near-zero input gradient
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s; the first entry
@@ -528,8 +531,6 @@ class Settings:
     batch: int
     steps: int
     warmup: int
-    check_batch: int
-    check_steps: int
     stream_images: int
     allreduce_floats: int
     profiled: int  # steps under the profiler
@@ -616,33 +617,38 @@ def weight_keys(state: dict) -> list[str]:
     return [k for k, v in state.items() if v.dim() > 1 and not k.startswith("normalize.")]
 
 
-def bn_statistics(state: dict) -> torch.Tensor:
-    keys = [k for k in state if k.endswith(("running_mean", "running_var"))]
-    return torch.cat([state[k].flatten() for k in keys]) if keys else torch.ones(1, dtype=torch.float64)
-
-
 def check_fp32(s: Settings, method: list[str], row: Row) -> None:
-    """The device's fp32 steps against the CPU's, with the CPU's own fp32 error (against the same
-    steps in float64) as the yardstick of what fp32 can resolve for these weights and data."""
-    initial, cpu32, used = cpu_steps(s, [method], s.check_batch, s.check_steps)
-    cpu64 = replay(s, [method], "fp32", s.check_batch, initial, used, torch.device("cpu"), torch.float64)
-    device = replay(s, [method], "fp32", s.check_batch, initial, used, s.device)
-    ref = weight_update(initial, cpu32)
-    own = relative(ref, weight_update(initial, cpu64)), relative(bn_statistics(cpu32), bn_statistics(cpu64))
-    got = relative(weight_update(initial, device), ref), relative(bn_statistics(device), bn_statistics(cpu32))
-    limit = [max(FP32_FLOOR, FP32_MARGIN * e) for e in own]
-    ok = got[0] <= limit[0] and got[1] <= limit[1]
-    row.values = {"measured": f"update {got[0]:.1e}, BN statistics {got[1]:.1e}",
-                  "tolerance": f"≤ {limit[0]:.1e}, ≤ {limit[1]:.1e} (fp32's own: {own[0]:.1e}, {own[1]:.1e})",
-                  "ok": ok}
+    """The device's fp32 steps against the CPU's, tensor by tensor, each with the CPU's own fp32
+    error on it (against the same steps in float64) as the yardstick of what fp32 resolves
+    there: a BatchNorm network's conv gradients are ill-conditioned where they come from
+    cancellation (the first conv of the small CNN: 7e-3 off float64 after one step), while the
+    other tensors agree with float64 to 1e-6 and so are checked tightly."""
+    parts = [CHECK_SETTING, method]
+    initial, cpu32, used = cpu_steps(s, parts, CHECK_BATCH, FP32_STEPS)
+    cpu64 = replay(s, parts, "fp32", CHECK_BATCH, initial, used, torch.device("cpu"), torch.float64)
+    device = replay(s, parts, "fp32", CHECK_BATCH, initial, used, s.device)
+    worst = (0.0, "-", 0.0, FP32_FLOOR)  # (error / limit, tensor, error, limit)
+    for key, start in initial.items():
+        reference = cpu32[key] - start
+        if not reference.any():  # never changes (the normalization's buffers)
+            continue
+        own = relative(reference, cpu64[key] - start)
+        error, limit = relative(device[key] - start, reference), max(FP32_FLOOR, FP32_MARGIN * own)
+        worst = max(worst, (error / limit, key, error, limit))
+    update = relative(weight_update(initial, device), weight_update(initial, cpu32))
+    ok = worst[0] <= 1
+    row.values = {"measured": f"update {update:.1e}; nearest its limit: {worst[1]} {worst[2]:.1e}",
+                  "tolerance": f"each tensor ≤ {FP32_MARGIN:g}× fp32's own error, ≥ {FP32_FLOOR:g} "
+                               f"({worst[1]}: {worst[3]:.1e})", "ok": ok}
     row.failed = not ok
 
 
 def check_bf16(s: Settings, method: list[str], row: Row) -> None:
-    """One bf16 step on the device against the fp32 step on the CPU, in the setting where
-    docs/design.md's tolerance was measured (tests/test_fast_path.py)."""
-    initial, cpu32, used = cpu_steps(s, [BF16_SETTING, method], BF16_BATCH, 1)
-    device = replay(s, [BF16_SETTING, method], "bf16", BF16_BATCH, initial, used, s.device)
+    """One bf16 step on the device against the fp32 step on the CPU, under docs/design.md's
+    tolerance."""
+    parts = [CHECK_SETTING, method]
+    initial, cpu32, used = cpu_steps(s, parts, CHECK_BATCH, 1)
+    device = replay(s, parts, "bf16", CHECK_BATCH, initial, used, s.device)
     ref, got = weight_update(initial, cpu32), weight_update(initial, device)
     cosine = float(torch.nn.functional.cosine_similarity(got, ref, dim=0))
     norm = float(got.norm() / ref.norm())
@@ -655,10 +661,10 @@ def check_bf16(s: Settings, method: list[str], row: Row) -> None:
 
 
 def check_attack(s: Settings, row: Row) -> None:
-    """wpat's PGD-10 from x (no random start), train-mode BN as AT's, on the device and the CPU."""
-    method = ["perturb.name=none", "attack.random_start=false"]
-    cpu = s.open("preact_resnet18", method, MODES["fp32"][1], batch=s.check_batch, device=torch.device("cpu"))
-    dev = s.open("preact_resnet18", method, MODES["fp32"][1], batch=s.check_batch)
+    """wpat's PGD-10 from x (no random start) on the device and on the CPU, on the same model."""
+    parts = [CHECK_SETTING, ["perturb.name=none", "attack.steps=10", "attack.random_start=false"], MODES["fp32"][1]]
+    cpu = s.open("preact_resnet18", *parts, batch=CHECK_BATCH, device=torch.device("cpu"))
+    dev = s.open("preact_resnet18", *parts, batch=CHECK_BATCH)
     dev.model.load_state_dict(cpu.model.state_dict())
     x, y, _ = next(cpu.batches())
     reference = cpu.attack(cpu.model, x, y)
@@ -671,37 +677,35 @@ def check_attack(s: Settings, row: Row) -> None:
 
 
 def correctness(s: Settings) -> tuple[Section, Callable[[Report, Budget], None]]:
-    model = MODELS["preact_resnet18"]
-    fp32_setting = f"{model[0] if not s.smoke else 'stand-in'}, batch {s.check_batch}, {s.check_steps} step(s)"
-    bf16_setting = f"docs/design.md's: small CNN, batch {BF16_BATCH}, 1 step"
     section = Section(
         "Correctness: the device against the CPU",
         "Training steps from the same weights on the same batches and adversarial examples, on the device "
         "and on the CPU; the examples are crafted on the CPU by the run's own attack (each device draws "
         "the attack's random start from its own generator), so the step itself is compared: the search "
-        "for v, the update at w + v, the BatchNorm statistics.\n\n"
-        f"*fp32*: `{model[1]}`{' (the `--smoke` stand-in)' if s.smoke else ''} with each method's "
-        f"overrides, TF32 off. A random-init network in train mode is ill-conditioned (on random images "
-        "the CPU's own fp32 gradients of PreAct ResNet-18 lie between 1e-6 and 3e-3 from float64), so the "
-        "device must match the CPU's fp32 steps within "
-        f"{FP32_MARGIN:g}× the CPU fp32 steps' own distance from the same steps in float64 (and at least "
-        f"{FP32_FLOOR:g}), on the update of the conv and linear weights and on the BatchNorm running "
-        "statistics.\n\n"
-        "*bf16* (autocast on the device) against the fp32 steps on the CPU, under docs/design.md's "
-        "tolerance (\"Mixed precision\") and in the setting it was measured in (tests/test_fast_path.py: "
-        "a width-4 small CNN, normalization 0.3/0.3, PGD-3 of ε = 0.1 and step 0.05 in eval mode, plain "
-        "SGD, one step; here on CIFAR-shaped images): cosine ≥ 0.99 with the fp32 update, its norm "
-        "within 5 %, each tensor's update within 25 %. (On PreAct ResNet-18 at initialization bf16 itself "
-        "is further off: one clean gradient under the CPU's autocast has cosine 0.97 with fp32, each conv "
-        "tensor 14–30 % off.)\n\n"
+        "for v, the update at w + v, the BatchNorm statistics. The runs are `cifar10-preactresnet18-linf` "
+        "with each method's overrides in the setting where docs/design.md's bf16 tolerance was measured "
+        "(tests/test_fast_path.py: a width-4 small CNN, normalization 0.3/0.3, PGD-3 of ε = 0.1 and step "
+        f"0.05 in eval mode, plain SGD), at batch {CHECK_BATCH}. PreAct ResNet-18 at initialization on "
+        "random images is no place for an element-wise comparison: its training step is so "
+        "ill-conditioned that two fp32 AT steps on the CPU lie 2 % from the same steps in float64, "
+        "AT-AWP's 20 %, AT-RWP's 62 %.\n\n"
+        f"*fp32* ({FP32_STEPS} steps, TF32 off): every tensor of the state (weights, biases, BatchNorm "
+        "parameters and running statistics) must change on the device as on the CPU, within "
+        f"{FP32_MARGIN:g}× the CPU fp32 steps' own error on that tensor (their distance from the same steps "
+        f"in float64), and at least {FP32_FLOOR:g}: a BatchNorm network's conv gradients are "
+        "ill-conditioned where they come from cancellation, the other tensors agree with float64 to "
+        "about 1e-6 and are held to the floor. *update*: the relative difference of the whole conv and "
+        "linear update.\n\n"
+        "*bf16* (one step under autocast on the device) against the fp32 step on the CPU, under "
+        "docs/design.md's tolerance (\"Mixed precision\"): cosine ≥ 0.99 with the fp32 update, its norm "
+        "within 5 %, each tensor's update within 25 %.\n\n"
         "*attack*: PGD-10 from x (no random start) on both sides; at least "
         f"{100 * ATTACK_AGREEMENT:g} % of the pixels must agree (a sign step can flip on a near-zero input "
         "gradient).",
-        ["check", "precision", "setting"], ["measured", "tolerance", "verdict"],
+        ["check", "precision"], ["measured", "tolerance", "verdict"],
         render=lambda r: [r.values["measured"], r.values["tolerance"], "pass" if r.values["ok"] else "FAIL"])
-    rows = {(label, mode): Row([label, mode, fp32_setting if mode == "fp32" else bf16_setting])
-            for label, _ in CHECKS for mode in ("fp32", "bf16")}
-    attack_row = Row(["PGD-10 attack, no random start", "fp32", fp32_setting])
+    rows = {(label, mode): Row([label, mode]) for label, _ in CHECKS for mode in ("fp32", "bf16")}
+    attack_row = Row(["PGD-10 attack, no random start", "fp32"])
     section.rows = [*rows.values(), attack_row]
 
     def run(report: Report, budget: Budget) -> None:
@@ -966,6 +970,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name}: {getattr(args, name)} is below {low}")
     if not args.budget > 0:
         parser.error("--budget: give a positive number of seconds")
+    try:
+        torch.device(args.device or "cpu")
+    except RuntimeError:
+        parser.error(f"--device: {args.device!r} is not a device (cuda, cuda:N, cpu)")
     return args
 
 
@@ -1014,9 +1022,8 @@ def main(argv: list[str] | None = None) -> int:
             device=device, smoke=args.smoke, work=Path(tmp), batch=args.batch or (8 if args.smoke else 128),
             steps=args.steps or (1 if args.smoke else 5),
             warmup=args.warmup if args.warmup is not None else (0 if args.smoke else 2),
-            check_batch=8 if args.smoke else 16, check_steps=1 if args.smoke else 2,
             stream_images=2048 if args.smoke else 50_000,
-            allreduce_floats=100_000 if args.smoke else 11_173_962, profiled=1 if args.smoke else 2,
+            allreduce_floats=100_000 if args.smoke else 11_172_170, profiled=1 if args.smoke else 2,
             extra=list(args.set))
         report = Report(args, device, facts_of(args, device, peak), Grid({}, {}, peak=peak))
         work = lay_out(report, s)
