@@ -101,7 +101,7 @@ class Run:
         t, cfg = self.trainer, self.cfg
         with torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
             train_step(t.forward_model, x, y, attack or t.attack, t.objective, t.perturbation, t.optimizer,
-                       cfg.perturb.alternations, cfg.optim.l1, weights)
+                       cfg.perturb.alternations, cfg.optim.l1, weights, score_forward=t.score_forward)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """The loop's batches, epoch after epoch, with the extra-data stream's share if any."""
