@@ -688,7 +688,7 @@ def correctness(s: Settings) -> tuple[Section, Callable[[Report, Budget], None]]
         f"0.05 in eval mode, plain SGD), at batch {CHECK_BATCH}. PreAct ResNet-18 at initialization on "
         "random images is no place for an element-wise comparison: its training step is so "
         "ill-conditioned that two fp32 AT steps on the CPU lie 2 % from the same steps in float64, "
-        "AT-AWP's 20 %, AT-RWP's 62 %.\n\n"
+        "AT-AWP's 20 %, AT-RWP's 62 % (batch 16, measured on a CPU).\n\n"
         f"*fp32* ({FP32_STEPS} steps, TF32 off): every tensor of the state (weights, biases, BatchNorm "
         "parameters and running statistics) must change on the device as on the CPU, within "
         f"{FP32_MARGIN:g}× the CPU fp32 steps' own error on that tensor (their distance from the same steps "
