@@ -21,7 +21,10 @@ from wpat.objectives import OBJECTIVES
 from wpat.perturb import AWP
 from wpat.regularize import l1_penalty, parameter_groups
 from wpat.step import train_step
-from wpat.train import Trainer, resume, train
+import wpat.train
+from wpat.run_state import RunState
+from wpat.train import fit, resume, train
+from wpat.training_parts import build_parts
 
 needs_fmnist = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 
@@ -103,11 +106,11 @@ def test_a_run_with_ema_resumes_bitwise_and_reports_its_own_checkpoints(tmp_path
     common = [*TINY, "schedule.epochs=2", "run.ema=0.9", f"run.out_dir={tmp_path}"]
     whole = train(load_config("fmnist-smallcnn-linf", [*common, "run.name=whole"]))
     cut = load_config("fmnist-smallcnn-linf", [*common, "run.name=cut", "schedule.epochs=2"])
-    trainer = Trainer(cut, tmp_path / "cut")
-    trainer.run_dir.mkdir(parents=True)
+    parts = build_parts(cut)
+    (tmp_path / "cut").mkdir(parents=True)
     real_fit_epochs = cut.schedule.epochs
     cut.schedule.epochs = 1  # stop after one epoch, then resume with the full length
-    trainer.fit()
+    fit(parts, RunState(), tmp_path / "cut")
     ckpt = load_checkpoint(tmp_path / "cut" / "last.pt")
     ckpt["config"]["schedule"]["epochs"] = real_fit_epochs
     torch.save(ckpt, tmp_path / "cut" / "last.pt")
@@ -134,12 +137,12 @@ def test_a_run_with_ema_resumes_bitwise_and_reports_its_own_checkpoints(tmp_path
 def test_early_stopping_stops_on_a_scripted_metric_and_keeps_the_best(tmp_path, monkeypatch, capsys):
     scripted = iter([0.30, 0.40, 0.35, 0.38, 0.39, 0.90])  # best at epoch 2, patience 3
 
-    def measure(self, model):
+    def measure(parts, model):
         value = next(scripted)
         return {"test_nat_acc": value, "test_pgd_acc": value, "train_nat_acc": value, "train_pgd_acc": value,
                 "robust_gap": 0.0, "val_nat_acc": value, "val_pgd_acc": value}
 
-    monkeypatch.setattr(Trainer, "measure", measure)
+    monkeypatch.setattr(wpat.train, "measure", measure)
     cfg = load_config("fmnist-smallcnn-linf", [*TINY, "schedule.epochs=6", "data.val_size=64", "run.select=val",
                                                "run.patience=3", f"run.out_dir={tmp_path}", "run.name=es"])
     summary = train(cfg)
@@ -179,10 +182,10 @@ def test_pretrain_on_five_classes_then_finetune_on_the_other_five(tmp_path, caps
     start = load_checkpoint(tmp_path / "pre" / "last.pt")["model"]
     fine = load_config("fmnist-smallcnn-linf-finetune", [*TINY, "schedule.epochs=1", f"run.out_dir={tmp_path}",
                                                         "run.name=fine", f"run.init_from={tmp_path / 'pre' / 'last.pt'}"])
-    trainer = Trainer(fine, tmp_path / "fine")
-    loaded = trainer.model.state_dict()
+    parts = build_parts(fine)
+    loaded = parts.model.state_dict()
     assert all(torch.equal(loaded[k], start[k]) for k in start if "normalize" not in k)  # 5 -> 5 classes
-    assert set(trainer.splits.y_train.tolist()) == {0, 1, 2, 3, 4}  # classes 5..9 relabelled
+    assert set(parts.splits.y_train.tolist()) == {0, 1, 2, 3, 4}  # classes 5..9 relabelled
     bad = load_config("fmnist-smallcnn-linf", [*TINY, "model.small_cnn.width=8", f"run.out_dir={tmp_path}",
                                                "run.name=bad", f"run.init_from={tmp_path / 'pre' / 'last.pt'}"])
     assert main(["train", "fmnist-smallcnn-linf", *TINY, "model.small_cnn.width=8",
@@ -209,3 +212,22 @@ def test_bad_values_are_one_line(override, fragment):
     with pytest.raises(WpatError, match=fragment) as err:
         experiment.build_components(load_config("fmnist-smallcnn-linf", [override]))
     assert "\n" not in str(err.value)
+
+
+@needs_fmnist
+def test_the_weight_averages_best_epoch_is_its_own_when_the_model_improves_alone(tmp_path, monkeypatch):
+    """ema_best.pt follows the average's accuracy: a later epoch where only the raw model gets
+    better leaves it at the average's best epoch."""
+    scripted = iter([0.30, 0.50, 0.40, 0.45])  # (model, average) per epoch: the model improves in epoch 2 only
+
+    def measure(parts, model):
+        value = next(scripted)
+        return {"test_nat_acc": value, "test_pgd_acc": value, "train_nat_acc": value, "train_pgd_acc": value,
+                "robust_gap": 0.0}
+
+    monkeypatch.setattr(wpat.train, "measure", measure)
+    summary = train(load_config("fmnist-smallcnn-linf", [*TINY, "schedule.epochs=2", "run.ema=0.9",
+                                                         f"run.out_dir={tmp_path}", "run.name=ema"]))
+    assert summary["best_epoch"] == 2 and summary["ema_best"]["epoch"] == 1
+    assert summary["ema_best"]["test_pgd_acc"] == 0.50
+    assert load_checkpoint(tmp_path / "ema" / "ema_best.pt")["epoch"] == 1

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from wpat.attacks import PGD
+from wpat.batching import check_extra_data
 from wpat.config import Config, component_options
 from wpat.data import DATASETS, dataset_spec, load_dataset, split_validation
 from wpat.errors import WpatError
@@ -182,6 +183,7 @@ class Components:
 def build_components(cfg: Config) -> Components:
     """Build (and so check) every component of ``cfg``: names, options and values, each with a
     one-line error naming the config key, before any data is read."""
+    check_extra_data(cfg)
     objective = objective_from_config(cfg)
     return Components(model=model_from_config(cfg), objective=objective,
                       perturbation=perturbation_from_config(cfg), schedule=schedule_from_config(cfg),

@@ -1,0 +1,169 @@
+"""The parts of a training run, built from its config: the process's device and rank, the model
+on that device, the optimizer, the data (splits, loader, extra stream), the weight average and
+the components (docs/design.md, "One training step").
+
+:func:`build_parts` is the one place that builds them, in an order that matters: the same seed
+before the model is built gives every rank the same initial weights, components are built (and
+so checked) before any data is read, and the per-rank seed comes after the weights are shared.
+The training loop (:mod:`wpat.train`) only uses what it returns.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from wpat import distributed, experiment
+from wpat.attacks import PGD
+from wpat.averaging import WeightAverage
+from wpat.batching import check_shares, extra_batch_size
+from wpat.config import Config
+from wpat.data import AUGMENTATIONS, DeviceLoader, ExtraStream, dataset_spec, open_extra
+from wpat.distributed import World
+from wpat.errors import WpatError
+from wpat.experiment import Splits
+from wpat.finetune import init_from
+from wpat.objectives import Objective
+from wpat.perturb import WeightPerturbation
+from wpat.regularize import parameter_groups
+from wpat.schedules import Schedule
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Everything the training loop uses. ``model`` is the module whose weights are trained,
+    saved and evaluated; ``forward_model`` is what the step calls (``torch.compile(model)``
+    with ``run.compile``, sharing its parameters; else ``model`` itself)."""
+
+    cfg: Config
+    device: torch.device
+    world: World
+    model: nn.Module
+    forward_model: nn.Module
+    objective: Objective
+    perturbation: WeightPerturbation | None
+    schedule: Schedule
+    attack: PGD
+    test_attack: PGD
+    optimizer: torch.optim.Optimizer
+    ema: WeightAverage | None
+    splits: Splits
+    train_eval: tuple[Tensor, Tensor]  # the fixed training subset evaluated each epoch
+    loader: DeviceLoader
+    extra: ExtraStream | None
+    steps_per_epoch: int
+    c_min: float  # the loss threshold of the logged fraction below it
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def start_process(cfg: Config) -> tuple[torch.device, World]:
+    """This process's device and place among the ranks, with the checks the ranks need: one
+    config for all of them, and a global batch that divides into equal shares."""
+    device = distributed.local_device(experiment.resolve_device(cfg.run.device))
+    world = distributed.init(device)
+    if world.size > 1 and len({repr(c) for c in distributed.gather(cfg.to_dict())}) > 1:
+        raise WpatError("the ranks were started with different configs: give every torchrun "
+                        "process the same preset and overrides")
+    check_shares(cfg, world)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    if cfg.run.deterministic:
+        torch.use_deterministic_algorithms(True)
+    return device, world
+
+
+def place_model(cfg: Config, model: nn.Module, device: torch.device, world: World, fresh: bool) -> nn.Module:
+    """The model on ``device`` with rank 0's weights on every rank (fine-tuned from
+    ``run.init_from`` on a fresh run), then the per-rank seed: the attacks' random starts differ
+    per rank."""
+    if cfg.run.init_from and fresh:  # fine-tuning: a pre-trained network, a new head if the classes differ
+        init_from(model, cfg.run.init_from)
+    model = model.to(device)
+    if cfg.run.sync_bn and world.size > 1:  # BN statistics of the global batch
+        if device.type != "cuda":
+            raise WpatError("run.sync_bn: SyncBatchNorm runs on CUDA devices only; leave it false on the CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    distributed.broadcast_(list(model.state_dict().values()))
+    seed_everything(cfg.run.seed + world.rank)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD over ``regularize.parameter_groups`` (two groups with ``optim.l2``)."""
+    o = cfg.optim
+    return torch.optim.SGD(parameter_groups(model, o.weight_decay, o.l2), lr=o.lr,
+                           momentum=o.momentum, nesterov=o.nesterov)
+
+
+def augmentation(cfg: Config) -> str:
+    """``data.augment``, or the dataset's default; checked against ``AUGMENTATIONS``."""
+    augment = cfg.data.augment or dataset_spec(cfg.data.name).augment
+    AUGMENTATIONS.get(augment)
+    return augment
+
+
+def build_loader(cfg: Config, splits: Splits, device: torch.device, batch_size: int) -> DeviceLoader:
+    """The labelled part (``batch_size`` examples) of each global batch, augmented and mixed on
+    ``device``."""
+    d = cfg.data
+    return DeviceLoader(splits.x_train, splits.y_train, batch_size, shuffle=True, drop_last=True,
+                        augment=augmentation(cfg), padding=d.padding, rotation=d.rotation, cutout=d.cutout,
+                        mix=d.mix, mix_alpha=d.mix_alpha, num_classes=experiment.num_classes_of(cfg),
+                        device=device, seed=cfg.run.seed)
+
+
+def build_extra_stream(cfg: Config, device: torch.device, batch_size: int) -> ExtraStream | None:
+    """The stream of extra labelled data (RST's pseudo-labels, generated images), ``batch_size``
+    examples of each global batch; None without extra data."""
+    if not batch_size:
+        return None
+    spec = dataset_spec(cfg.data.name)
+    data = open_extra(cfg.data.extra, shape=spec.shape, num_classes=spec.num_classes)
+    return ExtraStream(data, batch_size, seed=cfg.run.seed, device=device, augment=augmentation(cfg),
+                       padding=cfg.data.padding)
+
+
+def steps_per_epoch(cfg: Config, splits: Splits, loader: DeviceLoader, extra: ExtraStream | None) -> int:
+    """The loader's batches; with extra data an epoch is counted in labelled-set sizes of whole
+    global batches, as RST's script counts it."""
+    if extra is not None:
+        return max(1, len(splits.x_train) // cfg.data.batch_size)
+    return len(loader)
+
+
+def build_parts(cfg: Config, fresh: bool = True) -> Parts:
+    """Every part of a run of ``cfg``; ``fresh=False`` for a run about to load its ``last.pt``
+    (no ``run.init_from`` weights then)."""
+    device, world = start_process(cfg)
+    seed_everything(cfg.run.seed)  # the same initial weights on every rank
+    # Components first: a bad name or option is reported before any data is read.
+    components = experiment.build_components(cfg)
+    augmentation(cfg)  # checked here too: before the data is read
+    splits = experiment.load_splits(cfg)
+    model = place_model(cfg, components.model, device, world, fresh)
+    # torch.compile of the model's forward only (the attack loop and the search stay Python);
+    # it shares the parameters, so checkpoints and evaluation use the plain module.
+    forward_model = torch.compile(model) if cfg.run.compile else model
+    n_extra = extra_batch_size(cfg)
+    loader = build_loader(cfg, splits, device, cfg.data.batch_size - n_extra)
+    extra = build_extra_stream(cfg, device, n_extra)
+    n = min(cfg.eval.n_train, len(splits.x_train))
+    return Parts(
+        cfg=cfg, device=device, world=world, model=model, forward_model=forward_model,
+        objective=components.objective, perturbation=components.perturbation, schedule=components.schedule,
+        attack=components.attack, test_attack=components.test_attack, optimizer=build_optimizer(cfg, model),
+        ema=WeightAverage(model, cfg.run.ema) if cfg.run.ema else None, splits=splits,
+        train_eval=experiment.fixed_subset(splits.x_train, splits.y_train, n, cfg.run.seed + 1),
+        loader=loader, extra=extra, steps_per_epoch=steps_per_epoch(cfg, splits, loader, extra),
+        c_min=experiment.lsc_threshold(cfg))
