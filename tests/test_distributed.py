@@ -39,9 +39,9 @@ def step(model, x, y, delta, make, world=distributed.World()):
     x, y, delta = world.share(x), world.share(y), world.share(delta)
     attack = lambda m, a, b: (a + delta).clamp(0, 1)  # noqa: E731
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    from wpat.objectives import OBJECTIVES
+    from wpat.objectives import OBJECTIVES, Batch
 
-    _, stats = train_step(model, x, y, attack, OBJECTIVES.build("at"), make(), optimizer)
+    _, stats = train_step(model, Batch(x, y), attack, OBJECTIVES.build("at"), make(), optimizer)
     return stats
 
 

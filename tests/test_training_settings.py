@@ -17,7 +17,7 @@ from wpat.config import load_config
 from wpat.errors import WpatError
 from wpat.finetune import init_from
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES
+from wpat.objectives import OBJECTIVES, Batch
 from wpat.perturb import AWP
 from wpat.regularize import l1_penalty, parameter_groups
 from wpat.step import train_step
@@ -66,7 +66,7 @@ def test_l1_is_the_hand_written_penalty_on_conv_and_linear_weights_at_w_plus_v()
     objective = OBJECTIVES.build("at")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0)
     torch.manual_seed(1)
-    train_step(model, x, y, fixed, objective, AWP(gamma=0.01), opt, l1=1e-3)
+    train_step(model, Batch(x, y), fixed, objective, AWP(gamma=0.01), opt, l1=1e-3)
     # by hand: v from the plain loss, then CE + λ Σ|w + v| at w + v
     other.train()
     v = AWP(gamma=0.01).compute(other, lambda m: F.cross_entropy(m(x), y, reduction="none")).v
@@ -92,7 +92,7 @@ def test_ema_is_the_hand_computed_average_of_w_never_of_w_plus_v():
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for t in range(4):
-        train_step(model, x, y, lambda m, a, b: x, OBJECTIVES.build("at"), AWP(gamma=0.5), opt)
+        train_step(model, Batch(x, y), lambda m, a, b: x, OBJECTIVES.build("at"), AWP(gamma=0.5), opt)
         d = min(0.9, (1 + t) / (10 + t))
         for k, w in model.state_dict().items():  # w: v has been subtracted again
             expected[k] = d * expected[k] + (1 - d) * w.float() if w.dtype.is_floating_point else w.clone()

@@ -17,6 +17,7 @@ from wpat.config import Config
 from wpat.data import ExtraStream
 from wpat.distributed import World
 from wpat.errors import WpatError
+from wpat.objectives import Batch, Supplies
 
 
 def extra_batch_size(cfg: Config) -> int:
@@ -43,13 +44,14 @@ def check_shares(cfg: Config, world: World) -> None:
                         f"data) does not divide into {world.size} equal shares, one per rank")
 
 
-def compose_batch(world: World, x: Tensor, y: Tensor, extra: ExtraStream | None,
-                  extra_weight: float) -> tuple[Tensor, Tensor, Tensor | None]:
-    """This rank's share of the global batch: labelled examples, then extra ones, and the
+def compose_batch(world: World, loaded: tuple[Tensor, ...], extra: ExtraStream | None, extra_weight: float,
+                  supplies: Supplies) -> tuple[Batch, Tensor | None]:
+    """This rank's share of the global batch the loader yielded (``x``, ``y`` and any further
+    views): labelled examples, then extra ones, with the objective's ``supplies``; and the
     per-example loss weights when the extra examples weigh differently (``extra_weight`` ≠ 1)."""
-    x, y = world.share(x), world.share(y)
+    x, y, *views = (world.share(t) for t in loaded)
     if extra is None:
-        return x, y, None
+        return Batch(x, y, views=tuple(views), supplies=supplies), None
     # every rank draws the global extra batch and keeps its share, as one process would
     x_extra, y_extra = extra.next_batch()
     x_extra, y_extra = world.share(x_extra), world.share(y_extra)
@@ -59,4 +61,4 @@ def compose_batch(world: World, x: Tensor, y: Tensor, extra: ExtraStream | None,
     if extra_weight != 1:
         weights = torch.cat([torch.ones(len(x), device=x.device),
                              torch.full((len(x_extra),), extra_weight, device=x.device)])
-    return torch.cat([x, x_extra]), torch.cat([y, y_extra]), weights
+    return Batch(torch.cat([x, x_extra]), torch.cat([y, y_extra]), supplies=supplies), weights

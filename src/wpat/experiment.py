@@ -8,6 +8,7 @@ value reaches only the component it names and an option a component does not hav
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from wpat.objectives import OBJECTIVES, Objective
 from wpat.perturb import PERTURBATIONS, MaskedAscent, WeightPerturbation
 from wpat.registry import Registry
 from wpat.schedules import SCHEDULES, Schedule
+from wpat.supply import check_needs
 from wpat.threat import BNMode, ThreatModel
 
 
@@ -114,11 +116,23 @@ def model_from_config(cfg: Config) -> nn.Module:
         raise WpatError(f"model.{cfg.model.name}: invalid option value ({err})") from None
 
 
-def objective_from_config(cfg: Config) -> Objective:
-    objective = _build(OBJECTIVES, cfg.objective, "objective")
+def objective_from_config(cfg: Config, name: str | None = None) -> Objective:
+    """The objective ``name`` (default ``objective.name``) with its options ``objective.<name>.*``.
+    One that needs ``objectives`` (a wrapper) is given the function that builds the objective
+    it wraps the same way (a plain one: wrappers do not nest)."""
+    section = cfg.objective if name is None else dataclasses.replace(cfg.objective, name=name)
+    supplied = {}
+    if section.name in OBJECTIVES and "objectives" in OBJECTIVES.get(section.name).needs:
+        def objectives(base: str) -> Objective:
+            if base not in OBJECTIVES or "objectives" in OBJECTIVES.get(base).needs:
+                raise WpatError(f"base: {base!r} is not an objective to wrap; choose one of "
+                                f"{', '.join(n for n in OBJECTIVES if 'objectives' not in OBJECTIVES.get(n).needs)}")
+            return objective_from_config(cfg, base)
+        supplied["objectives"] = objectives
+    objective = _build(OBJECTIVES, section, "objective", **supplied)
     if cfg.data.mix != "none" and not objective.soft_targets:
         raise WpatError(f"data.mix: {cfg.data.mix} gives mixed (soft) targets, which objective "
-                        f"{cfg.objective.name!r} does not define (it needs each example's one true class)")
+                        f"{section.name!r} does not define (it needs each example's one true class)")
     return objective
 
 
@@ -185,6 +199,7 @@ def build_components(cfg: Config) -> Components:
     one-line error naming the config key, before any data is read."""
     check_extra_data(cfg)
     objective = objective_from_config(cfg)
+    check_needs(cfg, objective)
     return Components(model=model_from_config(cfg), objective=objective,
                       perturbation=perturbation_from_config(cfg), schedule=schedule_from_config(cfg),
                       attack=train_attack(cfg, objective), test_attack=eval_attack(cfg))

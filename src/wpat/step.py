@@ -2,16 +2,19 @@
 
 The step (docs/design.md, "One training step"):
 
-1. the attack crafts ``x_adv`` from input gradients only;
-2. ``loss_fn(m) = objective.per_example(m, x, x_adv, y)`` (shape [B]);
+1. the attack crafts ``x_adv`` (and the views' adversarial examples) from input gradients
+   only, and the objective prepares what it reads once per ``x_adv``;
+2. ``loss_fn(m) = objective.per_example(m, batch)`` (shape [B]);
 3. after its warm-up (:func:`perturbation_active`), the weight perturbation computes ``v``;
-4. the optimizer steps at ``w + v``, then ``v`` is subtracted again, as the authors' code does.
+4. the optimizer steps on ``objective.descent_losses`` at ``w + v``, then ``v`` is subtracted
+   again, as the authors' code does.
 
 :func:`schedule_time` says when in the run a batch reads the learning-rate schedule.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -19,16 +22,17 @@ from torch import Tensor, nn
 
 from wpat import distributed
 from wpat.config import Config, ScheduleConfig
-from wpat.objectives import Objective
+from wpat.objectives import Batch, Objective
 from wpat.perturb import WeightPerturbation, held_at, perturbed
 from wpat.regularize import l1_penalty
 
 
-def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Tensor], objective: Objective,
+def train_step(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], objective: Objective,
                perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer,
                alternations: int = 1, l1: float = 0.0, weights: Tensor | None = None
                ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One adversarial training step; returns the per-example losses at ``w + v`` and the
+    """One adversarial training step on the clean ``batch`` (``x``, ``y``, the views and
+    supplies the objective needs); returns the per-example losses at ``w + v`` and the
     perturbation's statistics (empty without a perturbation).
 
     ``alternations`` A ≥ 1 (AWP paper §4.2, Fig. 2a): after the first x′ and v, A − 1 more times
@@ -36,53 +40,67 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Ten
     update uses the last x′ and v. The weights are put back bitwise between alternations.
     ``l1`` adds λ·Σ|w| of the conv/linear weights (at ``w + v``) to the mean loss. ``weights``
     [B] multiply the per-example losses (the extra examples' weight), in the search and the step."""
-    x_adv = attack(model, x, y)
+    batch = adversarial(model, batch, attack, objective)
     model.train()
-
-    def loss_on(x_adv: Tensor) -> Callable[..., Tensor]:
-        def loss_fn(m: nn.Module, index: Tensor | None = None) -> Tensor:
-            if index is None:
-                losses = objective.per_example(m, x, x_adv, y)
-                return losses if weights is None else losses * weights
-            losses = objective.per_example(m, x[index], x_adv[index], y[index])
-            return losses if weights is None else losses * weights[index]
-        return loss_fn
-
-    loss_fn = loss_on(x_adv)
-    losses, v, stats = None, {}, {}
+    raw, v, stats = None, {}, {}
     if perturbation is not None:
         # The forward at w is the search's first step, and when the search does not move off w
         # (RWP with no example below c_min) it is the training forward too: the step then costs
         # what plain AT costs. Otherwise its BN statistics update is undone, so that only the
         # forward at w + v updates them, as in the authors' code.
         buffers = [b.clone() for b in model.buffers()]
-        losses = loss_fn(model)
-        result = perturbation.compute(model, loss_fn, losses=losses)
+        raw = objective.per_example(model, batch)
+        result = perturbation.compute(model, loss_function(objective, batch, weights), losses=weighted(raw, weights))
         stats = dict(result.stats)
         if result.moved or alternations > 1:
             with torch.no_grad():
                 for b, saved in zip(model.buffers(), buffers):
                     b.copy_(saved)
-            losses = None
+            raw = None
         for _ in range(alternations - 1):
             with held_at(model, result.v):
-                x_adv = attack(model, x, y)
+                batch = adversarial(model, batch, attack, objective)
             model.train()
-            loss_fn = loss_on(x_adv)
-            result = perturbation.compute(model, loss_fn, start=result)
+            result = perturbation.compute(model, loss_function(objective, batch, weights), start=result)
             stats["perturb_steps"] = stats["perturb_steps"] + result.stats["perturb_steps"]
             stats["v_over_w"] = result.stats["v_over_w"]
         if result.moved:
             v = result.v
         # else: adding a zero v would also invalidate the graph of the forward at w
     with perturbed(model, v):
-        if losses is None:
-            losses = loss_fn(model)
+        if raw is None:
+            raw = objective.per_example(model, batch)
         optimizer.zero_grad(set_to_none=True)
-        (losses.mean() + l1_penalty(model, l1)).backward()
+        descent = weighted(objective.descent_losses(raw), weights)
+        (descent.mean() + l1_penalty(model, l1)).backward()
         distributed.average_gradients(model)  # under torchrun: the global batch's gradient
         optimizer.step()
-    return losses.detach(), stats
+    return weighted(raw, weights).detach(), stats
+
+
+def adversarial(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], objective: Objective) -> Batch:
+    """``batch`` with the adversarial examples of ``x`` and of every view, crafted in one attack
+    call (one batch of all views), and what the objective prepares once per x′."""
+    if not batch.views:
+        return objective.prepare(replace(batch, x_adv=attack(model, batch.x, batch.y)))
+    n = len(batch.views) + 1
+    y = batch.y.repeat(n, *[1] * (batch.y.dim() - 1))
+    x_adv, *views_adv = attack(model, torch.cat([batch.x, *batch.views]), y).split(len(batch.x))
+    return objective.prepare(replace(batch, x_adv=x_adv, views_adv=tuple(views_adv)))
+
+
+def weighted(losses: Tensor, weights: Tensor | None) -> Tensor:
+    return losses if weights is None else losses * weights
+
+
+def loss_function(objective: Objective, batch: Batch, weights: Tensor | None) -> Callable[..., Tensor]:
+    """What a weight perturbation sees of the objective: ``loss_fn(m)``, the per-example
+    (weighted) losses of ``m`` on ``batch``, and ``loss_fn(m, index)`` on a subset of it."""
+    def loss_fn(m: nn.Module, index: Tensor | None = None) -> Tensor:
+        if index is None:
+            return weighted(objective.per_example(m, batch), weights)
+        return weighted(objective.per_example(m, batch.select(index)), None if weights is None else weights[index])
+    return loss_fn
 
 
 def perturbation_active(epoch: int, cfg: Config) -> bool:

@@ -109,12 +109,12 @@ def train_epoch(parts: Parts, state: RunState, run_dir: Path) -> dict[str, Any]:
     batches = itertools.islice(enumerate(parts.loader), state.step, steps)
     progress = Progress(f"epoch {epoch + 1}/{cfg.schedule.epochs}", steps, initial=state.step,
                         images_per_unit=cfg.data.batch_size, enabled=cfg.run.progress and parts.world.main)
-    for i, (x, y) in batches:
-        x, y, weights = compose_batch(parts.world, x, y, parts.extra, cfg.data.extra_weight)
+    for i, loaded in batches:
+        batch, weights = compose_batch(parts.world, loaded, parts.extra, cfg.data.extra_weight, parts.supplies)
         lr = parts.schedule(schedule_time(epoch, i, steps, cfg.schedule), cfg.optim.lr)
         set_lr(parts.optimizer, lr)
         with torch.autocast(parts.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
-            losses, perturb_stats = train_step(parts.forward_model, x, y, parts.attack, parts.objective,
+            losses, perturb_stats = train_step(parts.forward_model, batch, parts.attack, parts.objective,
                                                parts.perturbation if active else None, parts.optimizer,
                                                cfg.perturb.alternations, cfg.optim.l1, weights)
         if parts.ema is not None:

@@ -21,16 +21,19 @@ from wpat import distributed, experiment
 from wpat.attacks import PGD
 from wpat.averaging import WeightAverage
 from wpat.batching import check_shares, extra_batch_size
+from wpat.checkpoint import is_wpat_checkpoint, load_checkpoint
 from wpat.config import Config
 from wpat.data import AUGMENTATIONS, DeviceLoader, ExtraStream, dataset_spec, open_extra
 from wpat.distributed import World
 from wpat.errors import WpatError
 from wpat.experiment import Splits
 from wpat.finetune import init_from
-from wpat.objectives import Objective
+from wpat.loading import model_from_checkpoint
+from wpat.objectives import Objective, Supplies
 from wpat.perturb import WeightPerturbation
 from wpat.regularize import parameter_groups
 from wpat.schedules import Schedule
+from wpat.supply import views_needed
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Parts:
     model: nn.Module
     forward_model: nn.Module
     objective: Objective
+    supplies: Supplies  # the models the objective needs (wpat.supply)
     perturbation: WeightPerturbation | None
     schedule: Schedule
     attack: PGD
@@ -113,14 +117,14 @@ def augmentation(cfg: Config) -> str:
     return augment
 
 
-def build_loader(cfg: Config, splits: Splits, device: torch.device, batch_size: int) -> DeviceLoader:
+def build_loader(cfg: Config, splits: Splits, device: torch.device, batch_size: int, views: int) -> DeviceLoader:
     """The labelled part (``batch_size`` examples) of each global batch, augmented and mixed on
-    ``device``."""
+    ``device``, in ``views`` augmented views."""
     d = cfg.data
     return DeviceLoader(splits.x_train, splits.y_train, batch_size, shuffle=True, drop_last=True,
                         augment=augmentation(cfg), padding=d.padding, rotation=d.rotation, cutout=d.cutout,
                         mix=d.mix, mix_alpha=d.mix_alpha, num_classes=experiment.num_classes_of(cfg),
-                        device=device, seed=cfg.run.seed)
+                        device=device, seed=cfg.run.seed, views=views)
 
 
 def build_extra_stream(cfg: Config, device: torch.device, batch_size: int) -> ExtraStream | None:
@@ -142,6 +146,23 @@ def steps_per_epoch(cfg: Config, splits: Splits, loader: DeviceLoader, extra: Ex
     return len(loader)
 
 
+def load_teachers(cfg: Config, objective: Objective, device: torch.device) -> tuple[nn.Module, ...]:
+    """The models of the checkpoints an objective that needs ``teachers`` names (each with its
+    own stored config, or the run's for a foreign state_dict), frozen, in eval mode, on ``device``."""
+    if "teachers" not in objective.requirements():
+        return ()
+    teachers = []
+    for path in objective.teachers:  # type: ignore[attr-defined]
+        stored = is_wpat_checkpoint(load_checkpoint(path))
+        model, teacher_cfg, _ = model_from_checkpoint(path, None if stored else cfg)
+        if experiment.num_classes_of(teacher_cfg) != experiment.num_classes_of(cfg):
+            raise WpatError(f"objective.{cfg.objective.name}: teacher {path} predicts "
+                            f"{experiment.num_classes_of(teacher_cfg)} classes, the model "
+                            f"{experiment.num_classes_of(cfg)}")
+        teachers.append(model.to(device).eval().requires_grad_(False))
+    return tuple(teachers)
+
+
 def build_parts(cfg: Config, fresh: bool = True) -> Parts:
     """Every part of a run of ``cfg``; ``fresh=False`` for a run about to load its ``last.pt``
     (no ``run.init_from`` weights then)."""
@@ -149,21 +170,25 @@ def build_parts(cfg: Config, fresh: bool = True) -> Parts:
     seed_everything(cfg.run.seed)  # the same initial weights on every rank
     # Components first: a bad name or option is reported before any data is read.
     components = experiment.build_components(cfg)
+    objective = components.objective
     augmentation(cfg)  # checked here too: before the data is read
+    teachers = load_teachers(cfg, objective, device)
     splits = experiment.load_splits(cfg)
     model = place_model(cfg, components.model, device, world, fresh)
     # torch.compile of the model's forward only (the attack loop and the search stay Python);
     # it shares the parameters, so checkpoints and evaluation use the plain module.
     forward_model = torch.compile(model) if cfg.run.compile else model
     n_extra = extra_batch_size(cfg)
-    loader = build_loader(cfg, splits, device, cfg.data.batch_size - n_extra)
+    loader = build_loader(cfg, splits, device, cfg.data.batch_size - n_extra, views_needed(objective))
     extra = build_extra_stream(cfg, device, n_extra)
+    ema = WeightAverage(model, cfg.run.ema) if cfg.run.ema else None
+    average = ema.model if ema is not None and "average" in objective.requirements() else None
     n = min(cfg.eval.n_train, len(splits.x_train))
     return Parts(
-        cfg=cfg, device=device, world=world, model=model, forward_model=forward_model,
-        objective=components.objective, perturbation=components.perturbation, schedule=components.schedule,
-        attack=components.attack, test_attack=components.test_attack, optimizer=build_optimizer(cfg, model),
-        ema=WeightAverage(model, cfg.run.ema) if cfg.run.ema else None, splits=splits,
+        cfg=cfg, device=device, world=world, model=model, forward_model=forward_model, objective=objective,
+        supplies=Supplies(average=average, teachers=teachers), perturbation=components.perturbation,
+        schedule=components.schedule, attack=components.attack, test_attack=components.test_attack,
+        optimizer=build_optimizer(cfg, model), ema=ema, splits=splits,
         train_eval=experiment.fixed_subset(splits.x_train, splits.y_train, n, cfg.run.seed + 1),
         loader=loader, extra=extra, steps_per_epoch=steps_per_epoch(cfg, splits, loader, extra),
         c_min=experiment.lsc_threshold(cfg))

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from wpat.attacks.losses import is_soft
 from wpat.errors import WpatError
-from wpat.objectives.base import OBJECTIVES, Objective, require_non_negative
+from wpat.objectives.base import OBJECTIVES, Batch, Objective, require_non_negative
 from wpat.threat import BNMode
 
 
@@ -48,7 +48,8 @@ class MART(Objective):
         require_non_negative("MART", "lam", lam)
         self.lam = lam
 
-    def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
+    def per_example(self, model: nn.Module, batch: Batch) -> Tensor:
+        x, x_adv, y = batch.x, batch.x_adv, batch.y
         if is_soft(y):
             raise WpatError(f"MART is not defined for mixup/CutMix: its loss needs the true class's "
                             f"probability and margin, which soft targets {list(y.shape)} do not give "
