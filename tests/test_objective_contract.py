@@ -246,3 +246,12 @@ def test_the_perturbation_sees_the_base_loss_and_the_update_the_wrappers(registe
     torch.testing.assert_close(recorder.losses[0], expected)  # AT's losses, not the floor
     torch.testing.assert_close(losses, expected)  # and the logged ones
     assert all(torch.equal(t, before[k]) for k, t in model.state_dict().items())
+
+
+@needs_fmnist
+def test_a_wrapper_trains_through_wpat_train_and_logs_its_bases_losses(tmp_path, register):
+    register("toy-floored", Floored)
+    assert train(tmp_path, "objective.name=toy-floored", "objective.toy-floored.base=trades",
+                 "objective.toy-floored.floor=100", "perturb.name=rwp", "perturb.rwp.steps=2") == 0
+    record = load_checkpoint(tmp_path / "r" / "last.pt")["history"][-1]
+    assert 0 < record["train_loss"] < 100  # TRADES' losses, not the floor the update minimised
