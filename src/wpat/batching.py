@@ -26,13 +26,9 @@ def extra_batch_size(cfg: Config) -> int:
 
 
 def check_extra_data(cfg: Config) -> None:
-    """A fraction of extra data needs a source, and extra data keeps its own labels."""
-    if not extra_batch_size(cfg):
-        return
-    if not cfg.data.extra:
-        raise WpatError(f"data.extra: data.extra_fraction={cfg.data.extra_fraction} draws extra data; "
-                        f"name it with data.extra=PATH (.npz files or RST's pickle)")
-    if cfg.data.classes is not None:
+    """Extra data keeps its own labels: it does not combine with a class subset. (A preset may
+    leave ``data.extra`` for the user to name; the stream refuses to start without it.)"""
+    if extra_batch_size(cfg) and cfg.data.classes is not None:
         raise WpatError("data.classes: extra data keeps its own labels; it cannot be combined with a class subset")
 
 

@@ -2,7 +2,9 @@
 
 A run is fully described by one :class:`Config`. It is read from a YAML preset, then patched by
 command-line overrides such as ``attack.eps=8/255`` or ``perturb.rwp.c_min=4`` (fractions are
-accepted wherever a number is, because the field writes ε as 8/255). A component's options live
+accepted wherever a number is, because the field writes ε as 8/255). An optional value is unset
+by YAML's ``null`` (``~``), in a file or an override; the word ``none`` is a value like any other,
+so ``data.augment=none`` means no augmentation, not the dataset's default. A component's options live
 under its own name (``perturb.rwp.*``, ``perturb.awp.*``, ``model.small_cnn.*``), so a value
 reaches only the component it names. This layer imports no component: it checks its own values
 when a config is loaded (a bad one raises :class:`WpatError` naming the key, the value and what
@@ -48,7 +50,7 @@ class DataConfig:
     test_subset: int = 0  # evaluate on this many test examples; 0 = all
     val_size: int = 0  # examples held out of train for validation-based checkpoint selection
     classes: Union[list, None] = None  # train and test on these classes only, relabelled 0..k-1; None = all
-    augment: Union[str, None] = None  # none | flip | crop_flip; None = the dataset's default
+    augment: Union[str, None] = None  # none | flip | crop_flip; null (unset) = the dataset's default
     padding: str = "zeros"  # crop_flip's 4-px padding: zeros (TRADES code) | reflect (AT code)
     rotation: float = 0.0  # random rotation in [-r, r] degrees (the authors' CIFAR-100 AT: 15)
     cutout: int = 0  # cutout patch length in pixels (AWP Table 4: 14); 0 = off
@@ -77,6 +79,7 @@ class AttackConfig:
     steps: int = 10
     random_start: bool = True
     bn_mode: Union[str, None] = None  # train | eval | None = the objective's default
+    script_forwards: bool = False  # BN statistics also take the updates of the AT scripts' extra PGD forwards (scoring, mixup)
 
 
 @dataclass
@@ -112,6 +115,7 @@ class OptimConfig:
     nesterov: bool = False
     l1: float = 0.0  # λ·Σ|w| on conv/linear weights added to the loss (AWP Table 4: 5e-6)
     l2: float = 0.0  # > 0: conv/linear weights decay with this, the rest with 0 (AWP Table 4: 5e-3)
+    lr_groups: str = "all"  # all | first: the groups the schedule sets; first = the --l2 scripts (BN and biases keep optim.lr)
 
 
 @dataclass

@@ -28,13 +28,23 @@ def parse_number(text: str) -> float:
     return float(text)
 
 
+# How a command-line override spells YAML's null, the "not set" of an optional value.
+UNSET = ("null", "~")
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML or command-line value to the field's declared type."""
     if get_origin(annotation) is Union:
         options = [a for a in get_args(annotation) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+        # Only YAML's null leaves an optional value unset: None from a YAML file or a stored
+        # config, `null` or `~` on the command line. The word "none" is a value like any other
+        # (`data.augment=none` chooses no augmentation, which is not "the dataset's default").
+        if value is None or (isinstance(value, str) and value.strip().lower() in UNSET):
             return None
-        return _coerce(value, options[0], key)
+        try:
+            return _coerce(value, options[0], key)
+        except WpatError as err:
+            raise WpatError(f"{err} (null leaves {key} unset)") from None
     expected = annotation if isinstance(annotation, type) else type(annotation)
     try:
         if annotation is bool:
@@ -186,6 +196,7 @@ def validate(cfg: Any) -> None:
     _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number ≥ 0")
     _check(_finite(o.l1) and o.l1 >= 0, "optim.l1", o.l1, "a number ≥ 0 (0 = off)")
     _check(_finite(o.l2) and o.l2 >= 0, "optim.l2", o.l2, "a number ≥ 0 (0 = off)")
+    _choice("optim.lr_groups", o.lr_groups, ["all", "first"])
     _check(s.epochs >= 1, "schedule.epochs", s.epochs, "an integer ≥ 1")
     _choice("schedule.first_epoch", s.first_epoch, [0, 1])
     _choice("schedule.update", s.update, ["step_start", "step_end", "epoch"])

@@ -171,10 +171,12 @@ def eval_threat(cfg: Config) -> ThreatModel:
 
 def train_attack(cfg: Config, objective: Objective) -> PGD:
     """PGD-K with ``objective``'s attack loss, random start and BN mode (docs/design.md,
-    "One training step")."""
+    "One training step"); with ``attack.script_forwards`` a mixup step counts twice in the BN
+    running statistics, as the AT scripts' attack."""
     return PGD.from_threat(threat_model(cfg), cfg.attack.steps, random_start=cfg.attack.random_start,
                            init=objective.attack_init, loss=objective.attack_loss,
-                           bn_mode=cfg.attack.bn_mode or objective.attack_bn_mode)
+                           bn_mode=cfg.attack.bn_mode or objective.attack_bn_mode,
+                           mixup_forwards=2 if cfg.attack.script_forwards else 1)
 
 
 def eval_attack(cfg: Config, steps: int | None = None) -> PGD:

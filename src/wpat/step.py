@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from wpat import distributed
+from wpat.batchnorm import count_as, restore_running_stats, save_running_stats
 from wpat.config import Config, ScheduleConfig
 from wpat.objectives import Batch, Objective
 from wpat.perturb import WeightPerturbation, held_at, perturbed
@@ -29,8 +30,8 @@ from wpat.regularize import l1_penalty
 
 def train_step(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], objective: Objective,
                perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer,
-               alternations: int = 1, l1: float = 0.0, weights: Tensor | None = None
-               ) -> tuple[Tensor, dict[str, Tensor]]:
+               alternations: int = 1, l1: float = 0.0, weights: Tensor | None = None,
+               score_forward: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
     """One adversarial training step on the clean ``batch`` (``x``, ``y``, the views and
     supplies the objective needs); returns the per-example losses at ``w + v`` and the
     perturbation's statistics (empty without a perturbation).
@@ -39,27 +40,44 @@ def train_step(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], ob
     craft x′ against the model at ``w + v`` and continue the search for v from that x′; the
     update uses the last x′ and v. The weights are put back bitwise between alternations.
     ``l1`` adds λ·Σ|w| of the conv/linear weights (at ``w + v``) to the mean loss. ``weights``
-    [B] multiply the per-example losses (the extra examples' weight), in the search and the step."""
+    [B] multiply the per-example losses (the extra examples' weight), in the search and the step.
+
+    ``score_forward``: the attack ran in train mode, and each of its results is to be scored by
+    one more train-mode forward at the weights it was crafted at, as the authors' AT scripts'
+    PGD does (to pick the best restart); that forward changes nothing but the BatchNorm running
+    statistics, which take one more update. Where the step runs that very forward anyway -- the
+    objective's single forward of ``x_adv`` at ``w`` (AT), when it trains (no perturbation, or
+    RWP did not move) or starts the search -- the update is counted once more instead of run
+    (``wpat.batchnorm``); otherwise the score costs one forward without a graph."""
     batch = adversarial(model, batch, attack, objective)
     model.train()
+    # AT's loss is one forward of x_adv: at the attacked weights w it is the scripts' scoring forward.
+    scored_by_loss = score_forward and objective.single_adversarial_forward
+    if score_forward and not scored_by_loss:
+        score(model, batch.x_adv)
     raw, v, stats = None, {}, {}
+    twice = None  # the running statistics before a forward that stands for the scoring forward too
     if perturbation is not None:
         # The forward at w is the search's first step, and when the search does not move off w
         # (RWP with no example below c_min) it is the training forward too: the step then costs
         # what plain AT costs. Otherwise its BN statistics update is undone, so that only the
-        # forward at w + v updates them, as in the authors' code.
-        buffers = [b.clone() for b in model.buffers()]
+        # forward at w + v updates them, as in the authors' code -- unless it stands for their
+        # scoring forward, which updates them at w with x_adv exactly as it did.
+        saved = save_running_stats(model)
         raw = objective.per_example(model, batch)
         result = perturbation.compute(model, loss_function(objective, batch, weights), losses=weighted(raw, weights))
         stats = dict(result.stats)
         if result.moved or alternations > 1:
-            with torch.no_grad():
-                for b, saved in zip(model.buffers(), buffers):
-                    b.copy_(saved)
+            if not scored_by_loss:
+                restore_running_stats(saved)
             raw = None
+        elif scored_by_loss:
+            twice = saved  # the scripts score x_adv at w, then train on it at w + 0: two forwards
         for _ in range(alternations - 1):
             with held_at(model, result.v):
                 batch = adversarial(model, batch, attack, objective)
+                if score_forward:
+                    score(model, batch.x_adv)
             model.train()
             result = perturbation.compute(model, loss_function(objective, batch, weights), start=result)
             stats["perturb_steps"] = stats["perturb_steps"] + result.stats["perturb_steps"]
@@ -69,12 +87,16 @@ def train_step(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], ob
         # else: adding a zero v would also invalidate the graph of the forward at w
     with perturbed(model, v):
         if raw is None:
+            if scored_by_loss and perturbation is None:
+                twice = save_running_stats(model)  # plain AT: the scoring and training forwards are one
             raw = objective.per_example(model, batch)
         optimizer.zero_grad(set_to_none=True)
         descent = weighted(objective.descent_losses(raw), weights)
         (descent.mean() + l1_penalty(model, l1)).backward()
         distributed.average_gradients(model)  # under torchrun: the global batch's gradient
         optimizer.step()
+    if twice is not None:  # after the backward, which needs the statistics the forward saw
+        count_as(twice, 2)
     return weighted(raw, weights).detach(), stats
 
 
@@ -101,6 +123,13 @@ def loss_function(objective: Objective, batch: Batch, weights: Tensor | None) ->
             return weighted(objective.per_example(m, batch), weights)
         return weighted(objective.per_example(m, batch.select(index)), None if weights is None else weights[index])
     return loss_fn
+
+
+def score(model: nn.Module, x_adv: Tensor) -> None:
+    """The AT scripts' scoring forward of PGD's result, in the model's (train) mode and without a
+    graph: only its update of the BatchNorm running statistics remains."""
+    with torch.no_grad():
+        model(x_adv)
 
 
 def perturbation_active(epoch: int, cfg: Config) -> bool:

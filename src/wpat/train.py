@@ -32,6 +32,7 @@ from wpat.errors import WpatError
 from wpat.fs import writable_dir
 from wpat.metrics import correct
 from wpat.progress import Progress
+from wpat.regularize import scheduled_groups
 from wpat.run_log import EpochStats, EventLog, format_epoch, write_metrics
 from wpat.run_state import RunState, restore, resumable, weights_only
 from wpat.step import perturbation_active, schedule_time, train_step
@@ -112,11 +113,12 @@ def train_epoch(parts: Parts, state: RunState, run_dir: Path) -> dict[str, Any]:
     for i, loaded in batches:
         batch, weights = compose_batch(parts.world, loaded, parts.extra, cfg.data.extra_weight, parts.supplies)
         lr = parts.schedule(schedule_time(epoch, i, steps, cfg.schedule), cfg.optim.lr)
-        set_lr(parts.optimizer, lr)
+        set_lr(parts.optimizer, lr, cfg.optim.lr_groups)
         with torch.autocast(parts.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
             losses, perturb_stats = train_step(parts.forward_model, batch, parts.attack, parts.objective,
                                                parts.perturbation if active else None, parts.optimizer,
-                                               cfg.perturb.alternations, cfg.optim.l1, weights)
+                                               cfg.perturb.alternations, cfg.optim.l1, weights,
+                                               score_forward=parts.score_forward)
         if parts.ema is not None:
             parts.ema.update(parts.model)
         stats.add(losses, perturb_stats)
@@ -138,9 +140,9 @@ def train_epoch(parts: Parts, state: RunState, run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """The schedule's rate for the next step, in every parameter group."""
-    for group in optimizer.param_groups:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, lr_groups: str) -> None:
+    """The schedule's rate for the next step, in the parameter groups ``optim.lr_groups`` names."""
+    for group in scheduled_groups(optimizer, lr_groups):
         group["lr"] = lr
 
 

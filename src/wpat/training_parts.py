@@ -34,6 +34,7 @@ from wpat.perturb import WeightPerturbation
 from wpat.regularize import parameter_groups
 from wpat.schedules import Schedule
 from wpat.supply import views_needed
+from wpat.threat import BNMode
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Parts:
     perturbation: WeightPerturbation | None
     schedule: Schedule
     attack: PGD
+    score_forward: bool  # the AT scripts' PGD scores its result with a train-mode forward
     test_attack: PGD
     optimizer: torch.optim.Optimizer
     ema: WeightAverage | None
@@ -132,6 +134,9 @@ def build_extra_stream(cfg: Config, device: torch.device, batch_size: int) -> Ex
     examples of each global batch; None without extra data."""
     if not batch_size:
         return None
+    if not cfg.data.extra:
+        raise WpatError(f"data.extra: data.extra_fraction={cfg.data.extra_fraction} draws extra data; "
+                        f"name it with data.extra=PATH (.npz files or RST's pickle)")
     spec = dataset_spec(cfg.data.name)
     data = open_extra(cfg.data.extra, shape=spec.shape, num_classes=spec.num_classes)
     return ExtraStream(data, batch_size, seed=cfg.run.seed, device=device, augment=augmentation(cfg),
@@ -173,14 +178,14 @@ def build_parts(cfg: Config, fresh: bool = True) -> Parts:
     objective = components.objective
     augmentation(cfg)  # checked here too: before the data is read
     teachers = load_teachers(cfg, objective, device)
+    n_extra = extra_batch_size(cfg)
+    extra = build_extra_stream(cfg, device, n_extra)  # opened before the splits are read: its errors first
     splits = experiment.load_splits(cfg)
     model = place_model(cfg, components.model, device, world, fresh)
     # torch.compile of the model's forward only (the attack loop and the search stay Python);
     # it shares the parameters, so checkpoints and evaluation use the plain module.
     forward_model = torch.compile(model) if cfg.run.compile else model
-    n_extra = extra_batch_size(cfg)
     loader = build_loader(cfg, splits, device, cfg.data.batch_size - n_extra, views_needed(objective))
-    extra = build_extra_stream(cfg, device, n_extra)
     ema = WeightAverage(model, cfg.run.ema) if cfg.run.ema else None
     average = ema.model if ema is not None and "average" in objective.requirements() else None
     n = min(cfg.eval.n_train, len(splits.x_train))
@@ -188,6 +193,8 @@ def build_parts(cfg: Config, fresh: bool = True) -> Parts:
         cfg=cfg, device=device, world=world, model=model, forward_model=forward_model, objective=objective,
         supplies=Supplies(average=average, teachers=teachers), perturbation=components.perturbation,
         schedule=components.schedule, attack=components.attack, test_attack=components.test_attack,
+        # only in train mode does the scoring forward count (it changes the BN running statistics)
+        score_forward=cfg.attack.script_forwards and components.attack.bn_mode is BNMode.TRAIN,
         optimizer=build_optimizer(cfg, model), ema=ema, splits=splits,
         train_eval=experiment.fixed_subset(splits.x_train, splits.y_train, n, cfg.run.seed + 1),
         loader=loader, extra=extra, steps_per_epoch=steps_per_epoch(cfg, splits, loader, extra),

@@ -122,6 +122,10 @@ class Objective:
     (the model's mode while crafting, ``BNMode.TRAIN`` or ``BNMode.EVAL``); ``soft_targets``
     (default True) says whether the objective is defined for mixed (soft) targets, so that a
     configuration combining it with mixup/CutMix is refused before training starts.
+    ``single_adversarial_forward`` (default False) says that ``per_example`` runs exactly one
+    forward, of ``x_adv``: in train mode it then updates the BatchNorm running statistics as the
+    AT scripts' forward scoring ``x_adv`` does, which the training step uses in place of that
+    forward (``wpat.step.train_step``'s ``score_forward``).
 
     Subclasses set the three ``attack_*`` attributes and implement ``per_example``.
     """
@@ -130,6 +134,7 @@ class Objective:
     attack_init: str
     attack_bn_mode: BNMode
     soft_targets: bool = True
+    single_adversarial_forward: bool = False
     needs: ClassVar[tuple[str, ...]] = ()
 
     def prepare(self, batch: Batch) -> Batch:
@@ -150,9 +155,9 @@ class Objective:
 class Wrapper(Objective):
     """An objective built around another one, ``base``, named by its option ``base`` and built
     with that objective's own options (``objective.<base>.*``). By default it is the base: the
-    same attack, soft-target support, needs and every hook; a subclass overrides the hooks it
-    changes (loss scaling by the loss value overrides ``descent_losses``). A wrapper wraps a
-    plain objective, not another wrapper.
+    same attack, soft-target support, BatchNorm forwards, needs and every hook; a subclass
+    overrides the hooks it changes (loss scaling by the loss value overrides
+    ``descent_losses``). A wrapper wraps a plain objective, not another wrapper.
 
     Args:
         objectives: supplied by the assembly (``needs`` "objectives").
@@ -167,6 +172,8 @@ class Wrapper(Objective):
         self.attack_init = self.base.attack_init
         self.attack_bn_mode = self.base.attack_bn_mode
         self.soft_targets = self.base.soft_targets
+        # a subclass whose per_example runs other forwards than the base's sets it False
+        self.single_adversarial_forward = self.base.single_adversarial_forward
 
     def requirements(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((*self.needs, *self.base.requirements())))
