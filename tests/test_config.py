@@ -3,11 +3,16 @@ import math
 import pytest
 
 from wpat import experiment
+from wpat.attacks import ATTACK_LOSSES, ATTACKS
 from wpat.config import Config, config_from_dict, list_presets, load_config
 from wpat.config_values import parse_number
 from wpat.errors import WpatError
+from wpat.models import MODELS
+from wpat.objectives import OBJECTIVES
+from wpat.perturb import PERTURBATIONS
 from wpat.registry import Registry
 from wpat.schedules import SCHEDULES
+from wpat.threat import BNMode, ThreatModel
 
 
 def learning_rate(t, lr, s):
@@ -135,3 +140,84 @@ def test_schedules():
     assert learning_rate(40, 0.2, s) == pytest.approx(0.1) and learning_rate(200, 0.2, s) == pytest.approx(0)
     s.name = "linear"
     assert learning_rate(50, 0.1, s) == pytest.approx(0.075)
+
+
+# ---------------------------------------------------------------------- one build path, one format
+
+
+@pytest.mark.parametrize("build, key", [
+    (lambda: load_config(None, ["attack.eps=0"]), "attack.eps"),
+    (lambda: load_config(None, ["schedule.update=weekly"]), "schedule.update"),
+    (lambda: experiment.build_components(load_config(None, ["perturb.name=rwp", "perturb.rwp.c_min=-1"])),
+     "perturb.rwp: RWP c_min"),
+    (lambda: experiment.build_components(load_config(None, ["objective.name=trades", "objective.trades.beta=-1"])),
+     "objective.trades: TRADES beta"),
+    (lambda: experiment.build_components(load_config(None, ["schedule.name=cyclic", "schedule.cyclic.peak=2"])),
+     "schedule.cyclic: Cyclic peak"),
+    (lambda: experiment.build_components(load_config(None, ["model.name=resnet"])), "model.name"),
+    (lambda: experiment.build_components(load_config(None, ["data.mix=blend"])), "data.mix"),
+    (lambda: experiment.build_components(load_config(None, ["data.augment=jitter"])), "data.augment"),
+    (lambda: ATTACKS.build("pgd", eps=0.1, alpha=-1.0, steps=1), "PGD alpha"),
+    (lambda: ATTACKS.build("spsa", eps=0.1, samples=3), "SPSA samples"),
+    (lambda: ThreatModel("linf", float("nan"), 0.01), "threat model eps"),
+])
+def test_every_bad_value_is_reported_in_one_format(build, key):
+    """Config keys, component options, attacks and the threat model: ``KEY: VALUE is invalid;
+    expected WHAT``, one line, whichever layer checks it."""
+    with pytest.raises(WpatError) as err:
+        build()
+    message = str(err.value)
+    assert message.startswith(key + ": ") and " is invalid; expected " in message and "\n" not in message
+
+
+def test_component_names_come_from_the_registries():
+    """Every registered name is accepted and listed; the config layer keeps no list of its own."""
+    from wpat.data import AUGMENTATIONS, MIXES
+
+    for section, registry in (("model", MODELS), ("objective", OBJECTIVES), ("perturb", PERTURBATIONS),
+                              ("schedule", SCHEDULES)):
+        with pytest.raises(WpatError) as err:
+            experiment.build_components(load_config(None, [f"{section}.name=nothing"]))
+        assert str(err.value).endswith("expected one of " + ", ".join(registry.choices()))
+    assert PERTURBATIONS.choices()[0] == "none" and "none" not in PERTURBATIONS
+    assert experiment.build_components(load_config(None, ["perturb.name=none"])).perturbation is None
+    for key, registry in (("data.mix", MIXES), ("data.augment", AUGMENTATIONS)):
+        for name in registry.names():
+            experiment.build_components(load_config(None, [f"{key}={name}"]))
+
+
+def test_registry_reads_options_and_defaults_of_an_entry():
+    assert PERTURBATIONS.options("rwp") == ["gamma", "c_min", "steps", "subset", "norm", "early_exit"]
+    assert PERTURBATIONS.defaults("rwp")["c_min"] == 1.7 and PERTURBATIONS.defaults("awp")["steps"] == 1
+    assert MODELS.defaults("wide_resnet") == {"in_channels": 3, "depth": 34, "widen": 10}
+
+
+def test_the_training_attack_and_the_test_attack_are_built_by_the_attack_registry():
+    parts = experiment.build_components(load_config("cifar10-wrn34-10-trades", ["eval.alpha=0.01"]))
+    attack, test = parts.attack, parts.test_attack
+    assert isinstance(attack, ATTACKS.get("pgd")) and isinstance(test, ATTACKS.get("pgd"))
+    assert (attack.steps, attack.eps, attack.alpha) == (10, pytest.approx(8 / 255), pytest.approx(2 / 255))
+    assert attack.loss is ATTACK_LOSSES.get("kl") and attack.bn_mode is BNMode.EVAL  # TRADES' attack
+    assert (test.steps, test.alpha, test.bn_mode) == (20, 0.01, BNMode.EVAL)
+    assert test.loss is ATTACK_LOSSES.get("ce")
+
+
+# ---------------------------------------------------------------------- the logged loss threshold
+
+
+@pytest.mark.parametrize("source, overrides, threshold", [
+    (None, ["perturb.name=rwp"], 1.7),  # RWP's own default c_min
+    (None, ["perturb.name=rwp", "perturb.rwp.c_min=2.5"], 2.5),  # RWP's c_min where RWP trains
+    (None, ["perturb.name=awp", "perturb.rwp.c_min=2.5"], 1.7),  # ... and only there
+    (None, ["perturb.name=awp", "run.lsc_threshold=0.5"], 0.5),
+    (None, ["perturb.name=rwp", "perturb.rwp.c_min=2.5", "run.lsc_threshold=0.5"], 0.5),
+    ("cifar100-preactresnet18-linf", ["perturb.name=none"], 4.0),  # the preset states it
+    ("cifar10-preactresnet18-linf", ["perturb.name=awp"], 1.7),
+])
+def test_the_logged_loss_threshold_has_its_own_setting(source, overrides, threshold):
+    assert experiment.lsc_threshold(load_config(source, overrides)) == threshold
+
+
+def test_the_logged_loss_threshold_is_checked():
+    with pytest.raises(WpatError, match="run.lsc_threshold: -1.0 is invalid"):
+        load_config(None, ["run.lsc_threshold=-1"])

@@ -53,7 +53,7 @@ def yaml_config(tmp_path: Path, key: str, text: str) -> str:
 
 def test_the_audit_finds_every_optional_field():
     assert sorted(OPTIONAL) == ["attack.bn_mode", "data.augment", "data.classes", "data.extra", "data.root",
-                                "eval.alpha", "model.mean", "model.std", "run.init_from", "run.name"]
+                                "eval.alpha", "model.mean", "model.std", "run.init_from", "run.lsc_threshold", "run.name"]
 
 
 @pytest.mark.parametrize("key", sorted(OPTIONAL))

@@ -31,7 +31,7 @@ from wpat.config import Config, config_from_dict, dump_config, run_over, stopped
 from wpat.errors import WpatError
 from wpat.fs import writable_dir
 from wpat.metrics import correct
-from wpat.progress import Progress
+from wpat.progress import After, Progress
 from wpat.regularize import scheduled_groups
 from wpat.run_log import EpochStats, EventLog, format_epoch, write_metrics
 from wpat.run_state import RunState, restore, resumable, weights_only
@@ -52,6 +52,24 @@ def train(cfg: Config) -> dict[str, Any]:
     return fit(parts, RunState(), run_dir)
 
 
+def evaluates(epoch: int, cfg: Config) -> bool:
+    """Whether the run evaluates after (1-based) ``epoch``: every ``eval.every`` and the last."""
+    return epoch % cfg.eval.every == 0 or epoch == cfg.schedule.epochs
+
+
+def run_after(epoch: int, steps_per_epoch: int, cfg: Config, eval_seconds: float | None) -> After:
+    """What the run does after (0-based) ``epoch``'s steps, for its ETA: the later epochs' steps,
+    its evaluations (this epoch's included) as long as the last one measured. A minimum while
+    an evaluation is due but none was measured yet, or while the weight perturbation is still to
+    start (its epochs are slower than this one)."""
+    later = range(epoch + 1, cfg.schedule.epochs)
+    n_evals = sum(evaluates(e + 1, cfg) for e in (epoch, *later))
+    slower_later = cfg.perturb.name != "none" and not perturbation_active(epoch, cfg) and \
+        any(perturbation_active(e, cfg) for e in later)
+    return After(units=steps_per_epoch * len(later), seconds=n_evals * (eval_seconds or 0.0),
+                 lower_bound=(n_evals > 0 and eval_seconds is None) or slower_later)
+
+
 def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its ``last.pt``; the result equals an uninterrupted run."""
     run_dir = Path(run_dir)
@@ -70,12 +88,15 @@ def fit(parts: Parts, state: RunState, run_dir: Path) -> dict[str, Any]:
     """Train from ``state`` until the schedule's end or early stopping; returns the summary."""
     cfg, world = parts.cfg, parts.world
     first = state.epoch
+    eval_seconds: float | None = None  # the last evaluation's length, for the run's ETA
     events = EventLog(run_dir, state.epoch + 1) if cfg.run.tensorboard and world.main else None
     try:
         while not run_over(cfg, state.epoch, state.best["epoch"]):  # a resumed run may have stopped
-            record = train_epoch(parts, state, run_dir)
-            if evaluation_due(cfg, state.epoch + 1):
+            record = train_epoch(parts, state, run_dir, eval_seconds)
+            if evaluates(state.epoch + 1, cfg):
+                eval_started = time.perf_counter()
                 record.update(evaluate(parts))
+                eval_seconds = time.perf_counter() - eval_started
             state = next_state(cfg, state, record)
             save_epoch(parts, state, run_dir)
             if events is not None:
@@ -93,9 +114,10 @@ def fit(parts: Parts, state: RunState, run_dir: Path) -> dict[str, Any]:
     return summary(parts, state, run_dir)
 
 
-def train_epoch(parts: Parts, state: RunState, run_dir: Path) -> dict[str, Any]:
+def train_epoch(parts: Parts, state: RunState, run_dir: Path, eval_seconds: float | None) -> dict[str, Any]:
     """Train epoch ``state.epoch + 1`` from its batch ``state.step`` on; returns the epoch's
-    record (learning rate, time, training statistics), before evaluation."""
+    record (learning rate, time, training statistics), before evaluation. ``eval_seconds``,
+    the last evaluation's length, goes into the progress lines' ETA of the whole run."""
     cfg, epoch, steps = parts.cfg, state.epoch, parts.steps_per_epoch
     parts.loader.set_epoch(epoch)
     if parts.extra is not None:  # the extra stream's position follows from (epoch, step)
@@ -109,7 +131,8 @@ def train_epoch(parts: Parts, state: RunState, run_dir: Path) -> dict[str, Any]:
     # epoch's seed) and skips them.
     batches = itertools.islice(enumerate(parts.loader), state.step, steps)
     progress = Progress(f"epoch {epoch + 1}/{cfg.schedule.epochs}", steps, initial=state.step,
-                        images_per_unit=cfg.data.batch_size, enabled=cfg.run.progress and parts.world.main)
+                        images_per_unit=cfg.data.batch_size, enabled=cfg.run.progress and parts.world.main,
+                        after=run_after(epoch, steps, cfg, eval_seconds))
     for i, loaded in batches:
         batch, weights = compose_batch(parts.world, loaded, parts.extra, cfg.data.extra_weight, parts.supplies)
         lr = parts.schedule(schedule_time(epoch, i, steps, cfg.schedule), cfg.optim.lr)
@@ -146,9 +169,22 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, lr_groups: str) -> None:
         group["lr"] = lr
 
 
-def evaluation_due(cfg: Config, epoch: int) -> bool:
-    """Every ``eval.every`` epochs, and after the last."""
+def evaluates(epoch: int, cfg: Config) -> bool:
+    """Whether the run evaluates after (1-based) ``epoch``: every ``eval.every`` and the last."""
     return epoch % cfg.eval.every == 0 or epoch == cfg.schedule.epochs
+
+
+def run_after(epoch: int, steps_per_epoch: int, cfg: Config, eval_seconds: float | None) -> After:
+    """What the run does after (0-based) ``epoch``'s steps, for its ETA: the later epochs' steps,
+    its evaluations (this epoch's included) as long as the last one measured. A minimum while
+    an evaluation is due but none was measured yet, or while the weight perturbation is still to
+    start (its epochs are slower than this one)."""
+    later = range(epoch + 1, cfg.schedule.epochs)
+    n_evals = sum(evaluates(e + 1, cfg) for e in (epoch, *later))
+    slower_later = cfg.perturb.name != "none" and not perturbation_active(epoch, cfg) and \
+        any(perturbation_active(e, cfg) for e in later)
+    return After(units=steps_per_epoch * len(later), seconds=n_evals * (eval_seconds or 0.0),
+                 lower_bound=(n_evals > 0 and eval_seconds is None) or slower_later)
 
 
 def evaluate(parts: Parts) -> dict[str, float]:

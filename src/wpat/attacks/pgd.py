@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wpat.attacks.base import ATTACKS, Attack, Ball, ball, require_count, require_positive
+from wpat.attacks.base import ATTACKS, Attack, Ball, ball
 from wpat.attacks.losses import ATTACK_LOSSES, is_soft
 from wpat.batchnorm import count_as, save_running_stats
-from wpat.errors import WpatError
+from wpat.errors import check, is_count, is_number
 from wpat.registry import Registry
-from wpat.threat import BNMode, Norm, ThreatModel
+from wpat.threat import BNMode, Norm
 
 STARTS = Registry("random start")
 
@@ -80,30 +80,20 @@ class PGD(Attack):
                  loss: str = "ce", bn_mode: BNMode | str | None = None, mixup_forwards: int = 1) -> None:
         super().__init__(bn_mode=bn_mode)
         owner = type(self).__name__
-        require_positive(owner, "eps", eps)
-        require_positive(owner, "alpha", alpha)
-        require_count(owner, "steps", steps)
-        require_count(owner, "restarts", restarts)
-        if mixup_forwards not in (1, 2) or isinstance(mixup_forwards, bool):
-            raise WpatError(f"{owner}: mixup_forwards must be 1 or 2, got {mixup_forwards!r}")
+        for key, value in (("eps", eps), ("alpha", alpha)):
+            check(is_number(value) and value > 0, f"{owner} {key}", value, "a number > 0 (pixel units)")
+        for key, value in (("steps", steps), ("restarts", restarts)):
+            check(is_count(value), f"{owner} {key}", value, "an integer >= 1")
+        check(restarts == 1 or random_start, f"{owner} restarts", restarts,
+              "1 unless random_start=True (without it every run is the same)")
+        check(mixup_forwards in (1, 2) and not isinstance(mixup_forwards, bool), f"{owner} mixup_forwards",
+              mixup_forwards, "1 or 2")
         self.mixup_forwards = mixup_forwards
-        if restarts > 1 and not random_start:
-            raise WpatError(f"{owner}: restarts={restarts} needs random_start=True "
-                            "(without it every run is the same)")
         self.eps, self.alpha, self.steps, self.restarts = eps, alpha, steps, restarts
         self.norm = Norm.parse(norm, f"{owner} norm")
         self.ball = ball(self.norm)
         self.start = STARTS.get(init) if random_start else None
         self.loss = ATTACK_LOSSES.get(loss)
-
-    @classmethod
-    def from_threat(cls, threat: ThreatModel, steps: int, *, random_start: bool = True,
-                    init: str = "uniform", restarts: int = 1, loss: str = "ce",
-                    bn_mode: BNMode | str | None = BNMode.EVAL, mixup_forwards: int = 1) -> "PGD":
-        """PGD-``steps`` in ``threat``'s ball with its step size: the one way training,
-        evaluation and analysis build PGD from a threat model."""
-        return cls(threat.eps, threat.alpha, steps, norm=threat.norm, random_start=random_start,
-                   init=init, restarts=restarts, loss=loss, bn_mode=bn_mode, mixup_forwards=mixup_forwards)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         x = x.float()  # deltas and projections stay fp32 whatever the batch's dtype

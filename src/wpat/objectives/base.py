@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar, Mapping
 
 from torch import Tensor, nn
 
-from wpat.errors import WpatError
 from wpat.registry import Registry
 from wpat.threat import BNMode
 
@@ -18,11 +16,6 @@ OBJECTIVES = Registry("objective")
 # What an objective may declare in ``needs``, and how the assembly supplies each (docs/design.md,
 # "One training step", "What an objective may need").
 NEEDS = ("objectives", "average", "teachers", "views")
-
-
-def require_non_negative(owner: str, key: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise WpatError(f"{owner}: {key} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
