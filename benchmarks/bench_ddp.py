@@ -31,7 +31,7 @@ def worker(steps: int, batch: int, width: int) -> None:
     from wpat import distributed
     from wpat.attacks import PGD
     from wpat.models import build_model
-    from wpat.objectives import OBJECTIVES
+    from wpat.objectives import OBJECTIVES, Batch
     from wpat.perturb import RWP
     from wpat.step import train_step
 
@@ -53,11 +53,11 @@ def worker(steps: int, batch: int, width: int) -> None:
     methods = {"AT": lambda: None, "AT-RWP (all below c_min)": lambda: RWP(c_min=float("inf"))}
     result = {}
     for name, make in methods.items():
-        train_step(model, x, y, attack, objective, make(), optimizer)  # warm-up
+        train_step(model, Batch(x, y), attack, objective, make(), optimizer)  # warm-up
         comm["s"] = 0.0
         started = time.perf_counter()
         for _ in range(steps):
-            train_step(model, x, y, attack, objective, make(), optimizer)
+            train_step(model, Batch(x, y), attack, objective, make(), optimizer)
         seconds = time.perf_counter() - started
         result[name] = {"images_per_s": steps * batch / seconds, "comm_share": comm["s"] / seconds}
     if world.main:

@@ -39,7 +39,7 @@ from torch import nn
 
 from wpat.attacks import PGD
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES
+from wpat.objectives import OBJECTIVES, Batch
 from wpat.perturb import AWP, RWP, WeightPerturbation
 from wpat.step import train_step
 
@@ -70,7 +70,7 @@ def timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, attack: PGD,
                alternations: int = 1) -> float:
     """One AT(-AWP/-RWP) step of wpat's training loop; returns its CPU ms."""
     start = cpu_ms()
-    train_step(model, x, y, attack, OBJECTIVE, perturbation, optimizer, alternations)
+    train_step(model, Batch(x, y), attack, OBJECTIVE, perturbation, optimizer, alternations)
     return cpu_ms() - start
 
 

@@ -24,7 +24,7 @@ from wpat.attacks import PGD
 from wpat.averaging import WeightAverage
 from wpat.data import DeviceLoader
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES
+from wpat.objectives import OBJECTIVES, Batch
 from wpat.regularize import parameter_groups
 from wpat.step import train_step
 
@@ -67,7 +67,7 @@ def main() -> None:
         for name, (model, optimizer, batches, l1, ema) in runs.items():
             started = time.process_time()
             x, y = next(batches)
-            train_step(model, x, y, attack, objective, None, optimizer, l1=l1)
+            train_step(model, Batch(x, y), attack, objective, None, optimizer, l1=l1)
             if ema is not None:
                 ema.update(model)
             if round_:  # the first round warms up

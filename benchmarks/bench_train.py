@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from wpat.attacks import PGD
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES
+from wpat.objectives import OBJECTIVES, Batch
 from wpat.tables import markdown_table
 from wpat.step import train_step
 
@@ -73,9 +73,9 @@ def make_steps(model, optimizer):
 
     return {
         "clean": clean,
-        "AT (PGD-10)": lambda x, y: train_step(model, x, y, pgd, at, None, optimizer),
+        "AT (PGD-10)": lambda x, y: train_step(model, Batch(x, y), pgd, at, None, optimizer),
         "AT (reference-style PGD-10)": reference,
-        "TRADES (PGD-10 on KL)": lambda x, y: train_step(model, x, y, kl_pgd, trades, None, optimizer),
+        "TRADES (PGD-10 on KL)": lambda x, y: train_step(model, Batch(x, y), kl_pgd, trades, None, optimizer),
     }
 
 

@@ -39,9 +39,9 @@ def step(model, x, y, delta, make, world=distributed.World()):
     x, y, delta = world.share(x), world.share(y), world.share(delta)
     attack = lambda m, a, b: (a + delta).clamp(0, 1)  # noqa: E731
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    from wpat.objectives import OBJECTIVES
+    from wpat.objectives import OBJECTIVES, Batch
 
-    _, stats = train_step(model, x, y, attack, OBJECTIVES.build("at"), make(), optimizer)
+    _, stats = train_step(model, Batch(x, y), attack, OBJECTIVES.build("at"), make(), optimizer)
     return stats
 
 
@@ -175,13 +175,13 @@ def trainer_worker(rank, init_file, out_dir, out):
     os.environ.update(WORLD_SIZE=str(WORLD), RANK=str(rank))
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     from wpat.config import load_config
-    from wpat.train import Trainer
+    from wpat.training_parts import build_parts
 
     cfg = load_config("fmnist-smallcnn-linf", ["model.small_cnn.width=4", "data.train_subset=128",
                                                "data.test_subset=32", "data.batch_size=64", "run.threads=1",
                                                f"run.out_dir={out_dir}"])
-    trainer = Trainer(cfg, Path(out_dir) / "t")
-    weights = torch.cat([t.flatten().float() for t in trainer.model.state_dict().values()])
+    model = build_parts(cfg).model
+    weights = torch.cat([t.flatten().float() for t in model.state_dict().values()])
     gathered = distributed.gather(weights)
     if rank == 0:
         torch.save(gathered, out)

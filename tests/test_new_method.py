@@ -21,7 +21,7 @@ from conftest import fashion_mnist_available
 from wpat import cli
 from wpat.errors import check, is_finite
 from wpat.model_state import kept
-from wpat.objectives import OBJECTIVES, Objective
+from wpat.objectives import OBJECTIVES, Batch, Objective
 from wpat.perturb import PERTURBATIONS, Perturbation, WeightPerturbation, perturbed_parameters
 from wpat.perturb.base import global_norm, rescale_per_layer
 from wpat.run_dir import RunDir
@@ -79,8 +79,8 @@ class SmoothAT(Objective):
         self.smoothing = smoothing
         BUILT.append(self)
 
-    def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(model(x_adv), y, reduction="none", label_smoothing=self.smoothing)
+    def per_example(self, model: nn.Module, batch: Batch) -> Tensor:
+        return F.cross_entropy(model(batch.x_adv), batch.y, reduction="none", label_smoothing=self.smoothing)
 
 
 @pytest.fixture(scope="module", autouse=True)

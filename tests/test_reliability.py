@@ -84,9 +84,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     real = AT.per_example
     calls = {"n": 0}
 
-    def poisoned(self, model, x, x_adv, y):
+    def poisoned(self, model, batch):
         calls["n"] += 1
-        losses = real(self, model, x, x_adv, y)
+        losses = real(self, model, batch)
         return losses * float("nan") if calls["n"] > 12 else losses  # 10 steps per epoch
 
     monkeypatch.setattr(AT, "per_example", poisoned)

@@ -35,10 +35,10 @@ def test_batches_mix_at_the_fraction_and_an_epoch_counts_labeled_set_sizes(tmp_p
     seen = []
     real = training.train_step
 
-    def spy(model, x, y, attack, objective, perturbation, optimizer, alternations=1, l1=0.0, weights=None,
+    def spy(model, batch, attack, objective, perturbation, optimizer, alternations=1, l1=0.0, weights=None,
             score_forward=False):
-        seen.append((len(x), weights.clone()))
-        return real(model, x, y, attack, objective, perturbation, optimizer, alternations, l1, weights,
+        seen.append((len(batch.x), weights.clone()))
+        return real(model, batch, attack, objective, perturbation, optimizer, alternations, l1, weights,
                     score_forward=score_forward)
 
     monkeypatch.setattr(training, "train_step", spy)

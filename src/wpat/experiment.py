@@ -16,6 +16,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from wpat.attacks import ATTACKS, PGD
+from wpat.batching import check_extra_data
 from wpat.config import LSC_THRESHOLD, Config, component_options
 from wpat.data import AUGMENTATIONS, DATASETS, MIXES, dataset_spec, load_dataset, split_validation
 from wpat.errors import WpatError, check_choice
@@ -24,6 +25,7 @@ from wpat.objectives import OBJECTIVES, Objective
 from wpat.perturb import PERTURBATIONS, MaskedAscent, WeightPerturbation
 from wpat.registry import Selection
 from wpat.schedules import SCHEDULES, Schedule
+from wpat.supply import check_needs
 from wpat.threat import BNMode, ThreatModel
 
 
@@ -81,11 +83,22 @@ def model_from_config(cfg: Config) -> nn.Module:
                       normalize)
 
 
-def objective_from_config(cfg: Config) -> Objective:
-    objective = OBJECTIVES.build_from(cfg.objective, "objective")
+def objective_from_config(cfg: Config, name: str | None = None) -> Objective:
+    """The objective ``name`` (default ``objective.name``) with its options ``objective.<name>.*``.
+    One that needs ``objectives`` (a wrapper) is given the function that builds the objective
+    it wraps the same way (a plain one: wrappers do not nest)."""
+    section = cfg.objective if name is None else Selection(name, cfg.objective.options)
+    supplied = {}
+    if section.name in OBJECTIVES and "objectives" in OBJECTIVES.get(section.name).needs:
+        def objectives(base: str) -> Objective:
+            plain = [n for n in OBJECTIVES if "objectives" not in OBJECTIVES.get(n).needs]
+            check_choice("base", base, plain)
+            return objective_from_config(cfg, base)
+        supplied["objectives"] = objectives
+    objective = OBJECTIVES.build_from(section, "objective", **supplied)
     if cfg.data.mix != "none" and not objective.soft_targets:
         raise WpatError(f"data.mix: {cfg.data.mix} gives mixed (soft) targets, which objective "
-                        f"{cfg.objective.name!r} does not define (it needs each example's one true class)")
+                        f"{section.name!r} does not define (it needs each example's one true class)")
     return objective
 
 
@@ -162,7 +175,9 @@ def build_components(cfg: Config) -> Components:
     """Build (and so check) every component of ``cfg``: names, options and values, each with a
     one-line error naming the config key, before any data is read."""
     check_data_names(cfg)
+    check_extra_data(cfg)
     objective = objective_from_config(cfg)
+    check_needs(cfg, objective)
     return Components(model=model_from_config(cfg), objective=objective,
                       perturbation=perturbation_from_config(cfg), schedule=schedule_from_config(cfg),
                       attack=train_attack(cfg, objective), test_attack=eval_attack(cfg))
