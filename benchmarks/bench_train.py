@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from wpat.attacks import PGD
 from wpat.models import build_model
 from wpat.objectives import OBJECTIVES, Batch
-from wpat.tables import markdown_table
-from wpat.step import train_step
+from wpat.helpers.tables import markdown_table
+from wpat.training.step import train_step
 
 SHAPES = {"small_cnn": (1, 28, 28, (0.286,), (0.353,)), "preact_resnet18": (3, 32, 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))}
 

@@ -70,12 +70,12 @@ import torch  # noqa: E402
 # Everything this script uses of wpat is in this block: the package is about to be reorganized,
 # and a moved module or attribute should cost an edit here only. A run is built through the
 # config loader and the training loop's Trainer; a batch is the loop's training step.
-from wpat.config import load_config  # noqa: E402
+from wpat.configuration.config import load_config  # noqa: E402
 from wpat.data import write_npz  # noqa: E402
-from wpat.errors import WpatError  # noqa: E402
-from wpat.step import train_step  # noqa: E402
-from wpat.tables import markdown_table  # noqa: E402
-from wpat.train import Trainer  # noqa: E402
+from wpat.helpers.errors import WpatError  # noqa: E402
+from wpat.training.step import train_step  # noqa: E402
+from wpat.helpers.tables import markdown_table  # noqa: E402
+from wpat.training.loop import Trainer  # noqa: E402
 
 
 class Run:

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from wpat import experiment
+from wpat.training import experiment
 from wpat.attacks import PGD
-from wpat.config import load_config
-from wpat.errors import WpatError
+from wpat.configuration.config import load_config
+from wpat.helpers.errors import WpatError
 from wpat.models import build_model
 from wpat.objectives import OBJECTIVES, Batch
 from wpat.perturb import AWP, PERTURBATIONS, RWP, perturbed, perturbed_parameters
-from wpat.step import train_step
+from wpat.training.step import train_step
 
 
 def problem(seed=0):

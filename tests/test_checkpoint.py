@@ -4,8 +4,8 @@ import pickle
 import pytest
 import torch
 
-from wpat.checkpoint import load_checkpoint, save_atomic
-from wpat.errors import WpatError
+from wpat.checkpoints.files import load_checkpoint, save_atomic
+from wpat.helpers.errors import WpatError
 
 
 class _Payload:
@@ -141,7 +141,7 @@ def test_no_warnings_reach_stderr(tmp_path):
 def test_pickle_globals_is_static(tmp_path):
     import io
 
-    from wpat.checkpoint import pickle_globals
+    from wpat.checkpoints.files import pickle_globals
 
     for protocol in range(6):
         found = pickle_globals(io.BytesIO(pickle.dumps([_Payload(), _Payload()], protocol=protocol)))
@@ -160,8 +160,8 @@ def test_a_last_pt_written_by_an_older_wpat_resumes_to_what_a_fresh_run_gives(tm
     finishes, and ends where a fresh run of its config.yaml ends."""
     import shutil
 
-    from wpat.config import load_config
-    from wpat.train import resume, train
+    from wpat.configuration.config import load_config
+    from wpat.training.loop import resume, train
 
     run_dir = tmp_path / "main-resume"
     shutil.copytree(FIXTURE, run_dir)

@@ -21,7 +21,7 @@ import torch
 
 from wpat.data.extra import ExtraData, open_extra, read_rst_pickle, write_npz
 from wpat.data.stream import ExtraStream, stream_order
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 N = 700
 
@@ -304,9 +304,9 @@ def test_extra_data_settings_are_refused_before_any_data_is_read(tmp_path, overr
     """A class subset with extra data is refused by the validation every command and every sweep
     runs (``experiment.build_components``); extra data without a source when training starts.
     Either way `wpat train` exits 2 before reading the dataset and leaves no run directory."""
-    from wpat import experiment
+    from wpat.training import experiment
     from wpat.cli import main
-    from wpat.config import load_config
+    from wpat.configuration.config import load_config
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was read before the configuration was checked")

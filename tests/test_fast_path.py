@@ -10,7 +10,7 @@ from wpat.attacks import PGD
 from wpat.models import build_model
 from wpat.objectives import OBJECTIVES, Batch
 from wpat.perturb import AWP, RWP
-from wpat.step import train_step
+from wpat.training.step import train_step
 
 
 def one_step(model, make, autocast=False):

@@ -20,7 +20,7 @@ from wpat.attacks import ATTACK_LOSSES, CW, PGD
 from wpat.attacks.losses import cross_entropy_per_example
 from wpat.data import MIXES, DeviceLoader
 from wpat.data.mixing import sample_beta
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 from wpat.objectives import AT, MART, OBJECTIVES, TRADES, Batch
 from wpat.perturb import AWP, RWP
 

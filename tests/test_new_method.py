@@ -19,13 +19,13 @@ from torch import Tensor, nn
 import wpat
 from conftest import fashion_mnist_available
 from wpat import cli
-from wpat.errors import check, is_finite
-from wpat.model_state import kept
+from wpat.helpers.errors import check, is_finite
+from wpat.helpers.model_state import kept
 from wpat.objectives import OBJECTIVES, Batch, Objective
 from wpat.perturb import PERTURBATIONS, Perturbation, WeightPerturbation, perturbed_parameters
 from wpat.perturb.base import global_norm, rescale_per_layer
-from wpat.run_dir import RunDir
-from wpat.threat import BNMode
+from wpat.checkpoints.run_dir import RunDir
+from wpat.helpers.threat import BNMode
 
 needs_data = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 

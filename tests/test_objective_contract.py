@@ -16,18 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import SEED, fashion_mnist_available
-from wpat import experiment
+from wpat.training import experiment
 from wpat.attacks.losses import ATTACK_LOSSES, cross_entropy_per_example, kl_divergence
-from wpat.checkpoint import load_checkpoint
+from wpat.checkpoints.files import load_checkpoint
 from wpat.cli import main
-from wpat.config import load_config
-from wpat.errors import WpatError
+from wpat.configuration.config import load_config
+from wpat.helpers.errors import WpatError
 from wpat.data import DeviceLoader
 from wpat.objectives import OBJECTIVES, TRADES, Batch, Objective, Wrapper
 from wpat.perturb import WeightPerturbation
 from wpat.perturb.base import Perturbation
-from wpat.step import train_step
-from wpat.threat import BNMode
+from wpat.training.step import train_step
+from wpat.helpers.threat import BNMode
 
 needs_fmnist = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 

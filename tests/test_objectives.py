@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 from wpat.objectives import AT, MART, OBJECTIVES, TRADES, Batch
-from wpat.threat import BNMode
+from wpat.helpers.threat import BNMode
 
 IDENTITY = nn.Identity()
 CLEAN = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0], [-2.0, 4.0, 0.0]])

@@ -17,11 +17,11 @@ import torch
 import yaml
 
 from conftest import SEED
-from wpat.checkpoint import load_checkpoint
-from wpat.config import Config, config_from_dict, dump_config, load_config
-from wpat.errors import WpatError
-from wpat.train import train
-from wpat.training_parts import Parts, build_parts
+from wpat.checkpoints.files import load_checkpoint
+from wpat.configuration.config import Config, config_from_dict, dump_config, load_config
+from wpat.helpers.errors import WpatError
+from wpat.training.loop import train
+from wpat.training.parts import Parts, build_parts
 
 
 def optional_fields() -> dict[str, type]:

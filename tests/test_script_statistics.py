@@ -17,15 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import SEED, fashion_mnist_available
-from wpat import experiment
+from wpat.training import experiment
 from wpat.attacks import PGD
-from wpat.batchnorm import count_as, save_running_stats
-from wpat.checkpoint import load_checkpoint
-from wpat.config import load_config
+from wpat.helpers.batchnorm import count_as, save_running_stats
+from wpat.checkpoints.files import load_checkpoint
+from wpat.configuration.config import load_config
 from wpat.objectives import OBJECTIVES, Batch
 from wpat.perturb import AWP, RWP
-from wpat.step import train_step
-from wpat.train import train
+from wpat.training.step import train_step
+from wpat.training.loop import train
 
 EPS, ALPHA, STEPS, GAMMA = 8 / 255, 2 / 255, 3, 0.01
 EPS20 = 1e-20

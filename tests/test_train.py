@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from conftest import SEED, fashion_mnist_available
-from wpat.checkpoint import load_checkpoint
+from wpat.checkpoints.files import load_checkpoint
 from wpat.cli import main
-from wpat.config import load_config
+from wpat.configuration.config import load_config
 from wpat.objectives import Batch
-from wpat.step import train_step
-from wpat.train import resume, train
+from wpat.training.step import train_step
+from wpat.training.loop import resume, train
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Debian's dataset-fashion-mnist is not installed")
 

@@ -9,22 +9,22 @@ import torch.nn.functional as F
 
 
 from conftest import SEED, fashion_mnist_available
-from wpat import experiment
-from wpat.averaging import WeightAverage
-from wpat.checkpoint import load_checkpoint
+from wpat.training import experiment
+from wpat.optim.averaging import WeightAverage
+from wpat.checkpoints.files import load_checkpoint
 from wpat.cli import main
-from wpat.config import load_config
-from wpat.errors import WpatError
-from wpat.finetune import init_from
+from wpat.configuration.config import load_config
+from wpat.helpers.errors import WpatError
+from wpat.training.finetune import init_from
 from wpat.models import build_model
 from wpat.objectives import OBJECTIVES, Batch
 from wpat.perturb import AWP
-from wpat.regularize import l1_penalty, parameter_groups
-from wpat.step import train_step
-import wpat.train
-from wpat.run_state import RunState
-from wpat.train import fit, resume, train
-from wpat.training_parts import build_parts
+from wpat.optim.regularize import l1_penalty, parameter_groups
+from wpat.training.step import train_step
+import wpat.training.loop
+from wpat.training.run_state import RunState
+from wpat.training.loop import fit, resume, train
+from wpat.training.parts import build_parts
 
 needs_fmnist = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 
@@ -175,7 +175,7 @@ def test_early_stopping_stops_on_a_scripted_metric_and_keeps_the_best(tmp_path, 
         return {"test_nat_acc": value, "test_pgd_acc": value, "train_nat_acc": value, "train_pgd_acc": value,
                 "robust_gap": 0.0, "val_nat_acc": value, "val_pgd_acc": value}
 
-    monkeypatch.setattr(wpat.train, "measure", measure)
+    monkeypatch.setattr(wpat.training.loop, "measure", measure)
     cfg = load_config("fmnist-smallcnn-linf", [*TINY, "schedule.epochs=6", "data.val_size=64", "run.select=val",
                                                "run.patience=3", f"run.out_dir={tmp_path}", "run.name=es"])
     summary = train(cfg)
@@ -258,7 +258,7 @@ def test_the_weight_averages_best_epoch_is_its_own_when_the_model_improves_alone
         return {"test_nat_acc": value, "test_pgd_acc": value, "train_nat_acc": value, "train_pgd_acc": value,
                 "robust_gap": 0.0}
 
-    monkeypatch.setattr(wpat.train, "measure", measure)
+    monkeypatch.setattr(wpat.training.loop, "measure", measure)
     summary = train(load_config("fmnist-smallcnn-linf", [*TINY, "schedule.epochs=2", "run.ema=0.9",
                                                          f"run.out_dir={tmp_path}", "run.name=ema"]))
     assert summary["best_epoch"] == 2 and summary["ema_best"]["epoch"] == 1

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from wpat.analysis.report import (ablation_keys, ablation_rows, find_runs, group_curves,
                                       group_runs, markdown_differences, markdown_report,
                                       paired_differences, report_rows, run_result)
-    from wpat.fs import write_text_atomic
-    from wpat.tables import write_csv
+    from wpat.helpers.fs import write_text_atomic
+    from wpat.helpers.tables import write_csv
 
     results = [run_result(p) for p in find_runs(args.paths)]
     left_out = [r for r in results if not r.finished and not args.unfinished]

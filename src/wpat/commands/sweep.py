@@ -17,7 +17,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 INSTALL_HINT = ("wpat sweep runs its grid with Ray, which is not installed: pip install 'wpat[sweep]' "
                 "(or pass --local to run the runs one after another in this process)")
@@ -79,7 +79,7 @@ def describe(result: dict, index: int, total: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wpat.config import load_config
+    from wpat.configuration.config import load_config
     from wpat.sweep import (parse_grid, parse_seeds, plan, replicas, run_local, run_with_ray,
                             write_manifest)
 

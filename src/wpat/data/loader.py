@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from wpat.data.mixing import MIXES, cutout as random_cutout
-from wpat.errors import WpatError
-from wpat.registry import Registry
+from wpat.helpers.errors import WpatError
+from wpat.helpers.registry import Registry
 
 AUGMENTATIONS = Registry("augmentation")
 CROP_PADDING = 4  # pixels of zero padding for "crop_flip"

@@ -8,7 +8,7 @@ from wpat.objectives.at import AT
 from wpat.objectives.base import NEEDS, OBJECTIVES, Batch, Objective, Supplies, Wrapper
 from wpat.objectives.mart import MART
 from wpat.objectives.trades import TRADES
-from wpat.registry import import_package
+from wpat.helpers.registry import import_package
 
 import_package(__name__, __path__)
 

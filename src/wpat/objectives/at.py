@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from wpat.attacks.losses import cross_entropy_per_example
 from wpat.objectives.base import OBJECTIVES, Batch, Objective
-from wpat.threat import BNMode
+from wpat.helpers.threat import BNMode
 
 
 @OBJECTIVES.register("at")

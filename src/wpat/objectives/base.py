@@ -8,8 +8,8 @@ from typing import Callable, ClassVar, Mapping
 
 from torch import Tensor, nn
 
-from wpat.registry import Registry
-from wpat.threat import BNMode
+from wpat.helpers.registry import Registry
+from wpat.helpers.threat import BNMode
 
 OBJECTIVES = Registry("objective")
 
@@ -118,7 +118,7 @@ class Objective:
     ``single_adversarial_forward`` (default False) says that ``per_example`` runs exactly one
     forward, of ``x_adv``: in train mode it then updates the BatchNorm running statistics as the
     AT scripts' forward scoring ``x_adv`` does, which the training step uses in place of that
-    forward (``wpat.step.train_step``'s ``score_forward``).
+    forward (``wpat.training.step.train_step``'s ``score_forward``).
 
     Subclasses set the three ``attack_*`` attributes and implement ``per_example``.
     """

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wpat.attacks.losses import is_soft
-from wpat.errors import WpatError, check, is_finite
+from wpat.helpers.errors import WpatError, check, is_finite
 from wpat.objectives.base import OBJECTIVES, Batch, Objective
-from wpat.threat import BNMode
+from wpat.helpers.threat import BNMode
 
 
 @OBJECTIVES.register("mart")

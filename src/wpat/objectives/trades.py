@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from wpat.attacks.losses import cross_entropy_per_example, kl_divergence
-from wpat.errors import check, is_count, is_finite
+from wpat.helpers.errors import check, is_count, is_finite
 from wpat.objectives.base import OBJECTIVES, Batch, Objective
-from wpat.threat import BNMode
+from wpat.helpers.threat import BNMode
 
 
 @OBJECTIVES.register("trades")

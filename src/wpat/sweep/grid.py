@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from wpat.config import component_sections, config_from_dict, load_config, non_identity_keys
-from wpat.errors import WpatError
-from wpat.fs import write_text_atomic
+from wpat.configuration.config import component_sections, config_from_dict, load_config, non_identity_keys
+from wpat.helpers.errors import WpatError
+from wpat.helpers.fs import write_text_atomic
 
 MANIFEST = "sweep.json"
 FORMAT = "wpat-sweep-v1"
@@ -155,7 +155,7 @@ def expand(grid: Mapping[str, Sequence[str]], seeds: Sequence[int]) -> list[dict
 def _blame(config: str | None, overrides: Sequence[str], settings: Sequence[str]) -> str | None:
     """The first of a failed run's grid settings that fails on the (valid) base config alone,
     as ``--grid KEY=VALUE: error``; None if the failure needs the combination."""
-    from wpat import experiment
+    from wpat.training import experiment
 
     for setting in settings:
         try:
@@ -186,7 +186,7 @@ def plan(config: str | None, overrides: Sequence[str], grid: Mapping[str, Sequen
     one line naming the grid value at fault (``--grid KEY=VALUE: ...``) or, when only the
     combination fails, the run and its settings. A component option in the grid whose
     component no run selects is an error too."""
-    from wpat import experiment
+    from wpat.training import experiment
 
     base = load_config(config, overrides)
     try:

@@ -18,10 +18,10 @@ from typing import Any
 
 from torch import nn
 
-from wpat import distributed
-from wpat.checkpoint import FORMAT, rng_state, set_rng_state
-from wpat.config import Config
-from wpat.training_parts import Parts, seed_everything
+from wpat.helpers import distributed
+from wpat.checkpoints.files import FORMAT, rng_state, set_rng_state
+from wpat.configuration.config import Config
+from wpat.training.parts import Parts, seed_everything
 
 
 def no_best() -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The training loop: adversarial training with an optional weight perturbation.
 
-:func:`train` and :func:`resume` build a run's parts (:mod:`wpat.training_parts`) and its state
-(:mod:`wpat.run_state`) and hand both to :func:`fit`, which runs :func:`train_epoch` until the
-schedule ends or early stopping stops it. Each batch is one :func:`wpat.step.train_step`
+:func:`train` and :func:`resume` build a run's parts (:mod:`wpat.training.parts`) and its state
+(:mod:`wpat.training.run_state`) and hand both to :func:`fit`, which runs :func:`train_epoch` until the
+schedule ends or early stopping stops it. Each batch is one :func:`wpat.training.step.train_step`
 (docs/design.md, "One training step"). Each epoch ends with natural and PGD-20 accuracy on the
 test set and on a fixed training subset (their difference is the robust generalization gap),
 the RWP paper's loss-stationary statistics, every statistic of the perturbation, and two
@@ -24,19 +24,19 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from wpat import distributed
-from wpat.batching import compose_batch
-from wpat.checkpoint import is_wpat_checkpoint, load_checkpoint, save_atomic
-from wpat.config import Config, config_from_dict, dump_config, run_over, stopped_early
-from wpat.errors import WpatError
-from wpat.fs import writable_dir
-from wpat.metrics import correct
-from wpat.progress import After, Progress
-from wpat.regularize import scheduled_groups
-from wpat.run_log import EpochStats, EventLog, format_epoch, write_metrics
-from wpat.run_state import RunState, restore, resumable, weights_only
-from wpat.step import perturbation_active, schedule_time, train_step
-from wpat.training_parts import Parts, build_parts
+from wpat.helpers import distributed
+from wpat.training.batching import compose_batch
+from wpat.checkpoints.files import is_wpat_checkpoint, load_checkpoint, save_atomic
+from wpat.configuration.config import Config, config_from_dict, dump_config, run_over, stopped_early
+from wpat.helpers.errors import WpatError
+from wpat.helpers.fs import writable_dir
+from wpat.measurements.metrics import correct
+from wpat.helpers.progress import After, Progress
+from wpat.optim.regularize import scheduled_groups
+from wpat.training.run_log import EpochStats, EventLog, format_epoch, write_metrics
+from wpat.training.run_state import RunState, restore, resumable, weights_only
+from wpat.training.step import perturbation_active, schedule_time, train_step
+from wpat.training.parts import Parts, build_parts
 
 
 def train(cfg: Config) -> dict[str, Any]:

@@ -5,7 +5,7 @@ the components (docs/design.md, "One training step").
 :func:`build_parts` is the one place that builds them, in an order that matters: the same seed
 before the model is built gives every rank the same initial weights, components are built (and
 so checked) before any data is read, and the per-rank seed comes after the weights are shared.
-The training loop (:mod:`wpat.train`) only uses what it returns.
+The training loop (:mod:`wpat.training.loop`) only uses what it returns.
 """
 
 from __future__ import annotations
@@ -17,24 +17,26 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wpat import distributed, experiment
+from wpat.helpers import distributed
+
+from wpat.training import experiment
 from wpat.attacks import PGD
-from wpat.averaging import WeightAverage
-from wpat.batching import check_shares, extra_batch_size
-from wpat.checkpoint import is_wpat_checkpoint, load_checkpoint
-from wpat.config import Config
+from wpat.optim.averaging import WeightAverage
+from wpat.training.batching import check_shares, extra_batch_size
+from wpat.checkpoints.files import is_wpat_checkpoint, load_checkpoint
+from wpat.configuration.config import Config
 from wpat.data import AUGMENTATIONS, DeviceLoader, ExtraStream, dataset_spec, open_extra
-from wpat.distributed import World
-from wpat.errors import WpatError
-from wpat.experiment import Splits
-from wpat.finetune import init_from
-from wpat.loading import model_from_checkpoint
+from wpat.helpers.distributed import World
+from wpat.helpers.errors import WpatError
+from wpat.training.experiment import Splits
+from wpat.training.finetune import init_from
+from wpat.training.loading import model_from_checkpoint
 from wpat.objectives import Objective, Supplies
 from wpat.perturb import WeightPerturbation
-from wpat.regularize import parameter_groups
-from wpat.schedules import Schedule
-from wpat.supply import views_needed
-from wpat.threat import BNMode
+from wpat.optim.regularize import parameter_groups
+from wpat.optim.schedules import Schedule
+from wpat.training.supply import views_needed
+from wpat.helpers.threat import BNMode
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Parts:
     model: nn.Module
     forward_model: nn.Module
     objective: Objective
-    supplies: Supplies  # the models the objective needs (wpat.supply)
+    supplies: Supplies  # the models the objective needs (wpat.training.supply)
     perturbation: WeightPerturbation | None
     schedule: Schedule
     attack: PGD

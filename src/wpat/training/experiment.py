@@ -1,4 +1,4 @@
-"""Build the parts of an experiment from a :class:`~wpat.config.Config`.
+"""Build the parts of an experiment from a :class:`~wpat.configuration.config.Config`.
 
 Training, evaluation and the analysis commands all need the same model, data, threat model and
 components for a config; they are built here once so they never drift apart. Each component is
@@ -16,17 +16,17 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from wpat.attacks import ATTACKS, PGD
-from wpat.batching import check_extra_data
-from wpat.config import LSC_THRESHOLD, Config, component_options
+from wpat.training.batching import check_extra_data
+from wpat.configuration.config import LSC_THRESHOLD, Config, component_options
 from wpat.data import AUGMENTATIONS, DATASETS, MIXES, dataset_spec, load_dataset, split_validation
-from wpat.errors import WpatError, check_choice
+from wpat.helpers.errors import WpatError, check_choice
 from wpat.models import MODELS, Normalize, normalized
 from wpat.objectives import OBJECTIVES, Objective
 from wpat.perturb import PERTURBATIONS, MaskedAscent, WeightPerturbation
-from wpat.registry import Selection
-from wpat.schedules import SCHEDULES, Schedule
-from wpat.supply import check_needs
-from wpat.threat import BNMode, ThreatModel
+from wpat.helpers.registry import Selection
+from wpat.optim.schedules import SCHEDULES, Schedule
+from wpat.training.supply import check_needs
+from wpat.helpers.threat import BNMode, ThreatModel
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,7 +119,7 @@ def schedule_from_config(cfg: Config) -> Schedule:
 def lsc_threshold(cfg: Config) -> float:
     """The loss threshold of the logged fraction below it (``lsc_frac_below``): ``run.lsc_threshold``,
     by default RWP's ``c_min`` where RWP trains (so the statistic counts the examples RWP
-    perturbs) and :data:`~wpat.config.LSC_THRESHOLD` otherwise."""
+    perturbs) and :data:`~wpat.configuration.config.LSC_THRESHOLD` otherwise."""
     if cfg.run.lsc_threshold is not None:
         return cfg.run.lsc_threshold
     if cfg.perturb.name == "rwp":

@@ -20,12 +20,12 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from wpat import distributed
-from wpat.batchnorm import count_as, restore_running_stats, save_running_stats
-from wpat.config import Config, ScheduleConfig
+from wpat.helpers import distributed
+from wpat.helpers.batchnorm import count_as, restore_running_stats, save_running_stats
+from wpat.configuration.config import Config, ScheduleConfig
 from wpat.objectives import Batch, Objective
 from wpat.perturb import WeightPerturbation, held_at, perturbed
-from wpat.regularize import l1_penalty
+from wpat.optim.regularize import l1_penalty
 
 
 # One function on purpose (about 50 lines of code): it is docs/design.md's "One training step",
@@ -50,7 +50,7 @@ def train_step(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], ob
     statistics, which take one more update. Where the step runs that very forward anyway -- the
     objective's single forward of ``x_adv`` at ``w`` (AT), when it trains (no perturbation, or
     RWP did not move) or starts the search -- the update is counted once more instead of run
-    (``wpat.batchnorm``); otherwise the score costs one forward without a graph."""
+    (``wpat.helpers.batchnorm``); otherwise the score costs one forward without a graph."""
     batch = adversarial(model, batch, attack, objective)
     model.train()
     # AT's loss is one forward of x_adv: at the attacked weights w it is the scripts' scoring forward.

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from wpat.config import Config
+from wpat.configuration.config import Config
 from wpat.data import ExtraStream
-from wpat.distributed import World
-from wpat.errors import WpatError
+from wpat.helpers.distributed import World
+from wpat.helpers.errors import WpatError
 from wpat.objectives import Batch, Supplies
 
 

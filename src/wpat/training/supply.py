@@ -1,7 +1,7 @@
 """What an objective needs from the run, checked against the config before any data is read.
 
 An objective declares ``needs`` (:class:`wpat.objectives.Objective`); the assembly
-(:mod:`wpat.training_parts`) supplies each one, and :func:`check_needs`, run by the validation
+(:mod:`wpat.training.parts`) supplies each one, and :func:`check_needs`, run by the validation
 of every config (``experiment.build_components``), refuses in one line a config that cannot
 supply them: the weight average with ``run.ema`` off, a second view with batch mixing or extra
 data, a teacher checkpoint that is not there.
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wpat.batching import extra_batch_size
-from wpat.config import Config
-from wpat.errors import WpatError
+from wpat.training.batching import extra_batch_size
+from wpat.configuration.config import Config
+from wpat.helpers.errors import WpatError
 from wpat.objectives import NEEDS, Objective
 
 
