@@ -14,8 +14,8 @@ from wpat import cli
 from wpat.analysis.cost import FORWARD, ObjectiveCost, step_passes
 from wpat.analysis.leaderboard import leaderboard, markdown_leaderboard
 from wpat.analysis.report import group_runs, run_result
-from wpat.config import dump_config, load_config
-from wpat.errors import WpatError
+from wpat.configuration.config import dump_config, load_config
+from wpat.helpers.errors import WpatError
 from wpat.sweep import setting_of
 
 PGD = (0.70, 0.75, 0.80)  # natural accuracy of every run, epochs 1-3

@@ -11,8 +11,8 @@ import yaml
 from conftest import fashion_mnist_available
 from wpat import cli
 from wpat.analysis.report import group_runs, run_methods, run_result
-from wpat.config import dump_config, load_config
-from wpat.errors import WpatError
+from wpat.configuration.config import dump_config, load_config
+from wpat.helpers.errors import WpatError
 from wpat.sweep import Method, RunSpec, parse_grid, parse_methods, plan, read_manifest, write_manifest
 
 needs_data = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")

@@ -11,7 +11,7 @@
 (mean ± std over seeds as RWP Table 1 / AWP Table 4, ablation plots), ``gamma.py`` (adversarial
 loss under AWP vs random weight perturbations over γ, AWP Fig. 3a). The commands
 ``wpat landscape | lsc | plot | report | sensitivity`` are thin wrappers around these; they load
-checkpoints with :mod:`wpat.loading`.
+checkpoints with :mod:`wpat.training.loading`.
 """
 
 from wpat.analysis.runs import (CheckpointRef, analysis_attack, curve_rows, examples,

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 FORWARD = 1 / 3  # a forward without a backward, in passes
 

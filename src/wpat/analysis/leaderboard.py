@@ -38,9 +38,9 @@ from typing import Any, Mapping, Sequence
 
 from wpat.analysis.cost import at_passes, step_passes
 from wpat.analysis.report import Group, RunResult
-from wpat.errors import WpatError
-from wpat.run_dir import RunDir
-from wpat.tables import markdown_table
+from wpat.helpers.errors import WpatError
+from wpat.checkpoints.run_dir import RunDir
+from wpat.helpers.tables import markdown_table
 
 DEFAULT_BASELINE = "at"  # matched without regard to case: a sweep's `at` or the report's `AT`
 DEFAULT_SORT = "pgd_last"

@@ -33,8 +33,8 @@ from torch import Tensor
 
 from wpat.analysis.runs import CURVE_KEYS, curve_rows
 from wpat.analysis.lsc import LSCTable
-from wpat.errors import WpatError
-from wpat.tables import write_csv
+from wpat.helpers.errors import WpatError
+from wpat.helpers.tables import write_csv
 
 MAX_PANELS = 12  # weight histograms: beyond this many layers, an evenly spaced selection
 

@@ -3,7 +3,7 @@
     runs = [run_result(p) for p in find_runs(["runs/gamma-sweep"])]
     groups = group_runs([r for r in runs if r.finished])
     print(markdown_report(groups))            # RWP Table 1 / AWP Table 4 layout
-    write_csv(report_rows(groups), "report.csv")     # wpat.tables.write_csv
+    write_csv(report_rows(groups), "report.csv")     # wpat.helpers.tables.write_csv
     plot_group_curves([row for g in groups for row in group_curves(g)], "curves.png")
     key = "perturb.awp.gamma"                 # one of ablation_keys(groups)
     plot_ablation(ablation_rows(groups, key), key, "ablation.png")   # both in plots.py, CSV beside
@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from wpat.config import run_over
-from wpat.errors import WpatError, is_number
-from wpat.run_dir import RunDir
+from wpat.configuration.config import run_over
+from wpat.helpers.errors import WpatError, is_number
+from wpat.checkpoints.run_dir import RunDir
 from wpat.sweep import COMPONENT_SECTIONS, MANIFEST, method_of, read_manifest, setting_of, short_labels
-from wpat.tables import markdown_table
+from wpat.helpers.tables import markdown_table
 
 METHOD_KEYS = ("objective.name", "perturb.name")
 COLUMN_KEYS = ("data.name", "attack.norm", "attack.eps")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 ATTACK_HELP = ("comma-separated columns: natural, fgsm, pgd20, pgd100, cw, spsa, aa (AutoAttack standard), "
                "aa-plus (its plus version), aa-apgd (only its APGD-CE and APGD-T, cheaper) "

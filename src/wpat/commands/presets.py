@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-from wpat.config import PRESET_DIR, list_presets
+from wpat.configuration.config import PRESET_DIR, list_presets
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -14,7 +14,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.name:
-        from wpat.config import resolve_preset
+        from wpat.configuration.config import resolve_preset
 
         print(resolve_preset(args.name).read_text(), end="")
         return 0

@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
                                       group_runs, markdown_differences, markdown_report,
                                       paired_differences, report_rows, run_methods, run_result)
     from wpat.evaluation import check_attack_names
-    from wpat.fs import write_text_atomic
-    from wpat.tables import write_csv
+    from wpat.helpers.fs import write_text_atomic
+    from wpat.helpers.tables import write_csv
 
     check_sort(args.sort)
     check_attack_names([args.aa])

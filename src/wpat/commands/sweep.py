@@ -21,7 +21,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 INSTALL_HINT = ("wpat sweep runs its grid with Ray, which is not installed: pip install 'wpat[sweep]' "
                 "(or pass --local to run the runs one after another in this process)")
@@ -98,7 +98,7 @@ def sizes(n_runs: int, n_methods: int, n_seeds: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wpat.config import load_config
+    from wpat.configuration.config import load_config
     from wpat.sweep import (Library, list_methods, parse_grid, parse_methods, parse_seeds, plan,
                             replicas, run_local, run_with_ray, write_manifest)
 

@@ -8,8 +8,8 @@
 - :mod:`~wpat.evaluation.report`: the table with each number's settings, ``eval.json`` (which
   accumulates the results of every evaluation) and ``eval.md``.
 
-Loading checkpoints (also foreign state_dicts) is :mod:`wpat.loading`; accuracy helpers are
-:mod:`wpat.metrics`.
+Loading checkpoints (also foreign state_dicts) is :mod:`wpat.training.loading`; accuracy helpers are
+:mod:`wpat.measurements.metrics`.
 """
 
 from wpat.evaluation.columns import (COLUMNS, DEFAULT_ATTACKS, build_column, check_attack_names,

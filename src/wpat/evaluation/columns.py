@@ -26,10 +26,10 @@ from typing import Any, Callable, Sequence
 import pyautoattack
 
 from wpat.attacks import ATTACKS
-from wpat.errors import WpatError
-from wpat.metrics import Attack
-from wpat.registry import Registry
-from wpat.threat import BNMode, ThreatModel
+from wpat.helpers.errors import WpatError
+from wpat.measurements.metrics import Attack
+from wpat.helpers.registry import Registry
+from wpat.helpers.threat import BNMode, ThreatModel
 
 COLUMNS = Registry("evaluation attack")
 DEFAULT_ATTACKS = ("natural", "fgsm", "pgd20", "pgd100", "cw")  # spsa and aa are slow

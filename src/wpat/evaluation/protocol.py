@@ -23,20 +23,20 @@ import torch
 from torch import Tensor, nn
 
 from wpat import __version__
-from wpat.checkpoint import weights_digest
-from wpat.config import Config
+from wpat.checkpoints.files import weights_digest
+from wpat.configuration.config import Config
 from wpat.data import load_dataset
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 from wpat.evaluation.columns import (DEFAULT_ATTACKS, build_column, check_attack_names, column_settings,
                                      label, labels)
 from wpat.evaluation.masking import model_checks, ordering_warnings
 from wpat.evaluation.report import FORMAT, prepare_out_dir, with_ordering
-from wpat.experiment import eval_threat, resolve_device, select_classes
-from wpat.loading import model_from_checkpoint
-from wpat.metrics import Attack, correct, model_device, to_unit_float
-from wpat.progress import Progress
-from wpat.run_dir import checkpoints_of
-from wpat.threat import ThreatModel
+from wpat.training.experiment import eval_threat, resolve_device, select_classes
+from wpat.training.loading import model_from_checkpoint
+from wpat.measurements.metrics import Attack, correct, model_device, to_unit_float
+from wpat.helpers.progress import Progress
+from wpat.checkpoints.run_dir import checkpoints_of
+from wpat.helpers.threat import ThreatModel
 
 
 def first_test_examples(cfg: Config, n: int = 0) -> tuple[Tensor, Tensor]:
@@ -53,7 +53,7 @@ def column_correct(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | None
     An attack with its own verdict, ``attack.predictions(model, x, y, log=...)`` (AutoAttack:
     the predictions pyautoattack's ``run_standard_evaluation`` returns), is counted by that
     verdict rather than by a second forward of the model on its examples; any other attack by
-    the eval-mode model's argmax on its examples (:func:`wpat.metrics.correct`). Batches of
+    the eval-mode model's argmax on its examples (:func:`wpat.measurements.metrics.correct`). Batches of
     ``batch_size`` either way, so a resumable attack loses at most the batch in progress.
 
     With ``desc``, progress is reported under it; for an attack with its own verdict, which
@@ -127,8 +127,8 @@ def evaluate_checkpoint(path: str | os.PathLike, attacks: Sequence[str] = DEFAUL
 
     Every checkpoint is attacked on the first ``n_examples`` (0: all) test examples of its
     dataset, in fp32 and eval mode, each attack seeded with ``seed``, in the threat model of
-    :func:`wpat.experiment.eval_threat`. ``config`` is required for a foreign checkpoint (see
-    :func:`wpat.loading.model_from_checkpoint`); ``out_dir`` (created) keeps AutoAttack's
+    :func:`wpat.training.experiment.eval_threat`. ``config`` is required for a foreign checkpoint (see
+    :func:`wpat.training.loading.model_from_checkpoint`); ``out_dir`` (created) keeps AutoAttack's
     finished batches for resuming (``out_dir/autoattack/<checkpoint>``). Returns the report
     that :func:`wpat.evaluation.report.write_report` writes: settings plus
     ``"checkpoints": {label: result}``.

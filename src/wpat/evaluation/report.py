@@ -9,7 +9,7 @@ file that now holds other weights than the ones evaluated before keeps its earli
 under ``<name>@<fingerprint>``, marked ``superseded``.
 
 The layout (``"format": "wpat-eval-v2"``), per checkpoint name: ``path``, ``kind``, ``epoch``,
-``model``, ``dataset``, ``weights`` (:func:`wpat.checkpoint.weights_digest`), and per attack
+``model``, ``dataset``, ``weights`` (:func:`wpat.checkpoints.files.weights_digest`), and per attack
 name ``accuracy``, ``seconds``, ``settings`` and ``measured``; ``checks`` (the model's masking
 checks, with their own ``settings`` and ``measured``) and ``ordering_warnings`` (the ordering
 check over every result measured on the same examples). A file written before this layout
@@ -33,11 +33,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 from wpat.evaluation.columns import COLUMNS, TABLE_ORDER
 from wpat.evaluation.masking import ordering_warnings
-from wpat.fs import locked, writable_dir, write_text_atomic
-from wpat.tables import markdown_table, percent
+from wpat.helpers.fs import locked, writable_dir, write_text_atomic
+from wpat.helpers.tables import markdown_table, percent
 
 FORMAT = "wpat-eval-v2"
 # The settings that name the examples a result was measured on; results that share them (and

@@ -17,15 +17,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from wpat.checkpoint import weights_digest
-from wpat.config import Config, run_over
-from wpat.errors import WpatError
+from wpat.checkpoints.files import weights_digest
+from wpat.configuration.config import Config, run_over
+from wpat.helpers.errors import WpatError
 from wpat.evaluation.columns import column_settings
 from wpat.evaluation.protocol import first_test_examples
 from wpat.evaluation.report import read_report
-from wpat.experiment import eval_threat
-from wpat.loading import model_from_checkpoint
-from wpat.run_dir import RunDir, checkpoints_of
+from wpat.training.experiment import eval_threat
+from wpat.training.loading import model_from_checkpoint
+from wpat.checkpoints.run_dir import RunDir, checkpoints_of
 from wpat.sweep import MANIFEST, read_manifest
 
 

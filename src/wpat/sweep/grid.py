@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from wpat.config import component_sections, config_from_dict, load_config, non_identity_keys
-from wpat.errors import WpatError
-from wpat.fs import write_text_atomic
+from wpat.configuration.config import component_sections, config_from_dict, load_config, non_identity_keys
+from wpat.helpers.errors import WpatError
+from wpat.helpers.fs import write_text_atomic
 from wpat.sweep.methods import METHOD_KEY, Method, check_conflicts
 
 MANIFEST = "sweep.json"
@@ -160,7 +160,7 @@ def expand(grid: Mapping[str, Sequence[str]], seeds: Sequence[int],
 
 def _checked(config: str | None, overrides: Sequence[str]) -> WpatError | None:
     """The error of building ``config`` with ``overrides`` and its components, or None."""
-    from wpat import experiment
+    from wpat.training import experiment
 
     try:
         experiment.check_components(load_config(config, overrides))
@@ -203,7 +203,7 @@ def plan(config: str | None, overrides: Sequence[str], grid: Mapping[str, Sequen
     ...``) or grid value at fault (``--grid KEY=VALUE: ...``) or, when only the combination
     fails, the run and its settings. A component option in the grid whose component no run
     selects is an error too, and so are two methods whose runs compute the same."""
-    from wpat import experiment
+    from wpat.training import experiment
 
     check_conflicts(methods, overrides)
     base_ok = _checked(config, overrides) is None  # if not, perhaps a grid value makes it whole

@@ -51,9 +51,9 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from wpat.config import PRESET_DIR, Config, list_presets
-from wpat.config_values import flatten
-from wpat.errors import WpatError
+from wpat.configuration.config import PRESET_DIR, Config, list_presets
+from wpat.configuration.values import flatten
+from wpat.helpers.errors import WpatError
 
 LIBRARY_DIR = PRESET_DIR / "methods"
 METHOD_KEY = "method"  # the pseudo grid key of the methods axis in run settings and the manifest

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from wpat.attacks.base import crafting_mode
-from wpat.progress import Progress
-from wpat.threat import BNMode
+from wpat.helpers.progress import Progress
+from wpat.helpers.threat import BNMode
 
 Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
 

@@ -25,14 +25,14 @@ from typing import Any, BinaryIO, Iterable
 import numpy as np
 import torch
 
-from wpat.errors import WpatError
-from wpat.fs import atomic_file
+from wpat.helpers.errors import WpatError
+from wpat.helpers.fs import atomic_file
 
 FORMAT = "wpat-checkpoint-v1"
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` with ``torch.save`` to ``path`` atomically (:func:`wpat.fs.atomic_file`)."""
+    """Write ``obj`` with ``torch.save`` to ``path`` atomically (:func:`wpat.helpers.fs.atomic_file`)."""
     with atomic_file(path) as f:
         torch.save(obj, f)
 

@@ -4,7 +4,7 @@
 ``t`` is the number of epochs done, fractional, in [0, T], and ``lr`` the base learning rate.
 When ``t`` is sampled (before every batch, or once per epoch, and from which epoch count) is the
 training loop's business (``schedule.update``, ``schedule.first_epoch``; see
-``wpat.train.schedule_time``).
+``wpat.training.loop.schedule_time``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from wpat.errors import check, is_count, is_number
-from wpat.registry import Registry
+from wpat.helpers.errors import check, is_count, is_number
+from wpat.helpers.registry import Registry
 
 SCHEDULES = Registry("schedule")
 

@@ -1,4 +1,4 @@
-"""Build the parts of an experiment from a :class:`~wpat.config.Config`.
+"""Build the parts of an experiment from a :class:`~wpat.configuration.config.Config`.
 
 Training, evaluation and the analysis commands all need the same model, data, threat model and
 components for a config; they are built here once so they never drift apart. Each component is
@@ -16,15 +16,17 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from wpat.attacks import ATTACKS, PGD
-from wpat.config import LSC_THRESHOLD, Config, component_options
+from wpat.training.batching import check_extra_data
+from wpat.configuration.config import LSC_THRESHOLD, Config, component_options
 from wpat.data import AUGMENTATIONS, DATASETS, MIXES, dataset_spec, load_dataset, split_validation
-from wpat.errors import WpatError, check_choice
+from wpat.helpers.errors import WpatError, check_choice
 from wpat.models import MODELS, Normalize, normalized
 from wpat.objectives import OBJECTIVES, Objective
 from wpat.perturb import PERTURBATIONS, MaskedAscent, WeightPerturbation
-from wpat.registry import Selection
-from wpat.schedules import SCHEDULES, Schedule
-from wpat.threat import BNMode, ThreatModel
+from wpat.helpers.registry import Selection
+from wpat.optim.schedules import SCHEDULES, Schedule
+from wpat.training.supply import check_needs
+from wpat.helpers.threat import BNMode, ThreatModel
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,11 +83,22 @@ def model_from_config(cfg: Config) -> nn.Module:
                       normalize)
 
 
-def objective_from_config(cfg: Config) -> Objective:
-    objective = OBJECTIVES.build_from(cfg.objective, "objective")
+def objective_from_config(cfg: Config, name: str | None = None) -> Objective:
+    """The objective ``name`` (default ``objective.name``) with its options ``objective.<name>.*``.
+    One that needs ``objectives`` (a wrapper) is given the function that builds the objective
+    it wraps the same way (a plain one: wrappers do not nest)."""
+    section = cfg.objective if name is None else Selection(name, cfg.objective.options)
+    supplied = {}
+    if section.name in OBJECTIVES and "objectives" in OBJECTIVES.get(section.name).needs:
+        def objectives(base: str) -> Objective:
+            plain = [n for n in OBJECTIVES if "objectives" not in OBJECTIVES.get(n).needs]
+            check_choice("base", base, plain)
+            return objective_from_config(cfg, base)
+        supplied["objectives"] = objectives
+    objective = OBJECTIVES.build_from(section, "objective", **supplied)
     if cfg.data.mix != "none" and not objective.soft_targets:
         raise WpatError(f"data.mix: {cfg.data.mix} gives mixed (soft) targets, which objective "
-                        f"{cfg.objective.name!r} does not define (it needs each example's one true class)")
+                        f"{section.name!r} does not define (it needs each example's one true class)")
     return objective
 
 
@@ -106,7 +119,7 @@ def schedule_from_config(cfg: Config) -> Schedule:
 def lsc_threshold(cfg: Config) -> float:
     """The loss threshold of the logged fraction below it (``lsc_frac_below``): ``run.lsc_threshold``,
     by default RWP's ``c_min`` where RWP trains (so the statistic counts the examples RWP
-    perturbs) and :data:`~wpat.config.LSC_THRESHOLD` otherwise."""
+    perturbs) and :data:`~wpat.configuration.config.LSC_THRESHOLD` otherwise."""
     if cfg.run.lsc_threshold is not None:
         return cfg.run.lsc_threshold
     if cfg.perturb.name == "rwp":
@@ -162,7 +175,9 @@ def build_components(cfg: Config) -> Components:
     """Build (and so check) every component of ``cfg``: names, options and values, each with a
     one-line error naming the config key, before any data is read."""
     check_data_names(cfg)
+    check_extra_data(cfg)
     objective = objective_from_config(cfg)
+    check_needs(cfg, objective)
     return Components(model=model_from_config(cfg), objective=objective,
                       perturbation=perturbation_from_config(cfg), schedule=schedule_from_config(cfg),
                       attack=train_attack(cfg, objective), test_attack=eval_attack(cfg))

@@ -1,6 +1,6 @@
 """The values of a configuration: parsing (``8/255``, ``inf``, YAML scalars), setting a
 ``section.key`` or ``section.component.option`` entry on a config tree, and checking the values
-this layer owns. It works on any config tree (``wpat.config.Config``) handed to it and imports
+this layer owns. It works on any config tree (``wpat.configuration.config.Config``) handed to it and imports
 no component.
 """
 
@@ -12,8 +12,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from wpat.errors import WpatError, check, check_choice, is_finite
-from wpat.threat import BNMode, Norm
+from wpat.helpers.errors import WpatError, check, check_choice, is_finite
+from wpat.helpers.threat import BNMode, Norm
 
 
 # --------------------------------------------------------------------------- parsing values
@@ -138,7 +138,7 @@ def flatten(tree: Any, where: str) -> dict[str, Any]:
 
 def validate(cfg: Any) -> None:
     """Check every value this layer owns. Component names and options are checked where the
-    components are built (``wpat.experiment.build_components``), by their own registries."""
+    components are built (``wpat.training.experiment.build_components``), by their own registries."""
     d, m, a, e, p, s, r = cfg.data, cfg.model, cfg.attack, cfg.eval, cfg.perturb, cfg.schedule, cfg.run
     for key, value in (("data.name", d.name), ("model.name", m.name), ("objective.name", cfg.objective.name),
                        ("perturb.name", p.name), ("schedule.name", s.name)):

@@ -10,7 +10,7 @@ model>/<name>.json``. :func:`export_robustbench` writes both for a wpat run:
 - ``OUT/<name>.pt``: the plain ``state_dict`` (tensors only, on the CPU) of the run's best (or
   last) checkpoint, as ``torch.save`` writes it. A wpat model normalizes inside
   (``normalize.mean``/``normalize.std`` are part of the state_dict), so the file fits
-  :func:`wpat.experiment.model_from_config` of the run's config as is;
+  :func:`wpat.training.experiment.model_from_config` of the run's config as is;
 - ``OUT/<name>.json``: a ``model_info``-style record filled from the run's config and its
   ``eval.json`` (clean and AutoAttack accuracy in %, as RobustBench writes them, strings with two
   decimals); the fields only a person can fill (paper link, title, authors, venue, the reported
@@ -35,15 +35,15 @@ import torch
 from torch import Tensor
 
 from wpat import __version__
-from wpat.checkpoint import save_atomic, weights_digest
-from wpat.config import Config, component_options
-from wpat.errors import WpatError
+from wpat.checkpoints.files import save_atomic, weights_digest
+from wpat.configuration.config import Config, component_options
+from wpat.helpers.errors import WpatError
 from wpat.evaluation.report import describe_settings, read_report
-from wpat.experiment import model_from_config
-from wpat.fs import writable_dir, write_text_atomic
-from wpat.loading import model_from_checkpoint
+from wpat.training.experiment import model_from_config
+from wpat.helpers.fs import writable_dir, write_text_atomic
+from wpat.training.loading import model_from_checkpoint
 from wpat.models import MODELS
-from wpat.run_dir import find_checkpoint
+from wpat.checkpoints.run_dir import find_checkpoint
 
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}  # as RobustBench spells them (ThreatModel enum)
 TO_FILL = "TO FILL: "
@@ -119,7 +119,7 @@ def find_evaluation(ckpt_path: Path, kind: str, epoch: Any,
     """The ``eval.json`` entry of this checkpoint: the run directory's ``eval.json`` (``wpat eval
     RUN_DIR``) or ``eval-<kind>/eval.json`` (``wpat eval RUN_DIR/<kind>.pt``), either layout
     (:func:`wpat.evaluation.read_report`). An entry of other weights (``weights``, the
-    checkpoint's :func:`wpat.checkpoint.weights_digest`; a file of the first layout: another
+    checkpoint's :func:`wpat.checkpoints.files.weights_digest`; a file of the first layout: another
     epoch) is not used. Returns (entry, its file, notes about what was found and not used)."""
     notes: list[str] = []
     for candidate in (ckpt_path.parent / "eval.json", ckpt_path.parent / f"eval-{ckpt_path.stem}" / "eval.json"):
@@ -246,7 +246,7 @@ def export_robustbench(target: str | os.PathLike, out_dir: str | os.PathLike, *,
                        force: bool = False) -> dict[str, Any]:
     """Write ``out_dir/<name>.pt`` and ``out_dir/<name>.json`` for a run directory's
     ``checkpoint`` (``best`` or ``last``) or one checkpoint file (``config`` as for
-    :func:`wpat.loading.model_from_checkpoint`).
+    :func:`wpat.training.loading.model_from_checkpoint`).
 
     ``name`` defaults to the run directory's name (the file's stem for a checkpoint file).
     Existing files are kept unless ``force``. The state_dict written is read back with

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wpat.config import Config, load_config
-from wpat.errors import WpatError
+from wpat.configuration.config import Config, load_config
+from wpat.helpers.errors import WpatError
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"

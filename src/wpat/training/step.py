@@ -2,34 +2,40 @@
 
 The step (docs/design.md, "One training step"):
 
-1. the attack crafts ``x_adv`` from input gradients only;
-2. ``loss_fn(m) = objective.per_example(m, x, x_adv, y)`` (shape [B]);
+1. the attack crafts ``x_adv`` (and the views' adversarial examples) from input gradients
+   only, and the objective prepares what it reads once per ``x_adv``;
+2. ``loss_fn(m) = objective.per_example(m, batch)`` (shape [B]);
 3. after its warm-up (:func:`perturbation_active`), the weight perturbation computes ``v``;
-4. the optimizer steps at ``w + v``, then ``v`` is subtracted again, as the authors' code does.
+4. the optimizer steps on ``objective.descent_losses`` at ``w + v``, then ``v`` is subtracted
+   again, as the authors' code does.
 
 :func:`schedule_time` says when in the run a batch reads the learning-rate schedule.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from wpat import distributed
-from wpat.batchnorm import count_as, restore_running_stats, save_running_stats
-from wpat.config import Config, ScheduleConfig
-from wpat.objectives import Objective
+from wpat.helpers import distributed
+from wpat.helpers.batchnorm import count_as, restore_running_stats, save_running_stats
+from wpat.configuration.config import Config, ScheduleConfig
+from wpat.objectives import Batch, Objective
 from wpat.perturb import WeightPerturbation, held_at, perturbed
-from wpat.regularize import l1_penalty
+from wpat.optim.regularize import l1_penalty
 
 
-def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Tensor], objective: Objective,
+# One function on purpose (about 50 lines of code): it is docs/design.md's "One training step",
+# steps 2 to 5, in their order, and the BatchNorm bookkeeping must see all of them.
+def train_step(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], objective: Objective,
                perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer,
                alternations: int = 1, l1: float = 0.0, weights: Tensor | None = None,
                score_forward: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-    """One adversarial training step; returns the per-example losses at ``w + v`` and the
+    """One adversarial training step on the clean ``batch`` (``x``, ``y``, the views and
+    supplies the objective needs); returns the per-example losses at ``w + v`` and the
     perturbation's statistics (empty without a perturbation).
 
     ``alternations`` A ≥ 1 (AWP paper §4.2, Fig. 2a): after the first x′ and v, A − 1 more times
@@ -44,25 +50,14 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Ten
     statistics, which take one more update. Where the step runs that very forward anyway -- the
     objective's single forward of ``x_adv`` at ``w`` (AT), when it trains (no perturbation, or
     RWP did not move) or starts the search -- the update is counted once more instead of run
-    (``wpat.batchnorm``); otherwise the score costs one forward without a graph."""
-    x_adv = attack(model, x, y)
+    (``wpat.helpers.batchnorm``); otherwise the score costs one forward without a graph."""
+    batch = adversarial(model, batch, attack, objective)
     model.train()
     # AT's loss is one forward of x_adv: at the attacked weights w it is the scripts' scoring forward.
     scored_by_loss = score_forward and objective.single_adversarial_forward
     if score_forward and not scored_by_loss:
-        score(model, x_adv)
-
-    def loss_on(x_adv: Tensor) -> Callable[..., Tensor]:
-        def loss_fn(m: nn.Module, index: Tensor | None = None) -> Tensor:
-            if index is None:
-                losses = objective.per_example(m, x, x_adv, y)
-                return losses if weights is None else losses * weights
-            losses = objective.per_example(m, x[index], x_adv[index], y[index])
-            return losses if weights is None else losses * weights[index]
-        return loss_fn
-
-    loss_fn = loss_on(x_adv)
-    losses, v, stats = None, {}, {}
+        score(model, batch.x_adv)
+    raw, v, stats = None, {}, {}
     twice = None  # the running statistics before a forward that stands for the scoring forward too
     if perturbation is not None:
         # The forward at w is the search's first step, and when the search does not move off w
@@ -71,40 +66,65 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Ten
         # forward at w + v updates them, as in the authors' code -- unless it stands for their
         # scoring forward, which updates them at w with x_adv exactly as it did.
         saved = save_running_stats(model)
-        losses = loss_fn(model)
-        result = perturbation.compute(model, loss_fn, losses=losses)
+        raw = objective.per_example(model, batch)
+        result = perturbation.compute(model, loss_function(objective, batch, weights), losses=weighted(raw, weights))
         stats = dict(result.stats)
         if result.moved or alternations > 1:
             if not scored_by_loss:
                 restore_running_stats(saved)
-            losses = None
+            raw = None
         elif scored_by_loss:
             twice = saved  # the scripts score x_adv at w, then train on it at w + 0: two forwards
         for _ in range(alternations - 1):
             with held_at(model, result.v):
-                x_adv = attack(model, x, y)
+                batch = adversarial(model, batch, attack, objective)
                 if score_forward:
-                    score(model, x_adv)
+                    score(model, batch.x_adv)
             model.train()
-            loss_fn = loss_on(x_adv)
-            result = perturbation.compute(model, loss_fn, start=result)
+            result = perturbation.compute(model, loss_function(objective, batch, weights), start=result)
             stats["perturb_steps"] = stats["perturb_steps"] + result.stats["perturb_steps"]
             stats["v_over_w"] = result.stats["v_over_w"]
         if result.moved:
             v = result.v
         # else: adding a zero v would also invalidate the graph of the forward at w
     with perturbed(model, v):
-        if losses is None:
+        if raw is None:
             if scored_by_loss and perturbation is None:
                 twice = save_running_stats(model)  # plain AT: the scoring and training forwards are one
-            losses = loss_fn(model)
+            raw = objective.per_example(model, batch)
         optimizer.zero_grad(set_to_none=True)
-        (losses.mean() + l1_penalty(model, l1)).backward()
+        descent = weighted(objective.descent_losses(raw), weights)
+        (descent.mean() + l1_penalty(model, l1)).backward()
         distributed.average_gradients(model)  # under torchrun: the global batch's gradient
         optimizer.step()
     if twice is not None:  # after the backward, which needs the statistics the forward saw
         count_as(twice, 2)
-    return losses.detach(), stats
+    return weighted(raw, weights).detach(), stats
+
+
+def adversarial(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], objective: Objective) -> Batch:
+    """``batch`` with the adversarial examples of ``x`` and of every view, crafted in one attack
+    call (one batch of all views), and what the objective prepares once per x′."""
+    if not batch.views:
+        return objective.prepare(replace(batch, x_adv=attack(model, batch.x, batch.y)))
+    n = len(batch.views) + 1
+    y = batch.y.repeat(n, *[1] * (batch.y.dim() - 1))
+    x_adv, *views_adv = attack(model, torch.cat([batch.x, *batch.views]), y).split(len(batch.x))
+    return objective.prepare(replace(batch, x_adv=x_adv, views_adv=tuple(views_adv)))
+
+
+def weighted(losses: Tensor, weights: Tensor | None) -> Tensor:
+    return losses if weights is None else losses * weights
+
+
+def loss_function(objective: Objective, batch: Batch, weights: Tensor | None) -> Callable[..., Tensor]:
+    """What a weight perturbation sees of the objective: ``loss_fn(m)``, the per-example
+    (weighted) losses of ``m`` on ``batch``, and ``loss_fn(m, index)`` on a subset of it."""
+    def loss_fn(m: nn.Module, index: Tensor | None = None) -> Tensor:
+        if index is None:
+            return weighted(objective.per_example(m, batch), weights)
+        return weighted(objective.per_example(m, batch.select(index)), None if weights is None else weights[index])
+    return loss_fn
 
 
 def score(model: nn.Module, x_adv: Tensor) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from wpat.errors import check, check_choice, is_finite
+from wpat.helpers.errors import check, check_choice, is_finite
 
 
 class Choice(str, Enum):

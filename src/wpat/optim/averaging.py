@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 
 class WeightAverage:

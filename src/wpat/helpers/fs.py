@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 
 def _umask() -> int:

@@ -9,7 +9,7 @@ under its own name (``perturb.rwp.*``, ``perturb.awp.*``, ``model.small_cnn.*``)
 reaches only the component it names. This layer imports no component: it checks its own values
 when a config is loaded (a bad one raises :class:`WpatError` naming the key, the value and what
 is allowed); component names and options are checked by the components' registries when
-``wpat.experiment.build_components`` builds them, before any data is read. The resolved tree is
+``wpat.training.experiment.build_components`` builds them, before any data is read. The resolved tree is
 written next to the run so it can be reproduced exactly.
 
 Units: ``attack.eps`` and ``attack.alpha`` are in pixel units of inputs scaled to [0, 1];
@@ -27,10 +27,10 @@ from typing import Any, Union
 
 import yaml
 
-from wpat.config_values import flatten, set_key, validate
-from wpat.errors import WpatError
+from wpat.configuration.values import flatten, set_key, validate
+from wpat.helpers.errors import WpatError
 
-PRESET_DIR = Path(__file__).resolve().parent / "configs"
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 # Sections whose ``name`` picks a component keep that component's options in a subsection named
@@ -38,7 +38,7 @@ PRESET_DIR = Path(__file__).resolve().parent / "configs"
 # component it names, and switching ``perturb.name`` never hands one method's options to another.
 # The names, the options' defaults and their checks live in the components' registries
 # (``wpat.models.MODELS``, ``wpat.objectives.OBJECTIVES``, ``wpat.perturb.PERTURBATIONS``,
-# ``wpat.schedules.SCHEDULES``); they are checked when the components are built.
+# ``wpat.optim.schedules.SCHEDULES``); they are checked when the components are built.
 Options = dict  # component name -> {option: value}
 
 # Settings that say where or how a run executes, never what it computes, carry this metadata:
@@ -132,7 +132,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "piecewise"  # a name in wpat.schedules.SCHEDULES
+    name: str = "piecewise"  # a name in wpat.optim.schedules.SCHEDULES
     epochs: int = 200
     first_epoch: int = 0  # the schedule's number for the first epoch: 1 as the authors' TRADES/MART/RST scripts
     update: str = "step_start"  # when t is read: step_start (e + i/N), step_end (e + (i+1)/N, the authors' AT scripts), epoch

@@ -15,9 +15,9 @@ import os
 import torch
 from torch import nn
 
-from wpat.checkpoint import load_checkpoint
-from wpat.errors import WpatError
-from wpat.loading import checkpoint_weights, wpat_names
+from wpat.checkpoints.files import load_checkpoint
+from wpat.helpers.errors import WpatError
+from wpat.training.loading import checkpoint_weights, wpat_names
 
 
 def classifier_name(model: nn.Module) -> str:

@@ -1,11 +1,11 @@
 """Pseudo-labels for unlabeled extra data with a trained model (RST's labelling step).
 
-    from wpat.pseudolabel import pseudolabel
+    from wpat.training.pseudolabel import pseudolabel
 
     summary = pseudolabel("runs/cifar10-std", "unlabeled.npz", "pseudo.npz", batch_size=500)
 
 The model is a run directory (its ``best.pt``, else ``last.pt``), a wpat checkpoint, or a foreign
-state_dict with ``config`` naming its model and dataset (:func:`wpat.loading.model_from_checkpoint`).
+state_dict with ``config`` naming its model and dataset (:func:`wpat.training.loading.model_from_checkpoint`).
 The extra data (an ``.npz`` with ``image``, several parts, or RST's pickle; any labels in it are
 ignored) must have the images of the model's dataset, stored NHWC. Each image gets the model's
 top-1 class in eval mode, fp32, from ``float32`` inputs in [0, 1] (``uint8 / 255``).
@@ -31,16 +31,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from wpat.config import Config
+from wpat.configuration.config import Config
 from wpat.data.extra import ExtraData, open_extra
 from wpat.data.npz import NpzWriter
 from wpat.data.specs import dataset_spec
-from wpat.errors import WpatError
-from wpat.experiment import resolve_device
-from wpat.fs import atomic_file, writable_dir, write_text_atomic
-from wpat.loading import model_from_checkpoint
-from wpat.progress import Progress
-from wpat.run_dir import find_checkpoint
+from wpat.helpers.errors import WpatError
+from wpat.training.experiment import resolve_device
+from wpat.helpers.fs import atomic_file, writable_dir, write_text_atomic
+from wpat.training.loading import model_from_checkpoint
+from wpat.helpers.progress import Progress
+from wpat.checkpoints.run_dir import find_checkpoint
 
 MANIFEST = "manifest.json"
 

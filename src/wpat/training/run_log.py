@@ -20,9 +20,9 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from wpat import distributed
-from wpat.fs import write_text_atomic
-from wpat.metrics import LSC_EDGES, lsc_histogram, lsc_inner_edges
+from wpat.helpers import distributed
+from wpat.helpers.fs import write_text_atomic
+from wpat.measurements.metrics import LSC_EDGES, lsc_histogram, lsc_inner_edges
 
 
 class EpochStats:

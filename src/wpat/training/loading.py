@@ -4,7 +4,7 @@
   a wpat checkpoint rebuilds its own config, a foreign one (e.g. the authors' released
   state_dict) needs a config naming its model and dataset.
 - :func:`fit_state_dict`: a foreign state_dict as a full state_dict of a wpat model, or one
-  :class:`~wpat.errors.WpatError` naming both architectures; the TRADES-code Wide ResNet of the
+  :class:`~wpat.helpers.errors.WpatError` naming both architectures; the TRADES-code Wide ResNet of the
   AWP/RWP authors' released checkpoints is mapped by name (:func:`translate_trades_wrn`), its
   unused ``sub_block1`` dropped.
 """
@@ -18,11 +18,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from wpat.checkpoint import FORMAT, is_wpat_checkpoint, load_checkpoint
-from wpat.config import Config, config_from_dict, load_config
+from wpat.checkpoints.files import FORMAT, is_wpat_checkpoint, load_checkpoint
+from wpat.configuration.config import Config, config_from_dict, load_config
 from wpat.data import dataset_spec
-from wpat.errors import WpatError
-from wpat.experiment import model_from_config
+from wpat.helpers.errors import WpatError
+from wpat.training.experiment import model_from_config
 from wpat.models import MODELS, build_model
 
 

@@ -31,7 +31,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, TypeVar
 
-from wpat.errors import WpatError, check_choice
+from wpat.helpers.errors import WpatError, check_choice
 
 T = TypeVar("T", bound=Callable[..., Any])
 
