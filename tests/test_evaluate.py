@@ -104,7 +104,8 @@ def test_table_has_the_papers_columns(run):
     assert [c.strip() for c in header.strip("|").split("|")] == ["Checkpoint", "Epoch", "Natural", "FGSM"]
     assert row.startswith("| last") and f"{100 * report['checkpoints']['last']['accuracy']['natural']:.2f}" in row
     assert labels() == {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd100": "PGD-100",
-                        "cw": "CW∞", "spsa": "SPSA", "aa": "AA"}
+                        "cw": "CW∞", "spsa": "SPSA", "aa": "AA", "aa-plus": "AA+",
+                        "aa-apgd": "AA (APGD-CE, APGD-T)"}
 
 
 def test_every_column_has_a_label_and_a_docstring_of_its_own():

@@ -16,8 +16,9 @@ overfitting's cost), averaged like the others. Runs are averaged only when their
 equal but for the seed and the settings that do not change what a run computes
 (marked in the config, ``wpat.sweep.IGNORED_KEYS``); the options of components a run does not use (``perturb.rwp.*`` of an
 AWP run) are not part of its setting either, since they never reach it. Each group is labelled by
-its method (``AT``, ``AT-AWP``, ``TRADES-RWP``) and the settings in which groups differ; columns
-are grouped by dataset and threat model. Accuracies are fractions in [0, 1] in the CSV and
+its method and the settings in which groups of that method differ: the name of the sweep's
+method (``wpat sweep --methods``: ``trades-awp``) where its manifest gives one, else objective and
+perturbation (``AT``, ``AT-AWP``, ``TRADES-RWP``); columns are grouped by dataset and threat model. Accuracies are fractions in [0, 1] in the CSV and
 percent in the tables and plots; the std of a single run is NaN (shown as no ``±``).
 """
 
@@ -27,12 +28,12 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from wpat.configuration.config import run_over
 from wpat.helpers.errors import WpatError, is_number
 from wpat.checkpoints.run_dir import RunDir
-from wpat.sweep import COMPONENT_SECTIONS, MANIFEST, read_manifest, setting_of, short_labels
+from wpat.sweep import COMPONENT_SECTIONS, MANIFEST, method_of, read_manifest, setting_of, short_labels
 from wpat.helpers.tables import markdown_table
 
 METHOD_KEYS = ("objective.name", "perturb.name")
@@ -82,6 +83,7 @@ class Group:
     setting: dict[str, Any]
     runs: list[RunResult] = field(default_factory=list)
     repeats: list[RunResult] = field(default_factory=list)  # a seed already in runs: not counted
+    method: str | None = None  # the sweep's name of the method (wpat sweep --methods), if any
     label: str = ""  # the row: method and distinguishing settings
     column: str = ""  # dataset and threat model
 
@@ -112,6 +114,22 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
         found += [p for p in candidates if RunDir(p).metrics_path.is_file() and p not in found]
     if not found:
         raise WpatError("no run with a finished epoch (metrics.jsonl) in " + ", ".join(map(str, paths)))
+    return found
+
+
+def run_methods(paths: Iterable[str | Path]) -> dict[Path, str]:
+    """The method name (``wpat sweep --methods``) of each run that a sweep manifest beside it
+    gives one, by resolved path."""
+    manifests: dict[Path, dict[str, str]] = {}
+    found = {}
+    for path in map(Path, paths):
+        sweep = path.parent
+        if sweep not in manifests:
+            runs = read_manifest(sweep)["runs"] if (sweep / MANIFEST).is_file() else []
+            manifests[sweep] = {r["dir"]: method_of(r.get("settings", [])) for r in runs}
+        method = manifests[sweep].get(path.name)
+        if method is not None:
+            found[path.resolve()] = method
     return found
 
 
@@ -165,30 +183,42 @@ def varying_keys(groups: Sequence[Group], with_absent: bool = False) -> list[str
     return [k for k in keys if len(values(k)) > 1]
 
 
-def _labels(groups: Sequence[Group], keys: Sequence[str]) -> list[str]:
+def _labels(groups: Sequence[Group], keys: Sequence[str], with_absent: bool = False) -> list[str]:
     """``METHOD (key=value, ...)`` per group with the given varying keys; a key a group lacks
-    is shown as ``key=-`` only if another group of the same method has it."""
+    is shown as ``key=-`` only if another group of the same method has it. A group of a named
+    method (``wpat sweep --methods``) shows only the keys in which its method's groups differ:
+    the rest is what the name stands for."""
     shown = [k for k in keys if k not in METHOD_KEYS + COLUMN_KEYS]
     names = short_labels(shown)
     labels = []
     for g in groups:
-        peers = [o for o in groups if _method(o.setting) == _method(g.setting)]
+        if g.method is not None:
+            peers = [o for o in groups if o.method == g.method]
+            own = set(varying_keys(peers, with_absent))
+            parts = [f"{names[k]}={_number(g.setting[k]) if k in g.setting else '-'}" for k in shown if k in own]
+            labels.append(g.method + (f" ({', '.join(parts)})" if parts else ""))
+            continue
+        peers = [o for o in groups if o.method is None and _method(o.setting) == _method(g.setting)]
         parts = [f"{names[k]}={_number(g.setting[k]) if k in g.setting else '-'}" for k in shown
                  if any(k in o.setting for o in peers)]
         labels.append(_method(g.setting) + (f" ({', '.join(parts)})" if parts else ""))
     return labels
 
 
-def group_runs(results: Iterable[RunResult]) -> list[Group]:
+def group_runs(results: Iterable[RunResult], methods: Mapping[Path, str] | None = None) -> list[Group]:
     """Runs with equal settings in one group each, labelled and placed in a column. A run
-    whose seed is already in its group computes the same thing again: it goes to ``repeats``."""
+    whose seed is already in its group computes the same thing again: it goes to ``repeats``.
+    ``methods`` (:func:`run_methods`) names the method of runs of a sweep with methods."""
+    methods = methods or {}
     groups: dict[str, Group] = {}
     for r in results:
         group = groups.setdefault(repr(sorted(r.setting.items())), Group(r.setting))
         (group.repeats if r.seed in {o.seed for o in group.runs} else group.runs).append(r)
+        if group.method is None:
+            group.method = methods.get(Path(r.path).resolve())
     ordered = list(groups.values())
     for with_absent in (False, True):  # absent options only where labels would collide otherwise
-        labels = _labels(ordered, varying_keys(ordered, with_absent))
+        labels = _labels(ordered, varying_keys(ordered, with_absent), with_absent)
         if len({(lab, _column(g.setting)) for lab, g in zip(labels, ordered)}) == len(ordered):
             break
     for g, label in zip(ordered, labels):
@@ -317,7 +347,7 @@ def ablation_rows(groups: Sequence[Group], key: str) -> list[dict[str, Any]]:
     heads: dict[str, Group] = {}  # the series' common setting, for its label
     for g in (g for g in groups if key in g.setting):
         rest = {k: v for k, v in g.setting.items() if k != key}
-        heads.setdefault(repr(sorted(rest.items())), Group(rest))
+        heads.setdefault(repr(sorted(rest.items())), Group(rest, method=g.method))
         members.setdefault(repr(sorted(rest.items())), []).append(g)
     names = _labels(list(heads.values()), varying_keys(list(heads.values())))
     rows = []
