@@ -5,7 +5,7 @@ cost of training it, and its paired difference from a baseline row.
     groups = group_runs(results, run_methods(r.path for r in results))
     board = leaderboard(groups, baseline="at", sort="pgd_last")
     print(markdown_leaderboard(board))
-    write_csv(board.rows, "leaderboard.csv")          # wpat.tables.write_csv
+    write_csv(board.rows, "leaderboard.csv")          # wpat.helpers.tables.write_csv
 
 One row per group of :func:`wpat.analysis.report.group_runs` (runs that differ only in their
 seed; nothing else is averaged), one table per dataset and threat model. Per row, mean ± sample
