@@ -141,7 +141,7 @@ def test_no_warnings_reach_stderr(tmp_path):
 def test_pickle_globals_is_static(tmp_path):
     import io
 
-    from wpat.checkpoints.files import pickle_globals
+    from wpat.checkpoints.diagnosis import pickle_globals
 
     for protocol in range(6):
         found = pickle_globals(io.BytesIO(pickle.dumps([_Payload(), _Payload()], protocol=protocol)))

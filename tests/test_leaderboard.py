@@ -12,8 +12,9 @@ import pytest
 
 from wpat import cli
 from wpat.analysis.cost import FORWARD, ObjectiveCost, step_passes
-from wpat.analysis.leaderboard import leaderboard, markdown_leaderboard
-from wpat.analysis.report import group_runs, run_result
+from wpat.analysis.groups import group_runs, run_result
+from wpat.analysis.leaderboard import leaderboard
+from wpat.analysis.leaderboard_markdown import markdown_leaderboard
 from wpat.configuration.config import dump_config, load_config
 from wpat.helpers.errors import WpatError
 from wpat.sweep import setting_of

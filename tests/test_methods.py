@@ -10,7 +10,7 @@ import yaml
 
 from conftest import fashion_mnist_available
 from wpat import cli
-from wpat.analysis.report import group_runs, run_methods, run_result
+from wpat.analysis.groups import group_runs, run_methods, run_result
 from wpat.configuration.config import dump_config, load_config
 from wpat.helpers.errors import WpatError
 from wpat.sweep import Method, RunSpec, parse_grid, parse_methods, plan, read_manifest, write_manifest

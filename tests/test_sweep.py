@@ -119,7 +119,7 @@ def test_plan_builds_every_run_config(tmp_path, tiny_config):
 def test_a_config_written_before_a_setting_existed_has_the_same_setting(tiny_config):
     """A run or manifest of an earlier wpat lacks the settings added since; it still matches the
     same run described today (so a sweep re-invoked after an upgrade skips or resumes it)."""
-    from wpat.sweep.grid import resolved
+    from wpat.sweep.runs import resolved
 
     today = load_config(tiny_config).to_dict()
     earlier = {section: dict(values) for section, values in today.items()}

@@ -4,10 +4,10 @@ cost of training it, and its paired difference from a baseline row.
     results = [run_result(p) for p in find_runs(["runs/lb"])]
     groups = group_runs(results, run_methods(r.path for r in results))
     board = leaderboard(groups, baseline="at", sort="pgd_last")
-    print(markdown_leaderboard(board))
+    print(markdown_leaderboard(board))                # wpat.analysis.leaderboard_markdown
     write_csv(board.rows, "leaderboard.csv")          # wpat.helpers.tables.write_csv
 
-One row per group of :func:`wpat.analysis.report.group_runs` (runs that differ only in their
+One row per group of :func:`wpat.analysis.groups.group_runs` (runs that differ only in their
 seed; nothing else is averaged), one table per dataset and threat model. Per row, mean ± sample
 std over its seeds of:
 
@@ -25,22 +25,21 @@ and, against the baseline row of its table (``at`` or ``AT`` by default), per ac
 per-seed difference over the seeds both rows have, mean ± sample std, and ``agree``: the number
 of those seeds whose difference has the sign of the mean. Rows are sorted by one metric, the
 better end first (higher accuracy; lower best − last, time and cost); ``method`` sorts by name.
-Accuracies are fractions in the CSV and percent (points) in the Markdown.
+Accuracies are fractions in the CSV and percent (points) in the Markdown
+(:mod:`wpat.analysis.leaderboard_markdown`).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from wpat.analysis.cost import at_passes, step_passes
-from wpat.analysis.report import Group, RunResult
+from wpat.analysis.groups import Group, RunResult, mean_std
 from wpat.helpers.errors import WpatError
 from wpat.checkpoints.run_dir import RunDir
-from wpat.helpers.tables import markdown_table
 
 DEFAULT_BASELINE = "at"  # matched without regard to case: a sweep's `at` or the report's `AT`
 DEFAULT_SORT = "pgd_last"
@@ -103,7 +102,7 @@ def autoattack_of(result: RunResult, column: str = AA_COLUMN) -> tuple[dict[str,
     (``standard, 1000 images``), and notes on results left out: of another epoch than the
     run's best or last now (the run trained on after the evaluation), or measured under
     different settings on the two checkpoints."""
-    from wpat.evaluation.report import read_report
+    from wpat.evaluation.results import read_report
 
     report = read_report(RunDir(result.path).path / "eval.json")
     if report is None:
@@ -143,20 +142,11 @@ def run_values(result: RunResult, aa_column: str = AA_COLUMN) -> tuple[dict[str,
     return values, aa_setting, notes
 
 
-# ---------------------------------------------------------------------- statistics
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
-
-
 def paired(mine: Mapping[int, float], theirs: Mapping[int, float]) -> dict[str, Any]:
     """The per-seed difference ``mine − theirs`` over the seeds both have: mean, sample std, n,
     and ``agree``, the number of seeds whose difference has the sign of the mean."""
     diffs = [mine[s] - theirs[s] for s in mine if s in theirs]
-    mean, std = _mean_std(diffs)
+    mean, std = mean_std(diffs)
     sign = 0 if not diffs or mean == 0 else math.copysign(1, mean)
     agree = sum(1 for d in diffs if (d > 0) - (d < 0) == sign)
     return {"mean": mean, "std": std, "n": len(diffs), "agree": agree}
@@ -226,7 +216,7 @@ def leaderboard(groups: Sequence[Group], baseline: str | None = None, sort: str 
             row: dict[str, Any] = {"method": g.label, "column": column, "n": len(g.runs),
                                    "seeds": " ".join(str(r.seed) for r in g.runs)}
             for m in METRICS:
-                row[f"{m.key}_mean"], row[f"{m.key}_std"] = _mean_std(list(table[m.key].values()))
+                row[f"{m.key}_mean"], row[f"{m.key}_std"] = mean_std(list(table[m.key].values()))
                 row[f"{m.key}_n"] = len(table[m.key])
             row["aa_version"], row["aa_images"] = aa_setting or ("", 0)
             row["baseline"] = base.label if base is not None and base is not g else ""
@@ -247,80 +237,3 @@ def _sorted(rows: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
     sign = -1 if BY_KEY[sort].higher_is_better else 1
     have = [r for r in rows if not math.isnan(r[f"{sort}_mean"])]
     return sorted(have, key=lambda r: sign * r[f"{sort}_mean"]) + [r for r in rows if r not in have]
-
-
-# ---------------------------------------------------------------------- Markdown
-
-
-def _cell(row: Mapping[str, Any], key: str) -> str:
-    mean, std = row[f"{key}_mean"], row[f"{key}_std"]
-    if math.isnan(mean):
-        return "-"
-    scale, digits = (100, 2) if BY_KEY[key].accuracy else (1, 2)
-    text = f"{scale * mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {scale * std:.{digits}f}")
-    return text + (f" (n={row[f'{key}_n']})" if BY_KEY[key].accuracy and 0 < row[f"{key}_n"] < row["n"] else "")
-
-
-def _delta(row: Mapping[str, Any], key: str) -> str:
-    n = row[f"delta_{key}_n"]
-    if not n:
-        return "baseline" if not row["baseline"] else "-"
-    mean, std = 100 * row[f"delta_{key}_mean"], 100 * row[f"delta_{key}_std"]
-    spread = "" if math.isnan(std) else f" ± {std:.2f}"
-    return f"{mean:+.2f}{spread} ({row[f'delta_{key}_agree']}/{n})"
-
-
-def _sampling_std(rows: Sequence[Mapping[str, Any]], key: str, n: int) -> str:
-    """The binomial std of an accuracy at the rows' mean value of ``key`` on ``n`` images."""
-    values = [r[f"{key}_mean"] for r in rows if not math.isnan(r[f"{key}_mean"])]
-    p = statistics.fmean(values) if values else 0.5
-    return f"{100 * math.sqrt(p * (1 - p) / n):.2f} points at p = {100 * p:.1f}% on {n} images"
-
-
-def markdown_leaderboard(board: Leaderboard, test_images: Mapping[str, int] | None = None) -> str:
-    """The leaderboard as Markdown: per table a caption, the table, the noise it is read
-    against. ``test_images``: per table (column), the number of test images the per-epoch PGD
-    accuracy is measured on, for the sampling std (omitted where unknown)."""
-    test_images = test_images or {}
-    parts = []
-    columns = list(dict.fromkeys(r["column"] for r in board.rows))
-    for column in columns:
-        rows = [r for r in board.rows if r["column"] == column]
-        aa = any(r["aa_best_n"] or r["aa_last_n"] for r in rows)
-        base = next((r["baseline"] for r in rows if r["baseline"]), None)
-        keys = ["pgd_best", "pgd_last", "pgd_drop", "nat_best", "nat_last",
-                *(["aa_best", "aa_last"] if aa else []), "minutes", "passes", "cost"]
-        deltas = [k for k in SHOWN_DIFFERENCES if base and (aa or not k.startswith("aa"))]
-        headers = ["method", "seeds", *(BY_KEY[k].header.format(pgd=board.pgd) for k in keys[:5]),
-                   *(["AA best", "AA last", "AA (version, images, seeds)"] if aa else []),
-                   "train min", "passes/step", "× AT",
-                   *(f"Δ {BY_KEY[k].header.format(pgd=board.pgd)}" for k in deltas)]
-        body = []
-        for r in rows:
-            aa_cells = [_cell(r, "aa_best"), _cell(r, "aa_last"),
-                        f"{describe_aa((r['aa_version'], r['aa_images']))}, {max(r['aa_best_n'], r['aa_last_n'])}"
-                        if r["aa_version"] else "-"]
-            body.append([r["method"], str(r["n"]), *(_cell(r, k) for k in keys[:5]), *(aa_cells if aa else []),
-                         _cell(r, "minutes"), _cell(r, "passes"), _cell(r, "cost"), *(_delta(r, k) for k in deltas)])
-        metric = BY_KEY.get(board.sort)
-        order = ("by method name" if metric is None else
-                 f"by {metric.header.format(pgd=board.pgd)}, {'highest' if metric.higher_is_better else 'lowest'} first")
-        images = test_images.get(column)
-        noise = (f"Noise: a test accuracy p measured on N images has sampling std √(p(1−p)/N), "
-                 + (f"{_sampling_std(rows, 'pgd_last', images)} ({board.pgd})" if images else f"({board.pgd} on the whole test set)"))
-        aa_images = {r["aa_images"] for r in rows if r["aa_images"]}
-        if aa and len(aa_images) == 1:
-            noise += f", {_sampling_std(rows, 'aa_last', aa_images.pop())} (AA)"
-        noise += "; the ± of each cell is the seed-to-seed sample std."
-        parts.append("\n".join([
-            f"Leaderboard, {column}: test accuracy (%), mean ± sample std over each row's seeds; best = the "
-            f"epoch of highest test {board.pgd} (as training picks best.pt), last = the final epoch; "
-            f"{board.pgd} is the per-epoch accuracy training logs"
-            + (", AA is AutoAttack on best.pt and last.pt (wpat eval)" if aa else "")
-            + f". Cost: training wall time in minutes (evaluation excluded) and forward-backward passes per "
-              f"step, also relative to AT with the same attack (counting rule: docs/leaderboard.md)."
-            + (f" Δ: per-seed difference from {base} in points, mean ± sample std (seeds whose difference "
-               f"has the sign of the mean / seeds paired)." if base else "")
-            + f" Sorted {order}.", "",
-            markdown_table(headers, body), "", noise]))
-    return "\n\n".join(parts + ([("\n".join(f"- {n}" for n in board.notes))] if board.notes else []))

@@ -63,11 +63,12 @@ def test_images(groups) -> dict[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     # torch (reading configs builds nothing, but wpat.analysis imports it) and matplotlib: only here
-    from wpat.analysis.leaderboard import check_sort, leaderboard, markdown_leaderboard
+    from wpat.analysis.groups import find_runs, group_runs, run_methods, run_result
+    from wpat.analysis.leaderboard import check_sort, leaderboard
+    from wpat.analysis.leaderboard_markdown import markdown_leaderboard
     from wpat.analysis.plots import plot_ablation, plot_cost, plot_group_curves, plot_method_curves
-    from wpat.analysis.report import (ablation_keys, ablation_rows, find_runs, group_curves,
-                                      group_runs, markdown_differences, markdown_report,
-                                      paired_differences, report_rows, run_methods, run_result)
+    from wpat.analysis.report import (ablation_keys, ablation_rows, group_curves, markdown_differences,
+                                      markdown_report, paired_differences, report_rows)
     from wpat.evaluation import check_attack_names
     from wpat.helpers.fs import write_text_atomic
     from wpat.helpers.tables import write_csv

@@ -38,7 +38,8 @@ from wpat import __version__
 from wpat.checkpoints.files import save_atomic, weights_digest
 from wpat.configuration.config import Config, component_options
 from wpat.helpers.errors import WpatError
-from wpat.evaluation.report import describe_settings, read_report
+from wpat.evaluation.report import describe_settings
+from wpat.evaluation.results import read_report
 from wpat.training.experiment import model_from_config
 from wpat.helpers.fs import writable_dir, write_text_atomic
 from wpat.training.loading import model_from_checkpoint
@@ -166,6 +167,23 @@ def measurement(entry: dict[str, Any], attack: str) -> dict[str, Any] | None:
             "in_words": words + (f" (measured {where})" if where else "")}
 
 
+def _n_test_examples(entry: dict[str, Any] | None) -> tuple[int | None, str | None]:
+    """The number of test examples the AutoAttack (else the clean) accuracy was measured on,
+    and the note that says so: a subset is not RobustBench's full test set."""
+    if entry is None:
+        return None, "unknown: no eval.json of this checkpoint"
+    settings = entry.get("settings") or {}
+    counts = {k: (settings.get(a) or {}).get("n_examples") for k, a in (("AutoAttack", "aa"), ("clean", "natural"))
+              if isinstance((settings.get(a) or {}).get("n_examples"), int)}
+    n_examples = next(iter(counts.values()), None)
+    if not counts:
+        return None, None
+    measured = (f"accuracies measured on the first {n_examples}" if len(set(counts.values())) == 1 else
+                " and ".join(f"{k} accuracy measured on the first {n}" for k, n in counts.items()))
+    return n_examples, (f"{measured} test examples; RobustBench reports the full "
+                        f"test set (10,000 images for CIFAR-10/100)")
+
+
 def model_info(cfg: Config, entry: dict[str, Any] | None, eval_path: Path | None,
                notes: list[str], source: dict[str, Any], eval_command: str | None = None) -> dict[str, Any]:
     """The ``model_info`` JSON record (RobustBench's fields first, then wpat's). The threat model
@@ -190,16 +208,9 @@ def model_info(cfg: Config, entry: dict[str, Any] | None, eval_path: Path | None
             field_notes["clean_acc"] = f"unknown: {eval_path} has no natural column; {how}"
         if aa is None:
             field_notes["autoattack_acc"] = f"unknown: {eval_path} has no AA (AutoAttack) column; {how}"
-    counts = {k: (settings.get(a) or {}).get("n_examples") for k, a in (("AutoAttack", "aa"), ("clean", "natural"))
-              if isinstance((settings.get(a) or {}).get("n_examples"), int)}
-    n_examples = next(iter(counts.values()), None)
-    if entry is None:
-        field_notes["n_test_examples"] = "unknown: no eval.json of this checkpoint"
-    elif counts:
-        measured = (f"accuracies measured on the first {n_examples}" if len(set(counts.values())) == 1 else
-                    " and ".join(f"{k} accuracy measured on the first {n}" for k, n in counts.items()))
-        field_notes["n_test_examples"] = (f"{measured} test examples; RobustBench reports the full "
-                                          f"test set (10,000 images for CIFAR-10/100)")
+    n_examples, count_note = _n_test_examples(entry)
+    if count_note:
+        field_notes["n_test_examples"] = count_note
     if abs(eps - cfg.attack.eps) > 1e-12:
         field_notes["eps"] = (f"eval.json's threat model has eps {eps:g}, the run trained with "
                               f"{cfg.attack.eps:g}; eps is the evaluated one")

@@ -30,7 +30,7 @@ from wpat.helpers.errors import WpatError
 from wpat.evaluation.columns import (DEFAULT_ATTACKS, build_column, check_attack_names, column_settings,
                                      label, labels)
 from wpat.evaluation.masking import model_checks, ordering_warnings
-from wpat.evaluation.report import FORMAT, prepare_out_dir, with_ordering
+from wpat.evaluation.results import FORMAT, prepare_out_dir, with_ordering
 from wpat.training.experiment import eval_threat, resolve_device, select_classes
 from wpat.training.loading import model_from_checkpoint
 from wpat.measurements.metrics import Attack, correct, model_device, to_unit_float
@@ -118,6 +118,19 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel,
     return result
 
 
+def _read_all(path: str | os.PathLike, config: str | Config | None, n_examples: int) -> tuple[dict, dict]:
+    """Every checkpoint of ``path`` (name -> path, model, config, info) and the test examples of
+    each dataset they use ((name, root) -> (x, y)). All are read before any folder is made or any
+    attack runs, so a bad last.pt or a missing dataset is reported at once, not after hours spent
+    on best.pt."""
+    loaded = {name: (p, *model_from_checkpoint(p, config)) for name, p in checkpoints_of(path).items()}
+    test_sets = {}
+    for _, _, cfg, _ in loaded.values():
+        if (cfg.data.name, cfg.data.root) not in test_sets:
+            test_sets[cfg.data.name, cfg.data.root] = first_test_examples(cfg, n_examples)
+    return loaded, test_sets
+
+
 def evaluate_checkpoint(path: str | os.PathLike, attacks: Sequence[str] = DEFAULT_ATTACKS, *,
                         n_examples: int = 0, batch_size: int = 500, device: str = "auto",
                         seed: int = 0, config: str | Config | None = None,
@@ -141,13 +154,7 @@ def evaluate_checkpoint(path: str | os.PathLike, attacks: Sequence[str] = DEFAUL
     device_ = resolve_device(device)
     report: dict[str, Any] = {"format": FORMAT, "target": str(path), "wpat_version": __version__,
                               "attacks": attacks, "labels": labels(attacks), "checkpoints": {}}
-    # Every checkpoint and test set is read before any folder is made or any attack runs, so a
-    # bad last.pt or a missing dataset is reported at once, not after hours spent on best.pt.
-    loaded = {name: (p, *model_from_checkpoint(p, config)) for name, p in checkpoints_of(path).items()}
-    test_sets = {}
-    for _, _, cfg, _ in loaded.values():
-        if (cfg.data.name, cfg.data.root) not in test_sets:
-            test_sets[cfg.data.name, cfg.data.root] = first_test_examples(cfg, n_examples)
+    loaded, test_sets = _read_all(path, config, n_examples)
     if out_dir is not None:
         prepare_out_dir(out_dir)
     evaluated: list[tuple[str, Config, dict[str, Any]]] = []

@@ -22,7 +22,7 @@ from wpat.configuration.config import Config, run_over
 from wpat.helpers.errors import WpatError
 from wpat.evaluation.columns import column_settings
 from wpat.evaluation.protocol import first_test_examples
-from wpat.evaluation.report import read_report
+from wpat.evaluation.results import read_report
 from wpat.training.experiment import eval_threat
 from wpat.training.loading import model_from_checkpoint
 from wpat.checkpoints.run_dir import RunDir, checkpoints_of

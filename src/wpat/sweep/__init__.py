@@ -11,19 +11,22 @@
 ``methods.py``: method bundles (an objective, a perturbation and their options, or a whole
 preset) named from wpat's library, a file or the command line, as one axis of the sweep.
 
+``arguments.py``: the words of ``--grid``, ``--seeds`` and ``--methods``.
 ``grid.py``: each run gets a readable directory name from its settings (``awp__gamma-0.005__seed-1``);
 :func:`plan` builds every run's config with ``load_config`` and ``experiment.build_components``
-before anything runs, so a bad key or value fails at once with one line; ``sweep.json`` in the
-sweep directory records the base config, the grid, the seeds and each run's settings and
-directory. ``runner.py``: :func:`execute` trains, resumes or skips one run and never raises, so
+before anything runs, so a bad key or value fails at once with one line. ``runs.py``: a run
+(:class:`RunSpec`) and what it computes (:func:`setting_of`), by which replicas are found.
+``manifest.py``: ``sweep.json`` in the sweep directory records the base config, the grid, the
+seeds and each run's settings and directory. ``runner.py``: :func:`execute` trains, resumes or skips one run and never raises, so
 one failed run never stops the others. No torch or Ray at module level: both are imported where
 a run is checked or executed (``wpat sweep`` builds its parser without them).
 """
 
-from wpat.sweep.grid import (COMPONENT_SECTIONS, FORMAT, IGNORED_KEYS, MANIFEST, RunSpec, expand,
-                             method_of, parse_grid, parse_seeds, plan, read_manifest, replicas,
-                             run_names, setting_of, short_labels, split_values, write_manifest)
-from wpat.sweep.methods import METHOD_KEY, Library, Method, list_methods, parse_methods
+from wpat.sweep.arguments import parse_grid, parse_methods, parse_seeds, split_values
+from wpat.sweep.grid import COMPONENT_SECTIONS, expand, plan, run_names, short_labels
+from wpat.sweep.manifest import FORMAT, MANIFEST, read_manifest, write_manifest
+from wpat.sweep.methods import METHOD_KEY, Library, Method, list_methods
+from wpat.sweep.runs import IGNORED_KEYS, RunSpec, method_of, replicas, setting_of
 from wpat.sweep.runner import Result, execute, one_line, run_local, run_with_ray
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""A sweep's runs: the grid parsed, expanded with the methods and seeds, named, validated, and recorded.
+"""A sweep's runs planned: the grid expanded with the methods and seeds, named, and validated.
 
 Names: ``perturb.name=awp, perturb.awp.gamma=0.005, seed 1`` -> ``awp__gamma-0.005__seed-1``;
 with methods (:mod:`wpat.sweep.methods`) the method comes first: ``trades-awp__seed-1``. A
@@ -17,88 +17,18 @@ import itertools
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from wpat.configuration.config import component_sections, config_from_dict, load_config, non_identity_keys
+from wpat.configuration.config import component_sections, load_config
 from wpat.helpers.errors import WpatError
-from wpat.helpers.fs import write_text_atomic
 from wpat.sweep.methods import METHOD_KEY, Method, check_conflicts
+from wpat.sweep.runs import RunSpec, method_of, replicas
 
-MANIFEST = "sweep.json"
-FORMAT = "wpat-sweep-v1"
-RESERVED = {"run.seed": "use --seeds", "run.name": "runs are named after their settings",
-            "run.out_dir": "runs go into the sweep directory (--out/--name)"}
 # Sections whose `section.component.option` keys belong to one component of a registry.
 COMPONENT_SECTIONS = tuple(component_sections())
-# Settings that say where or how a run executes, never what it computes (marked so in the config's
-# fields): runs that differ only in these are replicas of one experiment.
-IGNORED_KEYS = tuple(non_identity_keys())
 SEPARATOR = "__"
 MAX_NAME = 120  # characters before a name is shortened with a hash
-
-
-@dataclass
-class RunSpec:
-    """One run of a sweep: its directory name, its grid settings and its resolved config."""
-
-    name: str
-    settings: list[str]  # method=NAME (with methods), the grid's KEY=VALUE for this run, then run.seed=N
-    run_dir: str  # absolute path
-    config: dict[str, Any]  # Config.to_dict() of the run, as its worker rebuilds it
-
-
-# ---------------------------------------------------------------------- parsing
-
-
-def split_values(text: str) -> list[str]:
-    """``"0.005,0.01"`` -> ["0.005", "0.01"]; commas inside brackets are kept:
-    ``"[0.5,0.75],[0.3,0.6]"`` -> ["[0.5,0.75]", "[0.3,0.6]"]."""
-    values, depth, current = [], 0, ""
-    for char in text:
-        depth += {"[": 1, "]": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            values.append(current.strip())
-            current = ""
-        else:
-            current += char
-    values.append(current.strip())
-    return values
-
-
-def parse_grid(items: Iterable[str]) -> dict[str, list[str]]:
-    """``["perturb.name=awp,rwp", "perturb.awp.gamma=0.005,0.01"]`` -> {key: [values]}, in order."""
-    grid: dict[str, list[str]] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        values = split_values(text)
-        if not sep or not key or any(v == "" for v in values):
-            raise WpatError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. perturb.awp.gamma=0.005,0.01)")
-        if key in RESERVED:
-            raise WpatError(f"--grid {key}: not a grid key ({RESERVED[key]})")
-        if key in grid:
-            raise WpatError(f"--grid {key}: given twice; put all its values in one --grid {key}=V1,V2")
-        if len(set(values)) < len(values):
-            raise WpatError(f"--grid {item!r}: a value is repeated")
-        grid[key] = values
-    return grid
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` or ``"0-4"`` (both ends included) -> seeds, each an integer ≥ 0, distinct."""
-    try:
-        if re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", text):
-            first, last = (int(t) for t in text.split("-"))
-            seeds = list(range(first, last + 1))
-        else:
-            seeds = [int(t) for t in text.split(",")]
-    except ValueError:
-        seeds = []
-    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
-        raise WpatError(f"--seeds {text!r}: expected distinct integers >= 0, e.g. 0,1,2 or 0-4")
-    return seeds
 
 
 # ---------------------------------------------------------------------- naming
@@ -249,99 +179,3 @@ def _check_distinct(specs: Sequence[RunSpec]) -> None:
                             f"drop one of them")
 
 
-def write_manifest(sweep_dir: str | os.PathLike, config: str | None, overrides: Sequence[str],
-                   grid: Mapping[str, Sequence[str]], seeds: Sequence[int], specs: Sequence[RunSpec],
-                   resources: Mapping[str, Any] | None = None,
-                   results: Mapping[str, Mapping[str, Any]] | None = None,
-                   methods: Sequence[Method] = ()) -> Path:
-    """Write ``sweep.json`` atomically: base config (as given and resolved), grid, methods
-    (name -> preset and settings), seeds, and each run's settings and directory (relative to
-    the sweep directory), with its latest result once known. Returns its path.
-
-    A sweep directory holds one base setting: an existing manifest of another base config, or
-    one that defines a method of the same name with other settings, is a :class:`WpatError`.
-    With the same base, its runs and methods that this invocation lacks are kept (a sweep
-    re-invoked with more seeds, values or methods grows; ``grid`` and ``seeds`` are the latest
-    ones)."""
-    sweep_dir = Path(sweep_dir)
-    base = load_config(config, overrides).to_dict()
-    path = sweep_dir / MANIFEST
-    before = read_manifest(sweep_dir) if path.exists() else {"runs": [], "methods": {}}
-    earlier = before["runs"]
-    if earlier:
-        old, new = setting_of(resolved(before["base"])), setting_of(base)
-        differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if differ:
-            raise WpatError(f"{sweep_dir} holds a sweep of another base config (it differs in "
-                            f"{', '.join(differ)}); choose another --name or --out")
-    defined = dict(before.get("methods") or {})
-    for method in methods:
-        if method.name in defined and defined[method.name] != method.definition():
-            raise WpatError(f"{sweep_dir} holds runs of another method named {method.name} "
-                            f"({defined[method.name]}); rename the method or choose another --name or --out")
-        defined[method.name] = method.definition()
-    runs = [{"name": s.name, "dir": s.name, "settings": s.settings,
-             **({"result": results[s.name]} if results and s.name in results else {})} for s in specs]
-    runs += [r for r in earlier if r["name"] not in {s.name for s in specs}]
-    manifest = {"format": FORMAT, "config": config, "overrides": list(overrides), "base": base,
-                "grid": dict(grid), **({"methods": defined} if defined else {}), "seeds": list(seeds),
-                "resources": dict(resources or {}), "runs": runs}
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(manifest, indent=1) + "\n")
-    return path
-
-
-def read_manifest(sweep_dir: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a sweep directory, or a one-line error."""
-    path = Path(sweep_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise WpatError(f"{path}: not a readable sweep manifest ({err.__class__.__name__})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise WpatError(f"{path}: not a wpat sweep manifest (format {FORMAT!r})")
-    return manifest
-
-
-def method_of(settings: Sequence[str]) -> str | None:
-    """The method of a run from its settings (``method=NAME``, as the manifest records
-    them); None for a run of a sweep without methods."""
-    prefix = f"{METHOD_KEY}="
-    return next((s[len(prefix):] for s in settings if s.startswith(prefix)), None)
-
-
-# ---------------------------------------------------------------------- settings
-
-
-def setting_of(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """What a run computes: its resolved config tree (``Config.to_dict()``) as ``section.key``
-    entries, without :data:`IGNORED_KEYS` and without the options of components it does not
-    select (``perturb.rwp.*`` of an AWP run never reaches it)."""
-    flat = {}
-    for section, values in tree.items():
-        for key, value in values.items():
-            if isinstance(value, dict):
-                if key == values.get("name"):
-                    flat.update({f"{section}.{key}.{o}": v for o, v in value.items()})
-            elif f"{section}.{key}" not in IGNORED_KEYS:
-                flat[f"{section}.{key}"] = value
-    return flat
-
-
-def resolved(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """A config tree written by this or an earlier wpat, with the settings it predates at their
-    defaults: the tree a run's config has today, to compare with :func:`setting_of`."""
-    return config_from_dict(dict(tree)).to_dict()
-
-
-def replicas(specs: Sequence[RunSpec]) -> list[tuple[str, str]]:
-    """Pairs (run, earlier run) of a sweep that compute the same thing with the same seed,
-    e.g. ``perturb.name=none`` runs that differ only in ``perturb.awp.gamma``."""
-    seen: dict[str, str] = {}
-    pairs = []
-    for spec in specs:
-        key = json.dumps([spec.config["run"]["seed"], sorted(setting_of(spec.config).items())], default=str)
-        if key in seen:
-            pairs.append((spec.name, seen[key]))
-        seen.setdefault(key, spec.name)
-    return pairs

@@ -4,7 +4,8 @@ A **method** is what a row of a leaderboard stands for: an objective, a weight p
 their options (``trades-awp``: TRADES with AWP at γ = 0.005), or a whole preset. ``wpat sweep
 CONFIG --methods ...`` trains every method × grid point × seed, each run starting from the
 method's preset (or CONFIG), then the method's settings, then the settings shared by the
-sweep, then its grid point and seed. A method is named in ``--methods`` in one of these ways:
+sweep, then its grid point and seed. A method is named in ``--methods`` (read by
+:func:`wpat.sweep.arguments.parse_methods`) in one of these ways:
 
 - ``NAME`` of a bundle in a method file: the library shipped with wpat
   (``wpat/configs/methods/*.yaml``, ``wpat sweep --list-methods`` lists it) or a file given in
@@ -109,7 +110,7 @@ def check_name(name: str, where: str) -> str:
     return name
 
 
-def _check_setting(setting: str, where: str) -> str:
+def check_setting(setting: str, where: str) -> str:
     key, sep, value = setting.partition("=")
     key = key.strip()
     if not sep or key.count(".") not in (1, 2) or not value.strip():
@@ -143,7 +144,7 @@ def _bundle(name: str, body: Any, where: str) -> tuple[dict[str, Any], list[str]
     for key in ("about", "base", "extends"):
         if key in own and not isinstance(own[key], str):
             raise WpatError(f"{where}: method {name!r}: {key} must be a string")
-    return own, [_check_setting(s, f"{where}: method {name!r}") for s in settings]
+    return own, [check_setting(s, f"{where}: method {name!r}") for s in settings]
 
 
 def read_method_file(path: str | Path) -> dict[str, tuple[dict[str, Any], list[str]]]:
@@ -237,66 +238,6 @@ def derive(word: str) -> Method | None:
             return Method(word, None, (f"objective.name={objective}", f"perturb.name={perturbation}"),
                           f"{objective} with {perturbation}")
     return None
-
-
-def _split_items(items: Sequence[str]) -> list[str]:
-    """``["at,at-awp", "x=a,b=1;y=c"]`` -> ["at", "at-awp", "x=a,b=1", "y=c"]."""
-    from wpat.sweep.grid import split_values
-
-    words = []
-    for item in items:
-        for part in (p.strip() for p in item.split(";")):
-            if not part:
-                continue
-            words += [part] if "=" in part else [w for w in split_values(part) if w]
-    return words
-
-
-def _inline(word: str, library: Library) -> Method:
-    """``NAME=FIRST,KEY=VALUE,...``: FIRST is a setting or a method/preset to start from."""
-    from wpat.sweep.grid import split_values
-
-    name, _, text = word.partition("=")
-    name = check_name(name.strip(), "--methods")
-    where = f"--methods {name}"
-    parts = split_values(text)
-    if not parts or any(not p for p in parts):
-        raise WpatError(f"{where}: expected NAME=SETTING,SETTING,... (e.g. awp2=at-awp,perturb.awp.steps=2)")
-    base, settings = None, []
-    if "=" not in parts[0]:
-        start = library.resolve_one(parts[0], f"{where}: starts from", (name,))
-        base, settings, parts = start.base, list(start.settings), parts[1:]
-    settings += [_check_setting(p, where) for p in parts]
-    return Method(name, base, tuple(settings), word)
-
-
-def parse_methods(items: Sequence[str], library: Library | None = None) -> list[Method]:
-    """The methods of ``--methods`` items (see the module docstring), in order, each once; a
-    name given twice for different methods, or an unknown one, is a one-line error."""
-    words = _split_items(items)
-    files = [w for w in words if "=" not in w and w.endswith((".yaml", ".yml"))]
-    library = library or Library(files)
-    groups = library.groups()
-    methods: list[Method] = []
-    for word in words:
-        if "=" in word:
-            chosen = [_inline(word, library)]
-        elif word in files:
-            chosen = [library.method(n) for n in read_method_file(word)]
-        elif word in groups and word not in library.raw:
-            chosen = [library.method(n) for n in groups[word]]
-        else:
-            chosen = [library.resolve_one(word, "--methods")]
-        for method in chosen:
-            same = next((m for m in methods if m.name == method.name), None)
-            if same is None:
-                methods.append(method)
-            elif same.definition() != method.definition():
-                raise WpatError(f"--methods {method.name}: named twice with different settings "
-                                f"({same.describe()} / {method.describe()})")
-    if not methods:
-        raise WpatError("--methods: no method given")
-    return methods
 
 
 def check_conflicts(methods: Sequence[Method], overrides: Sequence[str]) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from wpat.configuration.config import Config, run_over
 from wpat.helpers.errors import WpatError
-from wpat.sweep.grid import RunSpec, resolved, setting_of
+from wpat.sweep.runs import RunSpec, resolved, setting_of
 
 Result = dict[str, Any]
 

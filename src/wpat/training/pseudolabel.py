@@ -96,6 +96,33 @@ def _save_chunk(path: Path, labels: np.ndarray) -> None:
         np.save(f, labels, allow_pickle=False)
 
 
+def _checked_arguments(out: Path, batch_size: int, chunk_size: int, device: str) -> torch.device:
+    """The device to label on, once the sizes, the output's name and the device are found good
+    (each bad one is a one-line error before any model or data is read)."""
+    for name, value in (("batch size", batch_size), ("chunk size", chunk_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise WpatError(f"pseudolabel: the {name} must be an integer >= 1, got {value!r}")
+    if out.suffix != ".npz":
+        raise WpatError(f"pseudolabel: the output must be an .npz file, got {out}")
+    if out.exists():
+        raise WpatError(f"pseudolabel: {out} already exists; delete it or choose another name")
+    try:
+        return resolve_device(device)
+    except WpatError as err:
+        raise WpatError(str(err).replace("run.device", "--device")) from None
+
+
+def _remove_parts(parts: Path, chunk_paths: list[Path]) -> None:
+    """The finished output no longer needs its chunks: remove them and their folder."""
+    for path in chunk_paths:
+        path.unlink(missing_ok=True)
+    (parts / MANIFEST).unlink(missing_ok=True)
+    try:
+        parts.rmdir()
+    except OSError:  # something else was put there: leave it
+        pass
+
+
 def pseudolabel(model: str | os.PathLike, extra: Any, out: str | os.PathLike, *,
                 config: str | Config | None = None, batch_size: int = 500, device: str = "auto",
                 chunk_size: int = 10_000, progress: bool | None = True,
@@ -117,17 +144,7 @@ def pseudolabel(model: str | os.PathLike, extra: Any, out: str | os.PathLike, *,
     """
     started = time.perf_counter()
     out = Path(out)
-    for name, value in (("batch size", batch_size), ("chunk size", chunk_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise WpatError(f"pseudolabel: the {name} must be an integer >= 1, got {value!r}")
-    if out.suffix != ".npz":
-        raise WpatError(f"pseudolabel: the output must be an .npz file, got {out}")
-    if out.exists():
-        raise WpatError(f"pseudolabel: {out} already exists; delete it or choose another name")
-    try:
-        target = resolve_device(device)
-    except WpatError as err:
-        raise WpatError(str(err).replace("run.device", "--device")) from None
+    target = _checked_arguments(out, batch_size, chunk_size, device)
     checkpoint = find_checkpoint(model)  # a run directory's best.pt, else its last.pt
     net, cfg, _ = model_from_checkpoint(checkpoint, config)
     spec = dataset_spec(cfg.data.name)
@@ -156,13 +173,7 @@ def pseudolabel(model: str | os.PathLike, extra: Any, out: str | os.PathLike, *,
                 on_chunk(k)
         bar.close()
         counts = _assemble(data, out, chunk_paths, sizes, chunk_size, classes)
-    for path in chunk_paths:
-        path.unlink(missing_ok=True)
-    (parts / MANIFEST).unlink(missing_ok=True)
-    try:
-        parts.rmdir()
-    except OSError:  # something else was put there: leave it
-        pass
+    _remove_parts(parts, chunk_paths)
     return {"out": str(out), "examples": len(data), "chunks": n_chunks, "reused": len(done),
             "class_counts": counts, "seconds": time.perf_counter() - started}
 
