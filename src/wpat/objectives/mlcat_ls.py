@@ -30,8 +30,8 @@ class MLCATLossScaling(Wrapper):
     is therefore (1/B) Σ_{ℓ_i ≥ c} ∇ℓ_i: the examples below c are removed from a mean over the
     whole batch, exactly the update of the authors' data-ablation script
     ``train_step2_remove_0_15.py``. wpat follows the code by default: ``descent_losses`` gives
-    c, with no gradient, to every example below c (the code leaves a float residue of about
-    1e-7 there).
+    c, with no gradient, to every example below c (the code's two terms cancel up to float
+    rounding, so its gradient there is a rounding residue, not exactly 0).
 
     ``detach_factor=True`` is the other reading of the equation, a constant factor: the
     examples below c then weigh c/ℓ_i > 1 in the update, gradient (c/ℓ_i)·∇ℓ_i. It changes the
