@@ -13,6 +13,11 @@ search + forward/backward/SGD step at w + v. Configurations:
 - the AWP paper's Fig. 2a/2b ablations: AWP with K2 ∈ {5, 10} ascent steps at A = 1; A ∈ {2, 3}
   alternations of x' and v at K2 = 1 (each alternation adds one PGD-10 and one ascent step);
   AWP with the L1 size norm
+- AT+SAM, AT+ASAM: SAM(ρ=0.05) / ASAM(ρ=0.5) on every parameter, the step from w; the forward at
+  w is the ascent's, so one more forward+backward (at w + v) than AT
+- AT+SAM recraft: MAIR's trainer, x' crafted again at w + v (one more PGD-10)
+- AT+SAM-AT: SAM-AT(ρ=0.05) with PGD's weight gradients in the ascent (the weight-gradient
+  kernels of PGD's 10 backwards)
 
 The configurations take turns one step at a time, so drifts of a shared machine hit all of them
 alike. Steps are timed in process CPU time (one thread by default), and the ratios use each
@@ -41,6 +46,8 @@ from wpat.attacks import PGD
 from wpat.models import build_model
 from wpat.objectives import OBJECTIVES, Batch
 from wpat.perturb import AWP, RWP, WeightPerturbation
+from wpat.perturb.sam import ASAM, SAM
+from wpat.perturb.sam_at import SAMAT
 from wpat.step import train_step
 
 OBJECTIVE = OBJECTIVES.build("at")  # CE on x_adv
@@ -58,6 +65,10 @@ CONFIGS: dict[str, tuple[Callable[[], WeightPerturbation | None], int]] = {
     "AT+AWP A=2 (Fig. 2a)": (lambda: AWP(gamma=0.01), 2),
     "AT+AWP A=3 (Fig. 2a)": (lambda: AWP(gamma=0.01), 3),
     "AT+AWP L1 size (Fig. 2b)": (lambda: AWP(gamma=0.01, norm="l1"), 1),
+    "AT+SAM": (lambda: SAM(rho=0.05), 1),
+    "AT+ASAM": (lambda: ASAM(rho=0.5), 1),
+    "AT+SAM recraft (MAIR)": (lambda: SAM(rho=0.05, recraft=True), 1),
+    "AT+SAM-AT (PGD path)": (lambda: SAMAT(rho=0.05), 1),
 }
 
 
@@ -131,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         "weights are trained on, so that case costs one comparison and no extra pass. "
         "Fig. 2a: each extra alternation (A) should add about one PGD-10 plus one ascent step "
         "(≈ 1 AT step), each extra ascent step (K2) about one forward+backward (≈ 1/11 of an AT "
-        "step); the L1 size norm should cost what the L2 one costs.\n"
+        "step); the L1 size norm should cost what the L2 one costs. SAM and ASAM: one more "
+        "forward+backward than AT (≤ 1.15×); with recraft one more PGD-10 too (≈ 2×); SAM-AT "
+        "adds the weight-gradient kernels of PGD's backwards to SAM's cost.\n"
     )
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
