@@ -15,6 +15,11 @@ search + forward/backward/SGD step at w + v. Configurations:
   AWP with the L1 size norm
 - MLCAT: the loss scaling (objective ``mlcat-ls`` around AT, no perturbation) and the weight
   perturbation ``mlcat-wp`` (γ=0.01, 10 steps) with every example below its threshold (inf)
+- AT+SAM, AT+ASAM: SAM(ρ=0.05) / ASAM(ρ=0.5) on every parameter, the step from w; the forward at
+  w is the ascent's, so one more forward+backward (at w + v) than AT
+- AT+SAM recraft: MAIR's trainer, x' crafted again at w + v (one more PGD-10)
+- AT+SAM-AT: SAM-AT(ρ=0.05) with PGD's weight gradients in the ascent (the weight-gradient
+  kernels of PGD's 10 backwards)
 
 The configurations take turns one step at a time, so drifts of a shared machine hit all of them
 alike. Steps are timed in process CPU time (one thread by default), and the ratios use each
@@ -43,6 +48,8 @@ from wpat.attacks import PGD
 from wpat.models import build_model
 from wpat.objectives import OBJECTIVES, Batch, Objective
 from wpat.perturb import AWP, PERTURBATIONS, RWP, WeightPerturbation
+from wpat.perturb.sam import ASAM, SAM
+from wpat.perturb.sam_at import SAMAT
 from wpat.training.step import train_step
 
 OBJECTIVE = OBJECTIVES.build("at")  # CE on x_adv
@@ -64,6 +71,10 @@ CONFIGS: dict[str, tuple[Callable[[], WeightPerturbation | None], int]] = {
     "AT+AWP L1 size (Fig. 2b)": (lambda: AWP(gamma=0.01, norm="l1"), 1),
     "AT+MLCAT-LS (objective)": (lambda: None, 1),
     "AT+MLCAT-WP all below (threshold=inf)": (lambda: PERTURBATIONS.build("mlcat-wp", threshold=float("inf")), 1),
+    "AT+SAM": (lambda: SAM(rho=0.05), 1),
+    "AT+ASAM": (lambda: ASAM(rho=0.5), 1),
+    "AT+SAM recraft (MAIR)": (lambda: SAM(rho=0.05, recraft=True), 1),
+    "AT+SAM-AT (PGD path)": (lambda: SAMAT(rho=0.05), 1),
 }
 
 
@@ -139,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         "(≈ 1 AT step), each extra ascent step (K2) about one forward+backward (≈ 1/11 of an AT "
         "step); the L1 size norm should cost what the L2 one costs. "
         "MLCAT: the loss scaling only transforms the per-example losses (≈ 1.0×); MLCAT-WP is "
-        "RWP's search, so with every example below its threshold it costs what RWP does.\n"
+        "RWP's search, so with every example below its threshold it costs what RWP does. SAM and ASAM: one more "
+        "forward+backward than AT (≤ 1.15×); with recraft one more PGD-10 too (≈ 2×); SAM-AT "
+        "adds the weight-gradient kernels of PGD's backwards to SAM's cost.\n"
     )
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

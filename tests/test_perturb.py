@@ -17,7 +17,7 @@ from torch import nn
 
 from wpat.helpers.errors import WpatError
 from wpat.perturb import (AWP, RWP, LSCRangeAWP, RandomWP, add_perturbation, PERTURBATIONS,
-                          perturbed, perturbed_parameters)
+                          WeightPerturbation, perturbed, perturbed_parameters)
 
 BATCH = 16
 WEIGHTS = ["conv1.weight", "conv2.weight", "fc.weight"]
@@ -201,13 +201,20 @@ def test_compute_leaves_model_bitwise_unchanged(name, with_grads):
 
 @pytest.mark.parametrize("name", PERTURBATIONS.names())
 def test_every_registered_perturbation_keeps_the_contract_with_its_defaults(name):
-    """Every method in the registry, also one added later in a file of its own: only >1-D
-    weights in v, and the model handed back bitwise."""
+    """Every method in the registry, also one added later in a file of its own: only the
+    parameters it declares in v (the >1-D weights unless it says otherwise), and the model
+    handed back bitwise."""
     model, _, _, loss_fn = make_problem()
     before = snapshot(model)
-    v = PERTURBATIONS.build(name).compute(model, loss_fn).v
-    assert set(v) <= set(WEIGHTS)
+    perturbation = PERTURBATIONS.build(name)
+    v = perturbation.compute(model, loss_fn).v
+    assert set(v) <= {n for n, _ in perturbation.moved_parameters(model)}
     assert_bitwise_same(model, before)
+
+
+def test_a_perturbation_moves_the_conv_and_linear_weights_unless_it_declares_otherwise():
+    model, *_ = make_problem()
+    assert [n for n, _ in WeightPerturbation().moved_parameters(model)] == WEIGHTS
 
 
 def test_perturbed_parameters_are_the_multidimensional_trainable_ones():

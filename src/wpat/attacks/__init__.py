@@ -1,7 +1,8 @@
 """Input attacks ``attack(model, x, y) -> x_adv``, registered in ``ATTACKS`` (see ``Attack``)."""
 
 from wpat.attacks.autoattack import AutoAttack
-from wpat.attacks.base import ATTACKS, BALLS, Attack, ball, crafting_mode
+from wpat.attacks.base import (ATTACKS, BALLS, Attack, WeightGradients, ball, crafting_mode,
+                               recording_weight_gradients)
 from wpat.attacks.cw import CW
 from wpat.attacks.fgsm import FGSM
 from wpat.attacks.losses import ATTACK_LOSSES, attack_loss, kl_divergence
@@ -10,5 +11,5 @@ from wpat.attacks.spsa import SPSA
 
 __all__ = [
     "ATTACKS", "ATTACK_LOSSES", "Attack", "AutoAttack", "BALLS", "CW", "FGSM", "PGD", "SPSA",
-    "attack_loss", "ball", "crafting_mode", "kl_divergence",
+    "WeightGradients", "attack_loss", "ball", "crafting_mode", "kl_divergence", "recording_weight_gradients",
 ]

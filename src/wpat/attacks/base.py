@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Iterator
 
 import torch
@@ -40,7 +41,8 @@ class Attack:
     ``x`` is a float batch in [0, 1] (normalization lives inside the model), ``y`` its labels;
     ``x_adv`` is detached, lies in [0, 1] and in the ε-ball around ``x``. Attacks differentiate
     with respect to the input only (``torch.autograd.grad``), so the weights' ``.grad`` is never
-    filled, and they work on whatever device ``x`` and the model are on.
+    filled, and they work on whatever device ``x`` and the model are on. (Inside
+    :func:`recording_weight_gradients` PGD also hands its weight gradients to the recording.)
 
     Args:
         bn_mode: the mode the *whole model* is put in while crafting (BatchNorm, and dropout if
@@ -63,6 +65,56 @@ class Attack:
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
+
+
+class WeightGradients:
+    """The sum over an attack's iterations of the gradient of its mean loss with respect to the
+    model's trainable parameters, as SAM-AT's PGD leaves it in ``.grad`` (its ``loss.backward()``
+    on the batch-mean loss at each iterate, never zeroed; ``weizeming/SAM_AT`` utils.py).
+
+    Attributes:
+        sums: parameter name (``model.named_parameters()``) -> the summed gradient; a parameter
+            outside every iterate's graph has no entry.
+        iterations: how many iterates were added.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.sums: dict[str, Tensor] = {}
+        self.iterations = 0
+
+    def differentiate(self, losses: Tensor, delta: Tensor) -> Tensor:
+        """∇_δ of ``losses.sum()`` (the attack's step direction), adding ∇_w of ``losses.mean()``
+        to the sums from the same backward: only the weight-gradient kernels cost extra."""
+        names, params = zip(*self._named)
+        grad, *weights = torch.autograd.grad(losses.sum(), [delta, *params], allow_unused=True)
+        scale = 1.0 / losses.numel()  # the mean's gradient, from the sum's
+        for name, g in zip(names, weights):
+            if g is not None:
+                self.sums[name] = g * scale if name not in self.sums else self.sums[name].add_(g, alpha=scale)
+        self.iterations += 1
+        return grad
+
+
+_RECORDING: ContextVar[WeightGradients | None] = ContextVar("wpat_attack_weight_gradients", default=None)
+
+
+@contextmanager
+def recording_weight_gradients(model: nn.Module) -> Iterator[WeightGradients]:
+    """Inside the block, PGD also sums its iterations' weight gradients (:class:`WeightGradients`)
+    into the recording yielded: how the training step gives SAM-AT's ascent the gradients its PGD
+    leaves behind, without filling ``.grad``."""
+    recording = WeightGradients(model)
+    token = _RECORDING.set(recording)
+    try:
+        yield recording
+    finally:
+        _RECORDING.reset(token)
+
+
+def weight_gradient_recording() -> WeightGradients | None:
+    """The active :func:`recording_weight_gradients`, or None."""
+    return _RECORDING.get()
 
 
 def _per_example_norm(t: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wpat.attacks.base import ATTACKS, Attack, Ball, ball
+from wpat.attacks.base import ATTACKS, Attack, Ball, ball, weight_gradient_recording
 from wpat.attacks.losses import ATTACK_LOSSES, is_soft
 from wpat.helpers.batchnorm import count_as, save_running_stats
 from wpat.helpers.errors import check, is_count, is_number
@@ -125,10 +125,14 @@ class PGD(Attack):
             self.ball.project_(delta, self.eps)
         delta.clamp_(low, high).requires_grad_(True)
         twice = self.mixup_forwards == 2 and is_soft(y)
+        recording = weight_gradient_recording()
         for _ in range(self.steps):
             saved = save_running_stats(model) if twice else None
             loss = self.loss(model(x + delta), y, logits_clean)
-            (grad,) = torch.autograd.grad(loss.sum(), delta)
+            if recording is None:
+                (grad,) = torch.autograd.grad(loss.sum(), delta)
+            else:
+                grad = recording.differentiate(loss, delta)
             if saved is not None:  # after the backward, which needs the statistics the forward saw
                 count_as(saved, 2)
             with torch.no_grad():

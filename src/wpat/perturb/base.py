@@ -12,16 +12,17 @@ with its statistics (docs/design.md, "One training step", step 4)::
 
 ``compute`` leaves the model exactly as it found it: parameters and ``.grad`` bitwise (``None``
 stays ``None``), every buffer (BN running statistics, ``num_batches_tracked``) and every
-module's train/eval flag. Only trainable parameters with more than one dimension -- conv and
-linear weights -- are perturbed (docs/design.md, "Reference semantics"); BN affine parameters and
-biases never are.
+module's train/eval flag. Only the parameters :meth:`WeightPerturbation.moved_parameters` names
+are perturbed: by default the trainable ones with more than one dimension -- conv and linear
+weights -- as the AWP and RWP code (docs/design.md, "Reference semantics"), BN affine parameters
+and biases never; SAM-type methods declare every trainable parameter.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +65,28 @@ class WeightPerturbation:
 
     Every perturbation reports ``"v_over_w"`` (the global ratio ‖v‖/‖W‖ over the perturbed
     tensors) in its statistics. It keeps no state between calls except a private random stream.
+
+    What the training step does around ``compute`` is declared here, not inferred from the
+    method's name (docs/design.md, "One training step"). The defaults are the AWP and RWP
+    scripts' step; SAM-type methods (``perturb/sam.py``) change them:
+
+    - ``descends_from_w``: the update's forward and backward run at ``w + v``, then the weights
+      are put back to ``w`` bitwise and ``optimizer.step()`` runs at ``w`` (weight decay and
+      momentum see ``w``). False: the step is taken at ``w + v`` and ``v`` subtracted after.
+    - ``search_forward_counts``: the step's forward at ``w`` that ``compute`` starts from is a
+      training forward of the model itself, so its BatchNorm running-statistics update stays
+      (two updates per step). False: it stands for the authors' proxy copy and is undone.
+    - ``recraft``: once ``v`` is computed, ``x′`` is crafted again against ``w + v`` and the
+      update trains on it. False: the update uses the ``x′`` crafted at ``w``.
+    - ``attack_gradients``: the attack's own weight gradients, summed over its iterations
+      are recorded and handed to ``compute`` as the keyword ``attack_gradients``, a
+      :class:`wpat.attacks.WeightGradients`; only a perturbation that declares it gets it.
     """
+
+    descends_from_w: bool = False
+    search_forward_counts: bool = False
+    recraft: bool = False
+    attack_gradients: bool = False
 
     def compute(self, model: nn.Module, loss_fn: LossFn, losses: Tensor | None = None,
                 start: Perturbation | None = None) -> Perturbation:
@@ -79,6 +101,17 @@ class WeightPerturbation:
         ``v`` and accumulated ascent (with a new ``loss_fn``); ``losses`` must then be None.
         """
         raise NotImplementedError
+
+    def moved_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """The ``(name, parameter)`` pairs ``compute`` may put in ``v`` (default: the conv and
+        linear weights, :func:`perturbed_parameters`)."""
+        return perturbed_parameters(model)
+
+    def refusal(self, objective: Any) -> str | None:
+        """Why this perturbation is not defined with ``objective`` (an
+        :class:`~wpat.objectives.Objective`), in one line, or None: checked with every config,
+        before any data is read."""
+        return None
 
 
 def perturbed_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

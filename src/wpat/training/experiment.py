@@ -108,7 +108,7 @@ def perturbation_from_config(cfg: Config) -> WeightPerturbation | None:
     if cfg.perturb.alternations > 1 and not isinstance(perturbation, MaskedAscent):
         searched = [n for n in PERTURBATIONS if issubclass(PERTURBATIONS.get(n), MaskedAscent)]
         raise WpatError(f"perturb.alternations: {cfg.perturb.alternations} needs a searched perturbation "
-                        f"({', '.join(searched)}); {cfg.perturb.name!r} does not look at x'")
+                        f"({', '.join(searched)}); {cfg.perturb.name!r} has no search to continue from a new x'")
     return perturbation
 
 
@@ -178,8 +178,12 @@ def build_components(cfg: Config) -> Components:
     check_extra_data(cfg)
     objective = objective_from_config(cfg)
     check_needs(cfg, objective)
+    perturbation = perturbation_from_config(cfg)
+    refusal = None if perturbation is None else perturbation.refusal(objective)
+    if refusal:
+        raise WpatError(f"perturb.{cfg.perturb.name}: {refusal} (objective {cfg.objective.name!r})")
     return Components(model=model_from_config(cfg), objective=objective,
-                      perturbation=perturbation_from_config(cfg), schedule=schedule_from_config(cfg),
+                      perturbation=perturbation, schedule=schedule_from_config(cfg),
                       attack=train_attack(cfg, objective), test_attack=eval_attack(cfg))
 
 

@@ -7,13 +7,17 @@ The step (docs/design.md, "One training step"):
 2. ``loss_fn(m) = objective.per_example(m, batch)`` (shape [B]);
 3. after its warm-up (:func:`perturbation_active`), the weight perturbation computes ``v``;
 4. the optimizer steps on ``objective.descent_losses`` at ``w + v``, then ``v`` is subtracted
-   again, as the authors' code does.
+   again, as the AWP and RWP code does; a perturbation that declares ``descends_from_w`` (SAM)
+   takes the gradient at ``w + v`` and the step from ``w``. What else a perturbation declares
+   (``search_forward_counts``, ``recraft``, ``attack_gradients``; ``perturb/base.py``) the step
+   honours without knowing which method runs.
 
 :func:`schedule_time` says when in the run a batch reads the learning-rate schedule.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Callable
 
@@ -21,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from wpat.helpers import distributed
+from wpat.attacks import recording_weight_gradients
 from wpat.helpers.batchnorm import count_as, restore_running_stats, save_running_stats
 from wpat.configuration.config import Config, ScheduleConfig
 from wpat.objectives import Batch, Objective
@@ -50,8 +55,12 @@ def train_step(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], ob
     statistics, which take one more update. Where the step runs that very forward anyway -- the
     objective's single forward of ``x_adv`` at ``w`` (AT), when it trains (no perturbation, or
     RWP did not move) or starts the search -- the update is counted once more instead of run
-    (``wpat.helpers.batchnorm``); otherwise the score costs one forward without a graph."""
-    batch = adversarial(model, batch, attack, objective)
+    (``wpat.helpers.batchnorm``); otherwise the score costs one forward without a graph. A search
+    forward the perturbation declares a training forward (``search_forward_counts``) is
+    counted twice when it also stands for the score."""
+    declared = perturbation if perturbation is not None else WeightPerturbation  # the step's declared behaviour
+    with recording_weight_gradients(model) if declared.attack_gradients else nullcontext() as recorded:
+        batch = adversarial(model, batch, attack, objective)
     model.train()
     # AT's loss is one forward of x_adv: at the attacked weights w it is the scripts' scoring forward.
     scored_by_loss = score_forward and objective.single_adversarial_forward
@@ -64,15 +73,20 @@ def train_step(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], ob
         # (RWP with no example below c_min) it is the training forward too: the step then costs
         # what plain AT costs. Otherwise its BN statistics update is undone, so that only the
         # forward at w + v updates them, as in the authors' code -- unless it stands for their
-        # scoring forward, which updates them at w with x_adv exactly as it did.
+        # scoring forward, which updates them at w with x_adv exactly as it did, or the method
+        # declares it a training forward of its own (SAM's ascent forward).
         saved = save_running_stats(model)
         raw = objective.per_example(model, batch)
-        result = perturbation.compute(model, loss_function(objective, batch, weights), losses=weighted(raw, weights))
+        given = {"attack_gradients": recorded} if declared.attack_gradients else {}
+        result = perturbation.compute(model, loss_function(objective, batch, weights), losses=weighted(raw, weights),
+                                      **given)
         stats = dict(result.stats)
         if result.moved or alternations > 1:
-            if not scored_by_loss:
-                restore_running_stats(saved)
             raw = None
+            if declared.search_forward_counts and scored_by_loss:
+                count_as(saved, 2)  # the scripts' score of x_adv at w, and the ascent forward (graph used)
+            elif not (declared.search_forward_counts or scored_by_loss):
+                restore_running_stats(saved)
         elif scored_by_loss:
             twice = saved  # the scripts score x_adv at w, then train on it at w + 0: two forwards
         for _ in range(alternations - 1):
@@ -87,7 +101,14 @@ def train_step(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], ob
         if result.moved:
             v = result.v
         # else: adding a zero v would also invalidate the graph of the forward at w
-    with perturbed(model, v):
+    # SAM-type methods take the gradient at w + v and the step from w (put back bitwise); AWP and
+    # RWP step at w + v and subtract v after, carrying the update back to w (AWP eq. 11).
+    with (held_at if declared.descends_from_w else perturbed)(model, v):
+        if declared.recraft and v:
+            batch = adversarial(model, batch, attack, objective)  # x' against w + v (MAIR's trainer)
+            if score_forward:
+                score(model, batch.x_adv)
+            model.train()
         if raw is None:
             if scored_by_loss and perturbation is None:
                 twice = save_running_stats(model)  # plain AT: the scoring and training forwards are one
@@ -96,6 +117,9 @@ def train_step(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], ob
         descent = weighted(objective.descent_losses(raw), weights)
         (descent.mean() + l1_penalty(model, l1)).backward()
         distributed.average_gradients(model)  # under torchrun: the global batch's gradient
+        if not declared.descends_from_w:
+            optimizer.step()
+    if declared.descends_from_w:
         optimizer.step()
     if twice is not None:  # after the backward, which needs the statistics the forward saw
         count_as(twice, 2)
