@@ -13,6 +13,10 @@ search + forward/backward/SGD step at w + v. Configurations:
 - the AWP paper's Fig. 2a/2b ablations: AWP with K2 ∈ {5, 10} ascent steps at A = 1; A ∈ {2, 3}
   alternations of x' and v at K2 = 1 (each alternation adds one PGD-10 and one ascent step);
   AWP with the L1 size norm
+- methods that change the objective (issue 26), no perturbation: ReBAT (AT + the KL towards the
+  weight average: one no-grad forward of the average, and the average's update after the step);
+  KD (two no-grad teacher forwards); KD+SWA (KD plus SWA's BatchNorm pass over the training set
+  once per epoch, amortized: one no-grad train-mode forward of a clean batch per step)
 
 The configurations take turns one step at a time, so drifts of a shared machine hit all of them
 alike. Steps are timed in process CPU time (one thread by default), and the ratios use each
@@ -26,6 +30,7 @@ pixel values, and the RWP cases pin the selection with c_min.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -38,8 +43,9 @@ import torch
 from torch import nn
 
 from wpat.attacks import PGD
+from wpat.averaging import WeightAverage
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES, Batch
+from wpat.objectives import OBJECTIVES, Batch, Objective, Supplies
 from wpat.perturb import AWP, RWP, WeightPerturbation
 from wpat.step import train_step
 
@@ -61,16 +67,53 @@ CONFIGS: dict[str, tuple[Callable[[], WeightPerturbation | None], int]] = {
 }
 
 
+# What a method row trains with: its objective, what the objective is supplied, and work after
+# the step (the weight average's update), built for the benchmark's model.
+MethodParts = tuple[Objective, Supplies, Callable[[], None] | None]
+
+
+def rebat_parts(model: nn.Module, x: torch.Tensor) -> MethodParts:
+    average = WeightAverage(model, 0.999, ramp=False)
+    return (OBJECTIVES.build("rebat"), Supplies(average=average.model),
+            lambda: average.update(model, 0))
+
+
+def kd_parts(model: nn.Module, x: torch.Tensor) -> MethodParts:
+    teachers = tuple(copy.deepcopy(model).eval() for _ in range(2))
+    return OBJECTIVES.build("kd", standard_teacher="-", robust_teacher="-"), Supplies(teachers=teachers), None
+
+
+def kd_swa_parts(model: nn.Module, x: torch.Tensor) -> MethodParts:
+    objective, supplies, _ = kd_parts(model, x)
+    average = copy.deepcopy(model)
+
+    def batchnorm_pass_share() -> None:  # one batch of the epoch's pass over the training set
+        with torch.no_grad():
+            average.train()(x)
+
+    return objective, supplies, batchnorm_pass_share
+
+
+METHODS: dict[str, Callable[[nn.Module, torch.Tensor], MethodParts]] = {
+    "ReBAT (AT + KL to the EMA)": rebat_parts,
+    "KD (two teachers)": kd_parts,
+    "KD+SWA (+ BN pass, amortized)": kd_swa_parts,
+}
+
+
 def cpu_ms() -> float:
     return time.process_time() * 1e3
 
 
 def timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, attack: PGD,
                perturbation: WeightPerturbation | None, x: torch.Tensor, y: torch.Tensor,
-               alternations: int = 1) -> float:
-    """One AT(-AWP/-RWP) step of wpat's training loop; returns its CPU ms."""
+               alternations: int = 1, method: MethodParts | None = None) -> float:
+    """One AT(-AWP/-RWP) step of wpat's training loop, or one of a method's; returns its CPU ms."""
+    objective, supplies, after = method or (OBJECTIVE, Supplies(), None)
     start = cpu_ms()
-    train_step(model, Batch(x, y), attack, OBJECTIVE, perturbation, optimizer, alternations)
+    train_step(model, Batch(x, y, supplies=supplies), attack, objective, perturbation, optimizer, alternations)
+    if after is not None:
+        after()
     return cpu_ms() - start
 
 
@@ -92,19 +135,20 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.rand(args.batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch,))
 
-    perturbations = {name: (make(), a) for name, (make, a) in CONFIGS.items()}
-    for p, a in perturbations.values():  # warm-up: allocator, first-call overheads
-        timed_step(model, optimizer, attack, p, x, y, a)
-    total: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    perturbations = {name: (make(), a, None) for name, (make, a) in CONFIGS.items()}
+    perturbations.update({name: (None, 1, make(model, x)) for name, make in METHODS.items()})
+    for p, a, m in perturbations.values():  # warm-up: allocator, first-call overheads
+        timed_step(model, optimizer, attack, p, x, y, a, m)
+    total: dict[str, list[float]] = {name: [] for name in perturbations}
     for _ in range(args.steps):
-        for name, (p, a) in perturbations.items():
-            total[name].append(timed_step(model, optimizer, attack, p, x, y, a))
+        for name, (p, a, m) in perturbations.items():
+            total[name].append(timed_step(model, optimizer, attack, p, x, y, a, m))
 
     fastest = {name: min(t) for name, t in total.items()}
     median = {name: statistics.median(t) for name, t in total.items()}
     rows = [f"| {name} | {fastest[name]:.1f} | {median[name]:.1f} | "
             f"{fastest[name] / fastest['AT']:.3f}× | {median[name] / median['AT']:.3f}× |"
-            for name in CONFIGS]
+            for name in total]
     table = "\n".join([
         "| configuration | ms/step fastest | ms/step median | vs AT (fastest) | vs AT (median) |",
         "|---|---:|---:|---:|---:|", *rows])
@@ -131,7 +175,10 @@ def main(argv: list[str] | None = None) -> None:
         "weights are trained on, so that case costs one comparison and no extra pass. "
         "Fig. 2a: each extra alternation (A) should add about one PGD-10 plus one ascent step "
         "(≈ 1 AT step), each extra ascent step (K2) about one forward+backward (≈ 1/11 of an AT "
-        "step); the L1 size norm should cost what the L2 one costs.\n"
+        "step); the L1 size norm should cost what the L2 one costs. "
+        "ReBAT adds one no-grad forward (the average's) and the average's update, KD two no-grad "
+        "forwards (the teachers'), about 1/11 of an AT step each at most; SWA's BatchNorm pass adds "
+        "one more per step, amortized over its epoch.\n"
     )
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
