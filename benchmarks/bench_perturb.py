@@ -20,6 +20,10 @@ search + forward/backward/SGD step at w + v. Configurations:
 - AT+SAM recraft: MAIR's trainer, x' crafted again at w + v (one more PGD-10)
 - AT+SAM-AT: SAM-AT(ρ=0.05) with PGD's weight gradients in the ascent (the weight-gradient
   kernels of PGD's 10 backwards)
+- methods that change the objective (issue 26), no perturbation: ReBAT (AT + the KL towards the
+  weight average: one no-grad forward of the average, and the average's update after the step);
+  KD (two no-grad teacher forwards); KD+SWA (KD plus SWA's BatchNorm pass over the training set
+  once per epoch, amortized: one no-grad train-mode forward of a clean batch per step)
 
 The configurations take turns one step at a time, so drifts of a shared machine hit all of them
 alike. Steps are timed in process CPU time (one thread by default), and the ratios use each
@@ -33,6 +37,7 @@ pixel values, and the RWP cases pin the selection with c_min.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -45,8 +50,9 @@ import torch
 from torch import nn
 
 from wpat.attacks import PGD
+from wpat.optim.averaging import WeightAverage
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES, Batch, Objective
+from wpat.objectives import OBJECTIVES, Batch, Objective, Supplies
 from wpat.perturb import AWP, PERTURBATIONS, RWP, WeightPerturbation
 from wpat.perturb.sam import ASAM, SAM
 from wpat.perturb.sam_at import SAMAT
@@ -54,7 +60,6 @@ from wpat.training.step import train_step
 
 OBJECTIVE = OBJECTIVES.build("at")  # CE on x_adv
 # configurations that train another objective than AT
-OBJECTIVE_OF = {"AT+MLCAT-LS (objective)": OBJECTIVES.build("mlcat-ls", objectives=OBJECTIVES.build)}
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "perturb.md"
 
@@ -69,12 +74,47 @@ CONFIGS: dict[str, tuple[Callable[[], WeightPerturbation | None], int]] = {
     "AT+AWP A=2 (Fig. 2a)": (lambda: AWP(gamma=0.01), 2),
     "AT+AWP A=3 (Fig. 2a)": (lambda: AWP(gamma=0.01), 3),
     "AT+AWP L1 size (Fig. 2b)": (lambda: AWP(gamma=0.01, norm="l1"), 1),
-    "AT+MLCAT-LS (objective)": (lambda: None, 1),
     "AT+MLCAT-WP all below (threshold=inf)": (lambda: PERTURBATIONS.build("mlcat-wp", threshold=float("inf")), 1),
     "AT+SAM": (lambda: SAM(rho=0.05), 1),
     "AT+ASAM": (lambda: ASAM(rho=0.5), 1),
     "AT+SAM recraft (MAIR)": (lambda: SAM(rho=0.05, recraft=True), 1),
     "AT+SAM-AT (PGD path)": (lambda: SAMAT(rho=0.05), 1),
+}
+
+
+# What a method row trains with: its objective, what the objective is supplied, and work after
+# the step (the weight average's update), built for the benchmark's model.
+MethodParts = tuple[Objective, Supplies, Callable[[], None] | None]
+
+
+def rebat_parts(model: nn.Module, x: torch.Tensor) -> MethodParts:
+    average = WeightAverage(model, 0.999, ramp=False)
+    return (OBJECTIVES.build("rebat"), Supplies(average=average.model),
+            lambda: average.update(model, 0))
+
+
+def kd_parts(model: nn.Module, x: torch.Tensor) -> MethodParts:
+    teachers = tuple(copy.deepcopy(model).eval() for _ in range(2))
+    return OBJECTIVES.build("kd", standard_teacher="-", robust_teacher="-"), Supplies(teachers=teachers), None
+
+
+def kd_swa_parts(model: nn.Module, x: torch.Tensor) -> MethodParts:
+    objective, supplies, _ = kd_parts(model, x)
+    average = copy.deepcopy(model)
+
+    def batchnorm_pass_share() -> None:  # one batch of the epoch's pass over the training set
+        with torch.no_grad():
+            average.train()(x)
+
+    return objective, supplies, batchnorm_pass_share
+
+
+METHODS: dict[str, Callable[[nn.Module, torch.Tensor], MethodParts]] = {
+    "AT+MLCAT-LS (objective)": lambda model, x: (OBJECTIVES.build("mlcat-ls", objectives=OBJECTIVES.build),
+                                                Supplies(), None),
+    "ReBAT (AT + KL to the EMA)": rebat_parts,
+    "KD (two teachers)": kd_parts,
+    "KD+SWA (+ BN pass, amortized)": kd_swa_parts,
 }
 
 
@@ -84,10 +124,13 @@ def cpu_ms() -> float:
 
 def timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, attack: PGD,
                perturbation: WeightPerturbation | None, x: torch.Tensor, y: torch.Tensor,
-               alternations: int = 1, objective: Objective = OBJECTIVE) -> float:
-    """One AT(-AWP/-RWP) step of wpat's training loop; returns its CPU ms."""
+               alternations: int = 1, method: MethodParts | None = None) -> float:
+    """One AT(-AWP/-RWP) step of wpat's training loop, or one of a method's; returns its CPU ms."""
+    objective, supplies, after = method or (OBJECTIVE, Supplies(), None)
     start = cpu_ms()
-    train_step(model, Batch(x, y), attack, objective, perturbation, optimizer, alternations)
+    train_step(model, Batch(x, y, supplies=supplies), attack, objective, perturbation, optimizer, alternations)
+    if after is not None:
+        after()
     return cpu_ms() - start
 
 
@@ -109,19 +152,20 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.rand(args.batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch,))
 
-    perturbations = {name: (make(), a) for name, (make, a) in CONFIGS.items()}
-    for name, (p, a) in perturbations.items():  # warm-up: allocator, first-call overheads
-        timed_step(model, optimizer, attack, p, x, y, a, OBJECTIVE_OF.get(name, OBJECTIVE))
-    total: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    perturbations = {name: (make(), a, None) for name, (make, a) in CONFIGS.items()}
+    perturbations.update({name: (None, 1, make(model, x)) for name, make in METHODS.items()})
+    for p, a, m in perturbations.values():  # warm-up: allocator, first-call overheads
+        timed_step(model, optimizer, attack, p, x, y, a, m)
+    total: dict[str, list[float]] = {name: [] for name in perturbations}
     for _ in range(args.steps):
-        for name, (p, a) in perturbations.items():
-            total[name].append(timed_step(model, optimizer, attack, p, x, y, a, OBJECTIVE_OF.get(name, OBJECTIVE)))
+        for name, (p, a, m) in perturbations.items():
+            total[name].append(timed_step(model, optimizer, attack, p, x, y, a, m))
 
     fastest = {name: min(t) for name, t in total.items()}
     median = {name: statistics.median(t) for name, t in total.items()}
     rows = [f"| {name} | {fastest[name]:.1f} | {median[name]:.1f} | "
             f"{fastest[name] / fastest['AT']:.3f}× | {median[name] / median['AT']:.3f}× |"
-            for name in CONFIGS]
+            for name in total]
     table = "\n".join([
         "| configuration | ms/step fastest | ms/step median | vs AT (fastest) | vs AT (median) |",
         "|---|---:|---:|---:|---:|", *rows])
@@ -152,7 +196,10 @@ def main(argv: list[str] | None = None) -> None:
         "MLCAT: the loss scaling only transforms the per-example losses (≈ 1.0×); MLCAT-WP is "
         "RWP's search, so with every example below its threshold it costs what RWP does. SAM and ASAM: one more "
         "forward+backward than AT (≤ 1.15×); with recraft one more PGD-10 too (≈ 2×); SAM-AT "
-        "adds the weight-gradient kernels of PGD's backwards to SAM's cost.\n"
+        "adds the weight-gradient kernels of PGD's backwards to SAM's cost. "
+        "ReBAT adds one no-grad forward (the average's) and the average's update, KD two no-grad "
+        "forwards (the teachers'), about 1/11 of an AT step each at most; SWA's BatchNorm pass adds "
+        "one more per step, amortized over its epoch.\n"
     )
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

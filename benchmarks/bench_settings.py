@@ -69,7 +69,7 @@ def main() -> None:
             x, y = next(batches)
             train_step(model, Batch(x, y), attack, objective, None, optimizer, l1=l1)
             if ema is not None:
-                ema.update(model)
+                ema.update(model, epoch=0)
             if round_:  # the first round warms up
                 times[name].append(time.process_time() - started)
     fastest = {name: min(t) for name, t in times.items()}

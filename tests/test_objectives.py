@@ -142,9 +142,10 @@ def test_negative_weights_raise_a_clear_error(name, key, value):
 
 
 def test_unknown_objective_lists_choices():
-    assert {"at", "mart", "trades"} <= set(OBJECTIVES.names())
-    with pytest.raises(WpatError, match=", ".join(OBJECTIVES.names())):  # every registered one
+    with pytest.raises(WpatError) as e:
         OBJECTIVES.build("alp")
+    assert str(e.value).endswith(f"valid choices: {', '.join(OBJECTIVES.names())}")
+    assert {"at", "mart", "trades"} <= set(OBJECTIVES.names())
 
 
 @pytest.mark.parametrize("name, options", [("at", "none"), ("trades", "beta, clean_forwards"), ("mart", "lam")])

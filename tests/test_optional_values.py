@@ -52,7 +52,8 @@ def yaml_config(tmp_path: Path, key: str, text: str) -> str:
 
 
 def test_the_audit_finds_every_optional_field():
-    assert sorted(OPTIONAL) == ["attack.bn_mode", "data.augment", "data.classes", "data.extra", "data.root",
+    assert sorted(OPTIONAL) == ["attack.bn_mode", "attack.later_alpha", "attack.later_eps", "attack.later_from",
+                                "attack.later_steps", "data.augment", "data.classes", "data.extra", "data.root",
                                 "eval.alpha", "model.mean", "model.std", "run.init_from", "run.lsc_threshold", "run.name"]
 
 

@@ -129,7 +129,7 @@ def test_ema_is_the_hand_computed_average_of_w_never_of_w_plus_v():
         d = min(0.9, (1 + t) / (10 + t))
         for k, w in model.state_dict().items():  # w: v has been subtracted again
             expected[k] = d * expected[k] + (1 - d) * w.float() if w.dtype.is_floating_point else w.clone()
-        ema.update(model)
+        ema.update(model, epoch=0)
     for k, v in ema.model.state_dict().items():
         torch.testing.assert_close(v.float(), expected[k].float(), rtol=1e-5, atol=1e-7, msg=k)
 

@@ -92,6 +92,13 @@ class AttackConfig:
     random_start: bool = True
     bn_mode: Union[str, None] = None  # train | eval | None = the objective's default
     script_forwards: bool = False  # BN statistics also take the updates of the AT scripts' extra PGD forwards (scoring, mixup)
+    # A training attack that changes at an epoch (ReBAT++: stronger after the first decay): from
+    # (0-based) epoch later_from on, each later_* that is set replaces eps/alpha/steps in training
+    # (evaluation keeps the threat model above); null = no change.
+    later_from: Union[int, None] = None
+    later_eps: Union[float, None] = None
+    later_alpha: Union[float, None] = None
+    later_steps: Union[int, None] = None
 
 
 @dataclass
@@ -159,7 +166,16 @@ class RunConfig:
     checkpoint_every: int = field(default=0, metadata=NOT_IDENTITY)
     # also keep epoch-NNN.pt every N epochs (for landscapes); 0 = none
     keep_every: int = field(default=0, metadata=NOT_IDENTITY)
-    ema: float = 0.0  # decay of an exponential moving average of the weights, e.g. 0.995; 0 = off
+    # The weight average (wpat.optim.averaging), saved as ema_*.pt: ema, the exponential moving average
+    # (on with run.ema > 0; reads the ema_* settings); swa, stochastic weight averaging, equal
+    # weights at epoch ends with a BatchNorm pass (reads the swa_* settings). As a component's
+    # options, the settings of the kind not chosen are kept but reach nothing.
+    average: str = "ema"
+    ema: float = 0.0  # decay of the exponential moving average of the weights per step, e.g. 0.995; 0 = off
+    ema_start: int = 0  # epochs (0-based) before which the EMA is an exact copy of the weights (ReBAT: 105)
+    ema_ramp: bool = True  # ramp the decay up as (1 + t)/(10 + t) over the first t updates; false: d throughout
+    swa_start: int = 0  # SWA: the first epoch (0-based) whose end is averaged (KD+SWA: 55)
+    swa_every: int = 1  # SWA: average every N epochs from swa_start
     patience: int = 0  # AT-ES: stop after this many epochs without a better val PGD accuracy; 0 = off
     init_from: Union[str, None] = None  # start from this checkpoint's weights (fine-tuning)
     # the loss threshold of the logged fraction of training losses below it (lsc_frac_below);

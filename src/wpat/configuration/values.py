@@ -167,6 +167,19 @@ def validate(cfg: Any) -> None:
     check(a.steps >= 1, "attack.steps", a.steps, "an integer ≥ 1")
     if a.bn_mode is not None:
         BNMode.parse(a.bn_mode, "attack.bn_mode")
+    later = {"attack.later_eps": a.later_eps, "attack.later_alpha": a.later_alpha, "attack.later_steps": a.later_steps}
+    if a.later_from is None:
+        for key, value in later.items():
+            check(value is None, key, value, "null unless attack.later_from names the epoch it applies from")
+    else:
+        check(a.later_from >= 0, "attack.later_from", a.later_from, "an epoch >= 0 (counted from 0), or null")
+        check(any(v is not None for v in later.values()), "attack.later_from", a.later_from,
+              "null unless attack.later_eps, attack.later_alpha or attack.later_steps changes the attack")
+        for key in ("attack.later_eps", "attack.later_alpha"):
+            if later[key] is not None:
+                check(is_finite(later[key]) and later[key] > 0, key, later[key], "a number > 0 (pixel units), or null")
+        if a.later_steps is not None:
+            check(a.later_steps >= 1, "attack.later_steps", a.later_steps, "an integer ≥ 1, or null")
     check(e.steps >= 1, "eval.steps", e.steps, "an integer ≥ 1")
     if e.alpha is not None:
         check(is_finite(e.alpha) and e.alpha > 0, "eval.alpha", e.alpha, "a number > 0")
@@ -191,6 +204,10 @@ def validate(cfg: Any) -> None:
     check(r.keep_every >= 0, "run.keep_every", r.keep_every, "an integer ≥ 0 (epochs; 0 = none)")
     check_choice("run.select", r.select, ["test", "val"])
     check(r.ema == 0 or (is_finite(r.ema) and 0 < r.ema < 1), "run.ema", r.ema, "a decay in (0, 1), or 0 for off")
+    check_choice("run.average", r.average, ["ema", "swa"])
+    check(r.ema_start >= 0, "run.ema_start", r.ema_start, "an epoch ≥ 0 (counted from 0)")
+    check(r.swa_start >= 0, "run.swa_start", r.swa_start, "an epoch ≥ 0 (counted from 0)")
+    check(r.swa_every >= 1, "run.swa_every", r.swa_every, "an integer ≥ 1 (epochs)")
     check(r.patience >= 0, "run.patience", r.patience, "an integer ≥ 0 (epochs; 0 = off)")
     if r.lsc_threshold is not None:
         check(r.lsc_threshold >= 0, "run.lsc_threshold", r.lsc_threshold, "a loss ≥ 0 (nats), or null")

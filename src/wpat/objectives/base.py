@@ -25,7 +25,9 @@ class Supplies:
     change their mode.
 
     Attributes:
-        average: the run's weight average (``run.ema``), updated after every optimizer step.
+        average: the run's weight average (``run.ema``, or ``run.average=swa``;
+            ``wpat.optim.averaging``), in the epochs in which it is one: None before ``run.ema_start``
+            (and until ``run.swa_start`` has been averaged), while it is a copy of the weights.
         teachers: the models of the checkpoints the objective names in ``teachers``, in order.
     """
 
@@ -101,11 +103,12 @@ class Objective:
       ``objectives(name) -> Objective`` that builds the objective ``name`` with its options from
       the config (``objective.<name>.*``); :class:`Wrapper` uses it to build the objective it
       wraps.
-    - ``"average"``: ``batch.supplies.average`` is the run's weight average (``run.ema`` must
-      be on).
-    - ``"teachers"``: ``batch.supplies.teachers`` are the models of the checkpoint files the
+    - ``"average"``: ``batch.supplies.average`` is the run's weight average (``run.ema`` or
+      SWA must be on), or None in the epochs before it starts averaging.
+    - ``"teachers"``: ``batch.supplies.teachers`` are the models of the checkpoints the
       objective names in its attribute ``teachers`` (a sequence of paths, usually its option of
-      that name), loaded with their own configs.
+      that name, or a mapping of its options' names to paths, None where not set), each a run
+      directory or a checkpoint file of the model's own architecture, loaded with its own config.
     - ``"views"``: ``batch.views`` holds one second augmented view of the images and
       ``batch.views_adv`` its adversarial example (not with ``data.mix`` or extra data).
 
@@ -172,8 +175,9 @@ class Wrapper(Objective):
         return tuple(dict.fromkeys((*self.needs, *self.base.requirements())))
 
     @property
-    def teachers(self) -> tuple[str, ...]:
-        return tuple(getattr(self.base, "teachers", ()))
+    def teachers(self) -> object:
+        """The base's teachers, as the base names them (``wpat.training.supply.named_teachers``)."""
+        return getattr(self.base, "teachers", ())
 
     def prepare(self, batch: Batch) -> Batch:
         return self.base.prepare(batch)

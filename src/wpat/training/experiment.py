@@ -144,14 +144,20 @@ def pgd(threat: ThreatModel, steps: int, key: str, **options: Any) -> PGD:
     return ATTACKS.build_from(Selection("pgd"), key, **threat.as_dict(), steps=steps, **options)
 
 
-def train_attack(cfg: Config, objective: Objective) -> PGD:
+def train_attack(cfg: Config, objective: Objective, later: bool = False) -> PGD:
     """PGD-K with ``objective``'s attack loss, random start and BN mode (docs/design.md,
     "One training step"); with ``attack.script_forwards`` a mixup step counts twice in the BN
-    running statistics, as the AT scripts' attack."""
-    return pgd(threat_model(cfg), cfg.attack.steps, "attack", random_start=cfg.attack.random_start,
-               init=objective.attack_init, loss=objective.attack_loss,
-               bn_mode=cfg.attack.bn_mode or objective.attack_bn_mode,
-               mixup_forwards=2 if cfg.attack.script_forwards else 1)
+    running statistics, as the AT scripts' attack. ``later``: the attack of the epochs from
+    ``attack.later_from`` on, with each ``attack.later_*`` that is set in place of its value."""
+    a = cfg.attack
+    threat, steps = threat_model(cfg), a.steps
+    if later:
+        threat = ThreatModel(a.norm, a.eps if a.later_eps is None else a.later_eps,
+                             a.alpha if a.later_alpha is None else a.later_alpha)
+        steps = a.steps if a.later_steps is None else a.later_steps
+    return pgd(threat, steps, "attack", random_start=a.random_start, init=objective.attack_init,
+               loss=objective.attack_loss, bn_mode=a.bn_mode or objective.attack_bn_mode,
+               mixup_forwards=2 if a.script_forwards else 1)
 
 
 def eval_attack(cfg: Config, steps: int | None = None) -> PGD:
@@ -169,6 +175,7 @@ class Components:
     schedule: Schedule
     attack: PGD
     test_attack: PGD
+    later_attack: PGD | None = None  # the training attack from attack.later_from on
 
 
 def build_components(cfg: Config) -> Components:
@@ -184,7 +191,8 @@ def build_components(cfg: Config) -> Components:
         raise WpatError(f"perturb.{cfg.perturb.name}: {refusal} (objective {cfg.objective.name!r})")
     return Components(model=model_from_config(cfg), objective=objective,
                       perturbation=perturbation, schedule=schedule_from_config(cfg),
-                      attack=train_attack(cfg, objective), test_attack=eval_attack(cfg))
+                      attack=train_attack(cfg, objective), test_attack=eval_attack(cfg),
+                      later_attack=None if cfg.attack.later_from is None else train_attack(cfg, objective, later=True))
 
 
 class _NoRandomFill(TorchFunctionMode):

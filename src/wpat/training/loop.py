@@ -105,6 +105,7 @@ def train_epoch(parts: Parts, state: RunState, run_dir: Path, eval_seconds: floa
     if parts.extra is not None:  # the extra stream's position follows from (epoch, step)
         parts.extra.seek(epoch, state.step * parts.extra.batch_size)
     active = parts.perturbation is not None and perturbation_active(epoch, cfg)
+    attack, supplies = parts.attack_in(epoch), parts.supplies_in(epoch)
     stats = EpochStats(parts.device, parts.c_min)
     if state.epoch_stats is not None:  # resuming in the middle of this epoch
         stats.load_state(state.epoch_stats, sums=parts.world.main)
@@ -116,16 +117,16 @@ def train_epoch(parts: Parts, state: RunState, run_dir: Path, eval_seconds: floa
                         images_per_unit=cfg.data.batch_size, enabled=cfg.run.progress and parts.world.main,
                         after=run_after(epoch, steps, cfg, eval_seconds))
     for i, loaded in batches:
-        batch, weights = compose_batch(parts.world, loaded, parts.extra, cfg.data.extra_weight, parts.supplies)
+        batch, weights = compose_batch(parts.world, loaded, parts.extra, cfg.data.extra_weight, supplies)
         lr = parts.schedule(schedule_time(epoch, i, steps, cfg.schedule), cfg.optim.lr)
         set_lr(parts.optimizer, lr, cfg.optim.lr_groups)
         with torch.autocast(parts.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
-            losses, perturb_stats = train_step(parts.forward_model, batch, parts.attack, parts.objective,
+            losses, perturb_stats = train_step(parts.forward_model, batch, attack, parts.objective,
                                                parts.perturbation if active else None, parts.optimizer,
                                                cfg.perturb.alternations, cfg.optim.l1, weights,
                                                score_forward=parts.score_forward)
         if parts.ema is not None:
-            parts.ema.update(parts.model)
+            parts.ema.update(parts.model, epoch)
         stats.add(losses, perturb_stats)
         progress.advance()
         if cfg.run.checkpoint_every and (i + 1) % cfg.run.checkpoint_every == 0 and i + 1 < steps:
@@ -135,6 +136,8 @@ def train_epoch(parts: Parts, state: RunState, run_dir: Path, eval_seconds: floa
     # Each rank's BatchNorm running statistics saw its own shares: averaged, every rank
     # evaluates and rank 0 saves one model.
     distributed.average_([b for b in parts.model.buffers() if b.is_floating_point()])
+    if parts.ema is not None:  # SWA averages here (and recomputes its BatchNorm statistics)
+        parts.ema.end_epoch(parts.model, epoch)
     seconds = time.perf_counter() - started
     record = {"epoch": epoch + 1, "lr": lr, "perturb_active": active, "seconds": round(seconds, 3),
               "images_per_s": round(steps * cfg.data.batch_size / seconds, 1), **stats.summary()}

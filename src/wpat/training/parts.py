@@ -11,7 +11,8 @@ The training loop (:mod:`wpat.training.loop`) only uses what it returns.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -21,10 +22,10 @@ from wpat.helpers import distributed
 
 from wpat.training import experiment
 from wpat.attacks import PGD
-from wpat.optim.averaging import WeightAverage
+from wpat.optim.averaging import Average, BatchSource, build_average
 from wpat.training.batching import check_shares, extra_batch_size
-from wpat.checkpoints.files import is_wpat_checkpoint, load_checkpoint
-from wpat.configuration.config import Config
+from wpat.checkpoints.files import is_wpat_checkpoint, load_checkpoint, weights_digest
+from wpat.configuration.config import Config, component_options
 from wpat.data import AUGMENTATIONS, DeviceLoader, ExtraStream, dataset_spec, open_extra
 from wpat.helpers.distributed import World
 from wpat.helpers.errors import WpatError
@@ -35,7 +36,7 @@ from wpat.objectives import Objective, Supplies
 from wpat.perturb import WeightPerturbation
 from wpat.optim.regularize import parameter_groups
 from wpat.optim.schedules import Schedule
-from wpat.training.supply import views_needed
+from wpat.training.supply import named_teachers, teacher_file, teachers_section, views_needed
 from wpat.helpers.threat import BNMode
 
 
@@ -58,13 +59,29 @@ class Parts:
     score_forward: bool  # the AT scripts' PGD scores its result with a train-mode forward
     test_attack: PGD
     optimizer: torch.optim.Optimizer
-    ema: WeightAverage | None
+    ema: Average | None  # the weight average (run.average: ema or swa)
     splits: Splits
     train_eval: tuple[Tensor, Tensor]  # the fixed training subset evaluated each epoch
     loader: DeviceLoader
     extra: ExtraStream | None
     steps_per_epoch: int
     c_min: float  # the loss threshold of the logged fraction below it
+    later_attack: PGD | None = None  # the training attack from attack.later_from on
+    teacher_digests: tuple[str, ...] = ()  # the teachers' weights (wpat.checkpoints.files.weights_digest)
+
+    def attack_in(self, epoch: int) -> PGD:
+        """The training attack of (0-based) ``epoch``: the later one from ``attack.later_from`` on."""
+        if self.later_attack is not None and epoch >= self.cfg.attack.later_from:
+            return self.later_attack
+        return self.attack
+
+    def supplies_in(self, epoch: int) -> Supplies:
+        """What the objective is handed in (0-based) ``epoch``: the weight average only in the
+        epochs in which it is an average (from ``run.ema_start``, after ``run.swa_start``);
+        before, it is a copy of the weights and the objective gets None."""
+        if self.supplies.average is not None and self.ema is not None and not self.ema.active(epoch):
+            return replace(self.supplies, average=None)
+        return self.supplies
 
 
 def seed_everything(seed: int) -> None:
@@ -153,21 +170,60 @@ def steps_per_epoch(cfg: Config, splits: Splits, loader: DeviceLoader, extra: Ex
     return len(loader)
 
 
-def load_teachers(cfg: Config, objective: Objective, device: torch.device) -> tuple[nn.Module, ...]:
-    """The models of the checkpoints an objective that needs ``teachers`` names (each with its
-    own stored config, or the run's for a foreign state_dict), frozen, in eval mode, on ``device``."""
+def load_teachers(cfg: Config, objective: Objective, student: nn.Module, device: torch.device
+                  ) -> tuple[tuple[nn.Module, ...], tuple[str, ...]]:
+    """The models of the checkpoints an objective that needs ``teachers`` names (a run directory's
+    best.pt, else its last.pt, or a checkpoint file; each with its own stored config, or the
+    run's for a foreign state_dict), frozen, in eval mode, on ``device``, and their weights'
+    digests. A teacher that is not set, not there, not a readable checkpoint, or not of the
+    ``student``'s architecture (its tensors' names and shapes) is one WpatError naming its key."""
     if "teachers" not in objective.requirements():
-        return ()
-    teachers = []
-    for path in objective.teachers:  # type: ignore[attr-defined]
-        stored = is_wpat_checkpoint(load_checkpoint(path))
-        model, teacher_cfg, _ = model_from_checkpoint(path, None if stored else cfg)
+        return (), ()
+    section = teachers_section(cfg)
+    teachers, digests = [], []
+    expected = {k: tuple(v.shape) for k, v in student.state_dict().items()}
+    for label, path in named_teachers(objective):
+        key = f"{section}.{label}"
+        if path is None:
+            raise WpatError(f"{key}: no teacher given; name its run directory or checkpoint with {key}=PATH")
+        file = teacher_file(key, path)
+        try:
+            stored = is_wpat_checkpoint(load_checkpoint(file))
+            model, teacher_cfg, _ = model_from_checkpoint(file, None if stored else cfg)
+        except WpatError as err:
+            raise WpatError(f"{key}: {err}") from None
         if experiment.num_classes_of(teacher_cfg) != experiment.num_classes_of(cfg):
-            raise WpatError(f"objective.{cfg.objective.name}: teacher {path} predicts "
-                            f"{experiment.num_classes_of(teacher_cfg)} classes, the model "
-                            f"{experiment.num_classes_of(cfg)}")
+            raise WpatError(f"{key}: teacher {file} predicts {experiment.num_classes_of(teacher_cfg)} classes, "
+                            f"the model {experiment.num_classes_of(cfg)}")
+        found = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if found != expected:
+            raise WpatError(f"{key}: teacher {file} is a {teacher_cfg.model.name} of another architecture than "
+                            f"the model ({cfg.model.name}, {component_options(cfg.model) or 'default options'}); "
+                            f"a teacher must be the model's network")
+        digests.append(weights_digest(model))
         teachers.append(model.to(device).eval().requires_grad_(False))
-    return tuple(teachers)
+    return tuple(teachers), tuple(digests)
+
+
+BATCHNORM_STREAM = 0x5A4  # keys the BatchNorm pass's stream apart from the training stream
+
+
+def batchnorm_batches(cfg: Config, loader: DeviceLoader) -> BatchSource:
+    """The batches of SWA's BatchNorm pass after an epoch: every training example once, augmented
+    as in training (no mixing, one view), in batches of ``data.batch_size``, the last one partial,
+    as the authors' training loader. They draw from a stream of their own, seeded by (seed, epoch)
+    of a seed derived from ``run.seed``, so the pass leaves the training stream as it was."""
+    d = cfg.data
+    seed = int(np.random.SeedSequence([cfg.run.seed, BATCHNORM_STREAM]).generate_state(1, np.uint64)[0])
+    passes = DeviceLoader(loader.x, loader.y, d.batch_size, shuffle=True, drop_last=False,
+                          augment=augmentation(cfg), padding=d.padding, rotation=d.rotation, cutout=d.cutout,
+                          device=loader.x.device, seed=seed)
+
+    def batches(epoch: int) -> Iterator[Tensor]:
+        passes.set_epoch(epoch)
+        return (x for x, _ in passes)
+
+    return batches
 
 
 def build_parts(cfg: Config, fresh: bool = True) -> Parts:
@@ -179,7 +235,7 @@ def build_parts(cfg: Config, fresh: bool = True) -> Parts:
     components = experiment.build_components(cfg)
     objective = components.objective
     augmentation(cfg)  # checked here too: before the data is read
-    teachers = load_teachers(cfg, objective, device)
+    teachers, digests = load_teachers(cfg, objective, components.model, device)
     n_extra = extra_batch_size(cfg)
     extra = build_extra_stream(cfg, device, n_extra)  # opened before the splits are read: its errors first
     splits = experiment.load_splits(cfg)
@@ -188,7 +244,7 @@ def build_parts(cfg: Config, fresh: bool = True) -> Parts:
     # it shares the parameters, so checkpoints and evaluation use the plain module.
     forward_model = torch.compile(model) if cfg.run.compile else model
     loader = build_loader(cfg, splits, device, cfg.data.batch_size - n_extra, views_needed(objective))
-    ema = WeightAverage(model, cfg.run.ema) if cfg.run.ema else None
+    ema = build_average(cfg.run, model, batchnorm_batches(cfg, loader) if cfg.run.average == "swa" else None)
     average = ema.model if ema is not None and "average" in objective.requirements() else None
     n = min(cfg.eval.n_train, len(splits.x_train))
     return Parts(
@@ -200,4 +256,4 @@ def build_parts(cfg: Config, fresh: bool = True) -> Parts:
         optimizer=build_optimizer(cfg, model), ema=ema, splits=splits,
         train_eval=experiment.fixed_subset(splits.x_train, splits.y_train, n, cfg.run.seed + 1),
         loader=loader, extra=extra, steps_per_epoch=steps_per_epoch(cfg, splits, loader, extra),
-        c_min=experiment.lsc_threshold(cfg))
+        c_min=experiment.lsc_threshold(cfg), later_attack=components.later_attack, teacher_digests=digests)

@@ -7,7 +7,8 @@ epoch records. The loop never changes one in place; each epoch returns a new one
 A checkpoint is either *weights only* (``best.pt``, ``ema_*.pt``, ``epoch-NNN.pt``: the model,
 the config and the run state, for evaluation and analysis) or *resumable* (``last.pt``: the
 same plus the optimizer, every rank's random generators, the extra stream's position, the
-weight average and, in the middle of an epoch, its partial statistics). The keys are those of
+weight average, the teachers' weight digests and, in the middle of an epoch, its partial
+statistics). The keys are those of
 every wpat version so far, so an older ``last.pt`` resumes (tests/fixtures/main-resume).
 """
 
@@ -21,6 +22,7 @@ from torch import nn
 from wpat.helpers import distributed
 from wpat.checkpoints.files import FORMAT, rng_state, set_rng_state
 from wpat.configuration.config import Config
+from wpat.helpers.errors import WpatError
 from wpat.training.parts import Parts, seed_everything
 
 
@@ -73,6 +75,8 @@ def resumable(parts: Parts, state: RunState) -> dict[str, Any]:
         ckpt["extra_stream"] = parts.extra.state()
     if parts.ema is not None:
         ckpt["ema"] = parts.ema.state()
+    if parts.teacher_digests:  # the teachers are read from their files again on resume
+        ckpt["teachers"] = list(parts.teacher_digests)
     if state.epoch_stats is not None:
         ckpt["epoch_stats"] = state.epoch_stats
     return ckpt
@@ -81,6 +85,9 @@ def resumable(parts: Parts, state: RunState) -> dict[str, Any]:
 def restore(parts: Parts, ckpt: dict[str, Any]) -> RunState:
     """Load a resumable checkpoint into ``parts`` (weights, optimizer, average, extra stream,
     generators) and return the run state it records."""
+    if list(ckpt.get("teachers", parts.teacher_digests)) != list(parts.teacher_digests):
+        raise WpatError("the teachers' checkpoints have changed since this run was saved (their weights differ); "
+                        "resuming would not continue the same run: restore them, or start a new run")
     parts.model.load_state_dict(ckpt["model"])
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     if parts.ema is not None:
