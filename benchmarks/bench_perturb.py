@@ -13,6 +13,9 @@ search + forward/backward/SGD step at w + v. Configurations:
 - the AWP paper's Fig. 2a/2b ablations: AWP with K2 ∈ {5, 10} ascent steps at A = 1; A ∈ {2, 3}
   alternations of x' and v at K2 = 1 (each alternation adds one PGD-10 and one ascent step);
   AWP with the L1 size norm
+- other objectives (``METHODS``), each with its authors' training attack: TRADES (PGD-10 on the
+  KL, eval mode), consistency regularization on AT and on TRADES (both views attacked and
+  forwarded: a batch of 2B), DKL (5 eval-mode steps) alone and with AWP
 
 The configurations take turns one step at a time, so drifts of a shared machine hit all of them
 alike. Steps are timed in process CPU time (one thread by default), and the ratios use each
@@ -39,7 +42,7 @@ from torch import nn
 
 from wpat.attacks import PGD
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES, Batch
+from wpat.objectives import OBJECTIVES, Batch, Objective
 from wpat.perturb import AWP, RWP, WeightPerturbation
 from wpat.step import train_step
 
@@ -61,6 +64,24 @@ CONFIGS: dict[str, tuple[Callable[[], WeightPerturbation | None], int]] = {
 }
 
 
+def consistency(base: str) -> Objective:
+    """Consistency regularization on ``base``, TRADES with the code's two forwards."""
+    options = {"trades": {"clean_forwards": 1, "clean_first": True}}
+    return OBJECTIVES.build("consistency", objectives=lambda name: OBJECTIVES.build(name, **options.get(name, {})),
+                            base=base)
+
+
+# name -> (the objective, its attack's steps, views of each batch, the perturbation); the attack
+# takes the objective's loss, start and BN mode
+METHODS: dict[str, tuple[Callable[[], Objective], int, int, Callable[[], WeightPerturbation | None]]] = {
+    "TRADES": (lambda: OBJECTIVES.build("trades"), 10, 1, lambda: None),
+    "Consistency (AT)": (lambda: consistency("at"), 10, 2, lambda: None),
+    "Consistency (TRADES)": (lambda: consistency("trades"), 10, 2, lambda: None),
+    "DKL (5-step attack)": (lambda: OBJECTIVES.build("dkl"), 5, 1, lambda: None),
+    "DKL+AWP (5-step attack)": (lambda: OBJECTIVES.build("dkl"), 5, 1, lambda: AWP(gamma=0.005)),
+}
+
+
 def cpu_ms() -> float:
     return time.process_time() * 1e3
 
@@ -71,6 +92,14 @@ def timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, attack: PGD,
     """One AT(-AWP/-RWP) step of wpat's training loop; returns its CPU ms."""
     start = cpu_ms()
     train_step(model, Batch(x, y), attack, OBJECTIVE, perturbation, optimizer, alternations)
+    return cpu_ms() - start
+
+
+def timed_method_step(model: nn.Module, optimizer: torch.optim.Optimizer, attack: PGD, objective: Objective,
+                      perturbation: WeightPerturbation | None, batch: Batch) -> float:
+    """One step of another objective in wpat's training loop; returns its CPU ms."""
+    start = cpu_ms()
+    train_step(model, batch, attack, objective, perturbation, optimizer)
     return cpu_ms() - start
 
 
@@ -93,18 +122,29 @@ def main(argv: list[str] | None = None) -> None:
     y = torch.randint(0, 10, (args.batch,))
 
     perturbations = {name: (make(), a) for name, (make, a) in CONFIGS.items()}
+    methods = {}
+    for name, (make, steps, views, perturb) in METHODS.items():
+        objective = make()
+        method_attack = PGD(0.1, 0.02, steps, init=objective.attack_init, loss=objective.attack_loss,
+                            bn_mode=objective.attack_bn_mode)
+        batch = Batch(x, y, views=tuple(torch.rand_like(x) for _ in range(views - 1)))
+        methods[name] = (method_attack, objective, perturb(), batch)
     for p, a in perturbations.values():  # warm-up: allocator, first-call overheads
         timed_step(model, optimizer, attack, p, x, y, a)
-    total: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    for method in methods.values():
+        timed_method_step(model, optimizer, *method)
+    total: dict[str, list[float]] = {name: [] for name in [*CONFIGS, *METHODS]}
     for _ in range(args.steps):
         for name, (p, a) in perturbations.items():
             total[name].append(timed_step(model, optimizer, attack, p, x, y, a))
+        for name, method in methods.items():
+            total[name].append(timed_method_step(model, optimizer, *method))
 
     fastest = {name: min(t) for name, t in total.items()}
     median = {name: statistics.median(t) for name, t in total.items()}
     rows = [f"| {name} | {fastest[name]:.1f} | {median[name]:.1f} | "
             f"{fastest[name] / fastest['AT']:.3f}× | {median[name] / median['AT']:.3f}× |"
-            for name in CONFIGS]
+            for name in total]
     table = "\n".join([
         "| configuration | ms/step fastest | ms/step median | vs AT (fastest) | vs AT (median) |",
         "|---|---:|---:|---:|---:|", *rows])
@@ -131,7 +171,10 @@ def main(argv: list[str] | None = None) -> None:
         "weights are trained on, so that case costs one comparison and no extra pass. "
         "Fig. 2a: each extra alternation (A) should add about one PGD-10 plus one ascent step "
         "(≈ 1 AT step), each extra ascent step (K2) about one forward+backward (≈ 1/11 of an AT "
-        "step); the L1 size norm should cost what the L2 one costs.\n"
+        "step); the L1 size norm should cost what the L2 one costs. "
+        "Other objectives: consistency regularization attacks and trains on two views (≈ 2× its "
+        "base); DKL's 5-step attack should cost about half a PGD-10 step, its two forwards about "
+        "TRADES' training forwards.\n"
     )
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
