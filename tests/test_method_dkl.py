@@ -270,6 +270,7 @@ def test_trains_through_wpat_train_and_carries_the_prior(tmp_path, overrides):
     (["objective.dkl.temperature=-1"], "DKL temperature"),
     (["objective.dkl.beta=nan"], "DKL beta"),
     (["objective.dkl.eps_ramp=3"], "DKL eps_ramp"),
+    (["schedule.name=cosine", "schedule.cosine.period=0"], "Cosine period"),
 ])
 def test_nonsense_is_refused_in_one_line_before_any_data_is_read(tmp_path, capsys, overrides, key):
     assert main(["train", *TINY, *overrides, "data.root=/nonexistent", f"run.out_dir={tmp_path}", "run.name=r"]) == 2
