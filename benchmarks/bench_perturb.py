@@ -24,6 +24,9 @@ search + forward/backward/SGD step at w + v. Configurations:
   weight average: one no-grad forward of the average, and the average's update after the step);
   KD (two no-grad teacher forwards); KD+SWA (KD plus SWA's BatchNorm pass over the training set
   once per epoch, amortized: one no-grad train-mode forward of a clean batch per step)
+- other objectives (``ATTACKED_METHODS``), each with its authors' training attack: TRADES (PGD-10 on the
+  KL, eval mode), consistency regularization on AT and on TRADES (both views attacked and
+  forwarded: a batch of 2B), DKL (5 eval-mode steps) alone and with AWP
 
 The configurations take turns one step at a time, so drifts of a shared machine hit all of them
 alike. Steps are timed in process CPU time (one thread by default), and the ratios use each
@@ -118,6 +121,24 @@ METHODS: dict[str, Callable[[nn.Module, torch.Tensor], MethodParts]] = {
 }
 
 
+def consistency(base: str) -> Objective:
+    """Consistency regularization on ``base``, TRADES with the code's two forwards."""
+    options = {"trades": {"clean_forwards": 1, "clean_first": True}}
+    return OBJECTIVES.build("consistency", objectives=lambda name: OBJECTIVES.build(name, **options.get(name, {})),
+                            base=base)
+
+
+# name -> (the objective, its attack's steps, views of each batch, the perturbation); the attack
+# takes the objective's loss, start and BN mode
+ATTACKED_METHODS: dict[str, tuple[Callable[[], Objective], int, int, Callable[[], WeightPerturbation | None]]] = {
+    "TRADES": (lambda: OBJECTIVES.build("trades"), 10, 1, lambda: None),
+    "Consistency (AT)": (lambda: consistency("at"), 10, 2, lambda: None),
+    "Consistency (TRADES)": (lambda: consistency("trades"), 10, 2, lambda: None),
+    "DKL (5-step attack)": (lambda: OBJECTIVES.build("dkl"), 5, 1, lambda: None),
+    "DKL+AWP (5-step attack)": (lambda: OBJECTIVES.build("dkl"), 5, 1, lambda: AWP(gamma=0.005)),
+}
+
+
 def cpu_ms() -> float:
     return time.process_time() * 1e3
 
@@ -131,6 +152,14 @@ def timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, attack: PGD,
     train_step(model, Batch(x, y, supplies=supplies), attack, objective, perturbation, optimizer, alternations)
     if after is not None:
         after()
+    return cpu_ms() - start
+
+
+def timed_method_step(model: nn.Module, optimizer: torch.optim.Optimizer, attack: PGD, objective: Objective,
+                      perturbation: WeightPerturbation | None, batch: Batch) -> float:
+    """One step of another objective in wpat's training loop; returns its CPU ms."""
+    start = cpu_ms()
+    train_step(model, batch, attack, objective, perturbation, optimizer)
     return cpu_ms() - start
 
 
@@ -154,12 +183,23 @@ def main(argv: list[str] | None = None) -> None:
 
     perturbations = {name: (make(), a, None) for name, (make, a) in CONFIGS.items()}
     perturbations.update({name: (None, 1, make(model, x)) for name, make in METHODS.items()})
+    methods = {}
+    for name, (make, steps, views, perturb) in ATTACKED_METHODS.items():
+        objective = make()
+        method_attack = PGD(0.1, 0.02, steps, init=objective.attack_init, loss=objective.attack_loss,
+                            bn_mode=objective.attack_bn_mode)
+        batch = Batch(x, y, views=tuple(torch.rand_like(x) for _ in range(views - 1)))
+        methods[name] = (method_attack, objective, perturb(), batch)
     for p, a, m in perturbations.values():  # warm-up: allocator, first-call overheads
         timed_step(model, optimizer, attack, p, x, y, a, m)
-    total: dict[str, list[float]] = {name: [] for name in perturbations}
+    for method in methods.values():
+        timed_method_step(model, optimizer, *method)
+    total: dict[str, list[float]] = {name: [] for name in [*perturbations, *methods]}
     for _ in range(args.steps):
         for name, (p, a, m) in perturbations.items():
             total[name].append(timed_step(model, optimizer, attack, p, x, y, a, m))
+        for name, method in methods.items():
+            total[name].append(timed_method_step(model, optimizer, *method))
 
     fastest = {name: min(t) for name, t in total.items()}
     median = {name: statistics.median(t) for name, t in total.items()}
@@ -199,7 +239,10 @@ def main(argv: list[str] | None = None) -> None:
         "adds the weight-gradient kernels of PGD's backwards to SAM's cost. "
         "ReBAT adds one no-grad forward (the average's) and the average's update, KD two no-grad "
         "forwards (the teachers'), about 1/11 of an AT step each at most; SWA's BatchNorm pass adds "
-        "one more per step, amortized over its epoch.\n"
+        "one more per step, amortized over its epoch. "
+        "Other objectives: consistency regularization attacks and trains on two views (≈ 2× its "
+        "base); DKL's 5-step attack should cost about half a PGD-10 step, its two forwards about "
+        "TRADES' training forwards.\n"
     )
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

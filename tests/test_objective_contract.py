@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import SEED, fashion_mnist_available
+from conftest import SEED, crashing_at_call, fashion_mnist_available
 from wpat.training import experiment
 from wpat.attacks.losses import ATTACK_LOSSES, cross_entropy_per_example, kl_divergence
 from wpat.checkpoints.files import load_checkpoint
@@ -255,3 +255,54 @@ def test_a_wrapper_trains_through_wpat_train_and_logs_its_bases_losses(tmp_path,
                  "objective.toy-floored.floor=100", "perturb.name=rwp", "perturb.rwp.steps=2") == 0
     record = load_checkpoint(tmp_path / "r" / "last.pt")["history"][-1]
     assert 0 < record["train_loss"] < 100  # TRADES' losses, not the floor the update minimised
+
+
+# ---------------------------------------------------------------------- where the run is, and state
+
+
+class Counting(Objective):
+    """AT that counts its training steps in its own state (DKL's class prior has this shape:
+    values carried from step to step, saved in last.pt)."""
+
+    attack_loss, attack_init, attack_bn_mode = "ce", "uniform", BNMode.TRAIN
+
+    def __init__(self) -> None:
+        self.steps = torch.zeros(())
+
+    def per_example(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        seen.append(batch)
+        return cross_entropy_per_example(model(batch.x_adv), batch.y)
+
+    def descent_losses(self, losses: torch.Tensor) -> torch.Tensor:
+        self.steps = self.steps + 1
+        return losses
+
+    def state(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state(self, state) -> None:
+        self.steps = state["steps"]
+
+
+@needs_fmnist
+def test_every_batch_knows_where_the_run_is_and_the_objectives_state_survives_a_resume(tmp_path, register,
+                                                                                        monkeypatch):
+    import wpat.training.loop as training
+
+    register("toy-counting", Counting)
+    cfg = lambda name: load_config(TINY[0], [*TINY[1:], "objective.name=toy-counting", "schedule.epochs=2",  # noqa: E731
+                                             "run.checkpoint_every=1", f"run.out_dir={tmp_path}", f"run.name={name}"])
+    training.train(cfg("whole"))
+    assert [(b.phase.epoch, b.phase.step) for b in seen] == [(e, i) for e in range(2) for i in range(4)]
+    assert {(b.phase.epochs, b.phase.steps) for b in seen} == {(2, 4)}
+    assert float(load_checkpoint(tmp_path / "whole" / "last.pt")["objective"]["steps"]) == 8
+    real = training.train_step
+    monkeypatch.setattr(training, "train_step", crashing_at_call(real, 6))  # epoch 2, its second step
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg("cut"))
+    monkeypatch.setattr(training, "train_step", real)
+    assert float(load_checkpoint(tmp_path / "cut" / "last.pt")["objective"]["steps"]) == 5
+    seen.clear()
+    training.resume(tmp_path / "cut")  # a new objective, its state from last.pt
+    assert [(b.phase.epoch, b.phase.step) for b in seen] == [(1, 1), (1, 2), (1, 3)]
+    assert float(load_checkpoint(tmp_path / "cut" / "last.pt")["objective"]["steps"]) == 8

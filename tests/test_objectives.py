@@ -148,7 +148,8 @@ def test_unknown_objective_lists_choices():
     assert {"at", "mart", "trades"} <= set(OBJECTIVES.names())
 
 
-@pytest.mark.parametrize("name, options", [("at", "none"), ("trades", "beta, clean_forwards"), ("mart", "lam")])
+@pytest.mark.parametrize("name, options", [("at", "none"), ("trades", "beta, clean_forwards, clean_first"),
+                                                  ("mart", "lam")])
 def test_unknown_option_is_one_line_naming_the_valid_ones(name, options):
     with pytest.raises(WpatError) as e:
         OBJECTIVES.build(name, foo=1)
@@ -156,7 +157,7 @@ def test_unknown_option_is_one_line_naming_the_valid_ones(name, options):
 
 
 def test_an_option_of_another_objective_is_rejected():
-    with pytest.raises(WpatError, match="'trades' has no option 'lam'; its options: beta, clean_forwards"):
+    with pytest.raises(WpatError, match="'trades' has no option 'lam'; its options: beta, clean_forwards, clean_first"):
         OBJECTIVES.build("trades", lam=6.0)
 
 

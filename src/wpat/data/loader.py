@@ -197,6 +197,9 @@ class DeviceLoader:
         self.seed = seed
         self.views = views
         self.epoch = 0
+        # (epoch, index) of the batch last yielded: the training loop's position, which the
+        # objectives read (wpat.objectives.Phase); None before the first batch.
+        self.position: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration replay epoch ``epoch``."""
@@ -212,17 +215,19 @@ class DeviceLoader:
         # further views draw from streams of their own, so the first view is the batch views=1 gives
         view_generators = [torch.Generator(device=self.x.device).manual_seed(_epoch_seed(self.seed, self.epoch, v))
                            for v in range(1, self.views)]
+        epoch = self.epoch
         self.epoch += 1
         n = self.x.shape[0]
         if self.shuffle:
             order = torch.randperm(n, generator=generator, device=self.x.device)
         else:
             order = torch.arange(n, device=self.x.device)
-        return self._batches(order, generator, view_generators)
+        return self._batches(epoch, order, generator, view_generators)
 
-    def _batches(self, order: torch.Tensor, generator: torch.Generator,
+    def _batches(self, epoch: int, order: torch.Tensor, generator: torch.Generator,
                  view_generators: list[torch.Generator]) -> Iterator[tuple[torch.Tensor, ...]]:
         for i in range(len(self)):
+            self.position = (epoch, i)
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self._view(self.x[index], generator)
             if not view_generators:

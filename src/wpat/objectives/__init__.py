@@ -5,11 +5,11 @@ Every file of this folder is imported here, so a new objective registers itself 
 """
 
 from wpat.objectives.at import AT
-from wpat.objectives.base import NEEDS, OBJECTIVES, Batch, Objective, Supplies, Wrapper
+from wpat.objectives.base import NEEDS, OBJECTIVES, Batch, Objective, Phase, Supplies, Wrapper
 from wpat.objectives.mart import MART
 from wpat.objectives.trades import TRADES
 from wpat.helpers.registry import import_package
 
 import_package(__name__, __path__)
 
-__all__ = ["AT", "MART", "NEEDS", "OBJECTIVES", "TRADES", "Batch", "Objective", "Supplies", "Wrapper"]
+__all__ = ["AT", "MART", "NEEDS", "OBJECTIVES", "TRADES", "Batch", "Objective", "Phase", "Supplies", "Wrapper"]

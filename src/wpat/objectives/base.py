@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from torch import Tensor, nn
 
@@ -19,9 +19,27 @@ NEEDS = ("objectives", "average", "teachers", "views")
 
 
 @dataclass(frozen=True)
+class Phase:
+    """Where in the run a training step is.
+
+    Attributes:
+        epoch: the epoch, counted from 0 (the loop's count; a script counting from 1 is at
+            ``epoch + 1``).
+        epochs: the run's length in epochs (``schedule.epochs``).
+        step: the batch within the epoch, counted from 0.
+        steps: batches per epoch.
+    """
+
+    epoch: int
+    epochs: int
+    step: int = 0
+    steps: int = 1
+
+
+@dataclass(frozen=True)
 class Supplies:
-    """The models the assembly hands an objective that needs them; every one is in eval mode,
-    frozen (no gradients) and on the training device. The objective must not train them or
+    """What the assembly hands the objective with every batch. The models are in eval mode,
+    frozen (no gradients) and on the training device; the objective must not train them or
     change their mode.
 
     Attributes:
@@ -29,10 +47,13 @@ class Supplies:
             ``wpat.optim.averaging``), in the epochs in which it is one: None before ``run.ema_start``
             (and until ``run.swa_start`` has been averaged), while it is a copy of the weights.
         teachers: the models of the checkpoints the objective names in ``teachers``, in order.
+        clock: the training loop's position, ``clock() -> Phase`` of the batch last drawn;
+            the batch composition stamps it on each :class:`Batch` (``batch.phase``).
     """
 
     average: nn.Module | None = None
     teachers: tuple[nn.Module, ...] = ()
+    clock: Callable[[], Phase] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +70,7 @@ class Batch:
         supplies: the models the objective needs (:class:`Supplies`).
         context: per-example tensors (first dimension B) that ``Objective.prepare`` computed
             once for this ``x_adv``, e.g. a teacher's logits on it.
+        phase: where in the run this step is (:class:`Phase`); None outside a training run.
     """
 
     x: Tensor
@@ -58,6 +80,7 @@ class Batch:
     views_adv: tuple[Tensor, ...] = ()
     supplies: Supplies = Supplies()
     context: Mapping[str, Tensor] = field(default_factory=dict)
+    phase: Phase | None = None
 
     def select(self, index: Tensor) -> Batch:
         """The examples ``index`` of every per-example tensor (RWP's ``subset`` search)."""
@@ -86,6 +109,9 @@ class Objective:
 
     The step calls, in order (docs/design.md, "One training step"):
 
+    0. ``attack_at(attack, phase) -> attack``: the training attack for this step, given where
+       the run is (``batch.phase``). Default: the run's attack, the same every step; an
+       objective whose recipe changes the attack over the run (DKL's growing ε) returns another.
     1. ``prepare(batch) -> Batch`` once for every ``x_adv`` the attack crafts: per-example
        values that do not depend on the trained model (a teacher's or the average's logits on
        ``x_adv``) go into ``batch.context`` here, so the search's repeated ``loss_fn`` calls
@@ -94,7 +120,13 @@ class Objective:
     3. ``descent_losses(losses) -> Tensor[B]`` on the losses at ``w + v``: the per-example
        losses the optimizer minimises (a transform of the loss values, e.g. scaling by the loss
        value). The weight perturbation never sees it, and the logged losses are those before
-       it. Default: the losses as they are.
+       it. Default: the losses as they are. It is called exactly once per step, on the losses
+       of the last ``per_example`` call (the forward the optimizer steps on).
+
+    **State.** An objective that carries values from step to step (DKL's class prior, built
+    from one epoch's predictions and used in the next) returns them from ``state()`` (a dict
+    of tensors and numbers) and takes them back in ``load_state(state)``: ``last.pt`` saves it,
+    mid-epoch checkpoints included, and a resumed run continues bitwise. Default: no state.
 
     **Needs.** The class attribute ``needs`` names what the objective gets from the assembly,
     which reads it before any data is read; the training loop never knows which objective runs:
@@ -133,6 +165,9 @@ class Objective:
     single_adversarial_forward: bool = False
     needs: ClassVar[tuple[str, ...]] = ()
 
+    def attack_at(self, attack: Callable[..., Tensor], phase: Phase | None) -> Callable[..., Tensor]:
+        return attack
+
     def prepare(self, batch: Batch) -> Batch:
         return batch
 
@@ -141,6 +176,12 @@ class Objective:
 
     def descent_losses(self, losses: Tensor) -> Tensor:
         return losses
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        pass
 
     def requirements(self) -> tuple[str, ...]:
         """Everything this objective needs at run time: its ``needs``, and those of any
@@ -179,6 +220,9 @@ class Wrapper(Objective):
         """The base's teachers, as the base names them (``wpat.training.supply.named_teachers``)."""
         return getattr(self.base, "teachers", ())
 
+    def attack_at(self, attack: Callable[..., Tensor], phase: Phase | None) -> Callable[..., Tensor]:
+        return self.base.attack_at(attack, phase)
+
     def prepare(self, batch: Batch) -> Batch:
         return self.base.prepare(batch)
 
@@ -187,3 +231,9 @@ class Wrapper(Objective):
 
     def descent_losses(self, losses: Tensor) -> Tensor:
         return self.base.descent_losses(losses)
+
+    def state(self) -> dict[str, Any]:
+        return self.base.state()
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.base.load_state(state)

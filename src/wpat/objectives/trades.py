@@ -33,6 +33,11 @@ class TRADES(Objective):
             statistics take the clean batch twice. The two clean outputs are equal, so wpat
             computes both terms from the first and runs the second without a graph, only for
             its running-statistics update. The RST script runs one clean forward: 1.
+        clean_first: run the (first) clean forward before the adversarial one (default false:
+            adversarial first, as the AWP, RWP and RST TRADES scripts). Consistency
+            regularization's TRADES code runs clean, then adversarial: true. Each train-mode
+            forward normalizes with its own batch, so the order changes only the BatchNorm
+            running statistics (which the next step's eval-mode attack reads).
 
     Training attack as in TRADES' and AWP's TRADES code: PGD ascending the same KL from
     x + 0.001 · N(0, 1), with the model in eval mode. The clean and adversarial batches go
@@ -48,15 +53,21 @@ class TRADES(Objective):
     attack_init = "normal"
     attack_bn_mode = BNMode.EVAL
 
-    def __init__(self, beta: float = 6.0, clean_forwards: int = 2) -> None:
+    def __init__(self, beta: float = 6.0, clean_forwards: int = 2, clean_first: bool = False) -> None:
         check(is_finite(beta) and beta >= 0, "TRADES beta", beta, "a finite number >= 0")
         check(is_count(clean_forwards) and clean_forwards <= 2, "TRADES clean_forwards", clean_forwards, "1 or 2")
+        check(isinstance(clean_first, bool), "TRADES clean_first", clean_first, "true or false")
         self.beta = beta
         self.clean_forwards = clean_forwards
+        self.clean_first = clean_first
 
     def per_example(self, model: nn.Module, batch: Batch) -> Tensor:
-        logits_adv = model(batch.x_adv)
-        logits_clean = model(batch.x)
+        if self.clean_first:
+            logits_clean = model(batch.x)
+            logits_adv = model(batch.x_adv)
+        else:
+            logits_adv = model(batch.x_adv)
+            logits_clean = model(batch.x)
         if self.clean_forwards == 2 and model.training:
             with torch.no_grad():  # the authors' third forward: its BN statistics update only
                 model(batch.x)

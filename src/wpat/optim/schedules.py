@@ -64,14 +64,25 @@ class Piecewise(Schedule):
 @SCHEDULES.register("cosine")
 @dataclass(frozen=True)
 class Cosine(Schedule):
-    """Cosine annealing ``lr/2 · (1 + cos(π t / T))`` (AWP paper, Appendix C.1; RST's code).
+    """Cosine annealing ``lr/2 · (1 + cos(π t / P))`` (AWP paper, Appendix C.1; RST's code).
 
     Args:
         epochs: T, the run's length in epochs.
+        period: P, the epochs over which the rate falls to 0, a number > 0 (default null: T).
+            DKL's code divides by T + 1 (``period: 201`` for 200 epochs counted from 1), so
+            its last epoch still trains at a small positive rate.
     """
 
+    period: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.period is None or (is_number(self.period) and self.period > 0), "Cosine period",
+              self.period, "a number of epochs > 0, or null for the run's length")
+
     def __call__(self, t: float, lr: float) -> float:
-        return 0.5 * lr * (1 + math.cos(math.pi * t / self.epochs))
+        period = self.epochs if self.period is None else self.period
+        return 0.5 * lr * (1 + math.cos(math.pi * t / period))
 
 
 @SCHEDULES.register("cyclic")

@@ -43,11 +43,13 @@ def check_shares(cfg: Config, world: World) -> None:
 def compose_batch(world: World, loaded: tuple[Tensor, ...], extra: ExtraStream | None, extra_weight: float,
                   supplies: Supplies) -> tuple[Batch, Tensor | None]:
     """This rank's share of the global batch the loader yielded (``x``, ``y`` and any further
-    views): labelled examples, then extra ones, with the objective's ``supplies``; and the
-    per-example loss weights when the extra examples weigh differently (``extra_weight`` ≠ 1)."""
+    views): labelled examples, then extra ones, with the objective's ``supplies`` and the run's
+    phase (``supplies.clock``); and the per-example loss weights when the extra examples weigh
+    differently (``extra_weight`` ≠ 1)."""
     x, y, *views = (world.share(t) for t in loaded)
+    phase = supplies.clock() if supplies.clock is not None else None
     if extra is None:
-        return Batch(x, y, views=tuple(views), supplies=supplies), None
+        return Batch(x, y, views=tuple(views), supplies=supplies, phase=phase), None
     # every rank draws the global extra batch and keeps its share, as one process would
     x_extra, y_extra = extra.next_batch()
     x_extra, y_extra = world.share(x_extra), world.share(y_extra)
@@ -57,4 +59,4 @@ def compose_batch(world: World, loaded: tuple[Tensor, ...], extra: ExtraStream |
     if extra_weight != 1:
         weights = torch.cat([torch.ones(len(x), device=x.device),
                              torch.full((len(x_extra),), extra_weight, device=x.device)])
-    return Batch(torch.cat([x, x_extra]), torch.cat([y, y_extra]), supplies=supplies), weights
+    return Batch(torch.cat([x, x_extra]), torch.cat([y, y_extra]), supplies=supplies, phase=phase), weights

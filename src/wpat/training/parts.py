@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from wpat.helpers.errors import WpatError
 from wpat.training.experiment import Splits
 from wpat.training.finetune import init_from
 from wpat.training.loading import model_from_checkpoint
-from wpat.objectives import Objective, Supplies
+from wpat.objectives import Objective, Phase, Supplies
 from wpat.perturb import WeightPerturbation
 from wpat.optim.regularize import parameter_groups
 from wpat.optim.schedules import Schedule
@@ -170,6 +170,17 @@ def steps_per_epoch(cfg: Config, splits: Splits, loader: DeviceLoader, extra: Ex
     return len(loader)
 
 
+def loader_clock(loader: DeviceLoader, epochs: int, steps: int) -> Callable[[], Phase]:
+    """The training loop's position, read from the loader: the epoch and index of the batch it
+    last yielded are the epoch and step the loop is at (a resumed epoch re-draws and skips the
+    batches it had done, so the count holds there too)."""
+    def clock() -> Phase:
+        assert loader.position is not None, "the clock is read after the loader yields a batch"
+        epoch, step = loader.position
+        return Phase(epoch=epoch, epochs=epochs, step=step, steps=steps)
+    return clock
+
+
 def load_teachers(cfg: Config, objective: Objective, student: nn.Module, device: torch.device
                   ) -> tuple[tuple[nn.Module, ...], tuple[str, ...]]:
     """The models of the checkpoints an objective that needs ``teachers`` names (a run directory's
@@ -247,13 +258,15 @@ def build_parts(cfg: Config, fresh: bool = True) -> Parts:
     ema = build_average(cfg.run, model, batchnorm_batches(cfg, loader) if cfg.run.average == "swa" else None)
     average = ema.model if ema is not None and "average" in objective.requirements() else None
     n = min(cfg.eval.n_train, len(splits.x_train))
+    steps = steps_per_epoch(cfg, splits, loader, extra)
     return Parts(
         cfg=cfg, device=device, world=world, model=model, forward_model=forward_model, objective=objective,
-        supplies=Supplies(average=average, teachers=teachers), perturbation=components.perturbation,
+        supplies=Supplies(average=average, teachers=teachers, clock=loader_clock(loader, cfg.schedule.epochs, steps)),
+        perturbation=components.perturbation,
         schedule=components.schedule, attack=components.attack, test_attack=components.test_attack,
         # only in train mode does the scoring forward count (it changes the BN running statistics)
         score_forward=cfg.attack.script_forwards and components.attack.bn_mode is BNMode.TRAIN,
         optimizer=build_optimizer(cfg, model), ema=ema, splits=splits,
         train_eval=experiment.fixed_subset(splits.x_train, splits.y_train, n, cfg.run.seed + 1),
-        loader=loader, extra=extra, steps_per_epoch=steps_per_epoch(cfg, splits, loader, extra),
+        loader=loader, extra=extra, steps_per_epoch=steps,
         c_min=experiment.lsc_threshold(cfg), later_attack=components.later_attack, teacher_digests=digests)

@@ -79,6 +79,9 @@ def resumable(parts: Parts, state: RunState) -> dict[str, Any]:
         ckpt["teachers"] = list(parts.teacher_digests)
     if state.epoch_stats is not None:
         ckpt["epoch_stats"] = state.epoch_stats
+    objective = parts.objective.state()
+    if objective:  # an objective's values carried across steps (e.g. DKL's class prior)
+        ckpt["objective"] = objective
     return ckpt
 
 
@@ -94,6 +97,8 @@ def restore(parts: Parts, ckpt: dict[str, Any]) -> RunState:
         parts.ema.load_state(ckpt["ema"])
     if parts.extra is not None and "extra_stream" in ckpt:
         parts.extra.load_state(ckpt["extra_stream"])
+    if "objective" in ckpt:
+        parts.objective.load_state(ckpt["objective"])
     state = RunState(epoch=int(ckpt["epoch"]), step=int(ckpt.get("step", 0)), best=dict(ckpt["best"]),
                      history=tuple(ckpt["history"]), epoch_stats=ckpt.get("epoch_stats"))
     ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]

@@ -128,7 +128,9 @@ def train_step(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], ob
 
 def adversarial(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], objective: Objective) -> Batch:
     """``batch`` with the adversarial examples of ``x`` and of every view, crafted in one attack
-    call (one batch of all views), and what the objective prepares once per x′."""
+    call (one batch of all views) by the objective's attack for this point of the run, and what
+    the objective prepares once per x′."""
+    attack = objective.attack_at(attack, batch.phase)
     if not batch.views:
         return objective.prepare(replace(batch, x_adv=attack(model, batch.x, batch.y)))
     n = len(batch.views) + 1
