@@ -354,11 +354,12 @@ def train(cfg: Config) -> dict[str, Any]:
     if (run_dir / "last.pt").exists():
         raise WpatError(f"{run_dir} already holds a run; resume it with `wpat train --resume {run_dir}` "
                         f"or choose another run.name=...")
-    trainer = Trainer(cfg, run_dir)  # reads the data first: a missing dataset leaves no empty run dir
-    if trainer.world.main:
-        writable_dir(run_dir, "run.out_dir")
-        dump_config(cfg, run_dir / "config.yaml")
-    return trainer.fit()
+    with distributed.session():
+        trainer = Trainer(cfg, run_dir)  # reads the data first: a missing dataset leaves no empty run dir
+        if trainer.world.main:
+            writable_dir(run_dir, "run.out_dir")
+            dump_config(cfg, run_dir / "config.yaml")
+        return trainer.fit()
 
 
 def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> dict[str, Any]:
@@ -371,6 +372,7 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> dict[str
     cfg = config_from_dict(ckpt["config"])
     if progress is not None:
         cfg.run.progress = progress
-    trainer = Trainer(cfg, path.parent, fresh=False)
-    trainer.load_state(ckpt)
-    return trainer.fit()
+    with distributed.session():
+        trainer = Trainer(cfg, path.parent, fresh=False)
+        trainer.load_state(ckpt)
+        return trainer.fit()
