@@ -13,6 +13,7 @@ import itertools
 import math
 import os
 import random
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -348,16 +349,57 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    """Train a new run described by ``cfg``; returns the best/last summary."""
-    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+# What a run writes at the end of its first epoch, just before its first last.pt, and the
+# TensorBoard event files it opens when it starts.
+RESULT_FILES = ("best.pt", "ema_best.pt", "ema_last.pt", "epoch-*.pt", "metrics.jsonl", "metrics.csv")
+EVENT_FILES = "events.out.tfevents.*"
+
+
+def _found(run_dir: Path, patterns: tuple[str, ...]) -> list[Path]:
+    return sorted(p for pattern in patterns for p in run_dir.glob(pattern))
+
+
+def never_checkpointed(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds the start of a run that stopped before its first checkpoint:
+    its config.yaml and no last.pt nor anything written at an epoch's end."""
+    return ((run_dir / "config.yaml").is_file() and not (run_dir / "last.pt").exists()
+            and not _found(run_dir, RESULT_FILES))
+
+
+def restart_command(run_dir: Path) -> str:
+    """The command that starts the run of ``run_dir`` again, into the same directory."""
+    return (f"wpat train {shlex.quote(str(run_dir / 'config.yaml'))} "
+            f"run.out_dir={shlex.quote(str(run_dir.parent))} run.name={shlex.quote(run_dir.name)}")
+
+
+def stale_events(run_dir: Path) -> list[Path]:
+    """The event files a new run in ``run_dir`` replaces: those of a start that never reached a
+    checkpoint (they hold no epoch). A directory holding a run, or a run's results, is refused."""
     if (run_dir / "last.pt").exists():
         raise WpatError(f"{run_dir} already holds a run; resume it with `wpat train --resume {run_dir}` "
                         f"or choose another run.name=...")
+    results = _found(run_dir, RESULT_FILES)
+    if results:
+        raise WpatError(f"{run_dir} holds a run's results ({', '.join(p.name for p in results)}) but no "
+                        f"last.pt to resume from; move them away or choose another run.name=...")
+    return _found(run_dir, (EVENT_FILES,))
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train a new run described by ``cfg``; returns the best/last summary. A directory holding
+    only the start of a run that never reached a checkpoint (killed in its first epoch) is
+    started again, its event files replaced."""
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    stale = stale_events(run_dir)
     with distributed.session():
         trainer = Trainer(cfg, run_dir)  # reads the data first: a missing dataset leaves no empty run dir
         if trainer.world.main:
             writable_dir(run_dir, "run.out_dir")
+            if stale:
+                print(f"{run_dir}: starting again a run that never reached a checkpoint "
+                      f"(its {len(stale)} event file(s) removed)")
+            for path in stale:
+                path.unlink(missing_ok=True)
             dump_config(cfg, run_dir / "config.yaml")
         return trainer.fit()
 
@@ -365,6 +407,9 @@ def train(cfg: Config) -> dict[str, Any]:
 def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its ``last.pt``; the result equals an uninterrupted run."""
     run_dir = Path(run_dir)
+    if run_dir.is_dir() and never_checkpointed(run_dir):
+        raise WpatError(f"{run_dir}: the run never reached a checkpoint (it stopped in its first epoch), "
+                        f"so there is nothing to resume; start it again with `{restart_command(run_dir)}`")
     path = run_dir / "last.pt" if run_dir.is_dir() else run_dir
     ckpt = load_checkpoint(path)
     if not is_wpat_checkpoint(ckpt) or ckpt.get("kind") != "last":
