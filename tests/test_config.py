@@ -3,7 +3,8 @@ import math
 import pytest
 
 from wpat import experiment
-from wpat.config import Config, config_from_dict, list_presets, load_config
+from wpat.cli import main
+from wpat.config import PRESET_DIR, Config, config_from_dict, list_presets, load_config
 from wpat.config_values import parse_number
 from wpat.errors import WpatError
 from wpat.registry import Registry
@@ -81,15 +82,43 @@ def test_bad_values_name_the_key_and_what_is_allowed(override, fragment):
     assert "\n" not in str(err.value)
 
 
-def test_unknown_preset_lists_presets(tmp_path):
-    with pytest.raises(WpatError, match="cifar10-preactresnet18-linf"):
-        load_config("no-such-preset")
+def test_an_unknown_preset_is_one_short_line_that_points_to_the_list(tmp_path):
+    with pytest.raises(WpatError) as err:
+        load_config("fmnist-smallcnn-linf-rs")
+    message = str(err.value)
+    assert "`wpat presets` lists the" in message and "did you mean fmnist-smallcnn-linf-rst" in message
+    assert "\n" not in message and len(message) < 250 and "cifar10" not in message
     with pytest.raises(WpatError, match="not found"):
         load_config(str(tmp_path / "missing.yaml"))
     broken = tmp_path / "broken.yaml"
     broken.write_text("data: [unclosed")
     with pytest.raises(WpatError, match="broken.yaml"):
         load_config(str(broken))
+
+
+def test_presets_lists_whole_descriptions_in_one_column(capsys, monkeypatch):
+    """Each preset's first comment line is a whole description (the next line does not go on
+    with its sentence) and is shown whole, wrapped in one column, however long the names."""
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["presets"]) == 0
+    shown, column = {}, set()
+    for line in capsys.readouterr().out.splitlines():
+        if not line.startswith(" "):
+            name, text = line.split(" ", 1)
+            column.add(len(line) - len(text.lstrip()))
+            shown[name] = text.strip()
+        else:
+            column.add(len(line) - len(line.lstrip()))
+            shown[name] += " " + line.strip()
+        assert len(line) <= 100
+    assert len(column) == 1 and sorted(shown) == list_presets()
+    for name in list_presets():
+        comments = [line.lstrip("#").strip() for line in (PRESET_DIR / f"{name}.yaml").read_text().splitlines()
+                    if line.startswith("#")][:2]
+        assert shown[name] == comments[0], name
+        assert len(comments) < 2 or not comments[1][:1].islower(), name  # no sentence going on
+    assert shown["fmnist-smallcnn-linf-rst"].endswith("give data.extra=PATH")
+    assert shown["fmnist-mlp-linf-overfit"].endswith("AT, AT-AWP and AT-RWP over seeds")
 
 
 def test_yaml_base_and_overrides_compose(tmp_path):
@@ -135,3 +164,4 @@ def test_schedules():
     assert learning_rate(40, 0.2, s) == pytest.approx(0.1) and learning_rate(200, 0.2, s) == pytest.approx(0)
     s.name = "linear"
     assert learning_rate(50, 0.1, s) == pytest.approx(0.075)
+

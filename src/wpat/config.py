@@ -18,6 +18,7 @@ epochs; a rotation is in degrees.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,7 +195,11 @@ def resolve_preset(name_or_path: str) -> Path:
         return path
     preset = PRESET_DIR / f"{name_or_path}.yaml"
     if not preset.is_file():
-        raise WpatError(f"unknown preset {name_or_path!r}; presets: {', '.join(list_presets())}")
+        close = difflib.get_close_matches(name_or_path, list_presets(), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join([', '.join(close[:-1]), close[-1]] if len(close) > 1 else close)}? " \
+            if close else ""
+        raise WpatError(f"unknown preset {name_or_path!r}; {hint}`wpat presets` lists the "
+                        f"{len(list_presets())} presets, or give a YAML file")
     return preset
 
 
@@ -227,6 +232,12 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_description(name: str) -> str:
+    """A preset's description: its first comment line (the lines after it say more)."""
+    first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[:1]
+    return first[0].lstrip("#").strip() if first and first[0].startswith("#") else ""
 
 
 def load_config(source: Union[str, None] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
