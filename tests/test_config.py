@@ -165,3 +165,49 @@ def test_schedules():
     s.name = "linear"
     assert learning_rate(50, 0.1, s) == pytest.approx(0.075)
 
+
+# ---------------------------------------------------------------------- values that would change nothing
+
+
+@pytest.mark.parametrize("overrides, key, fix", [
+    (["data.extra=extra.npz"], "data.extra", "set data.extra_fraction"),
+    (["data.extra_weight=0.5"], "data.extra_weight", "data.extra_weight=1"),
+    (["optim.l2=5e-3"], "optim.weight_decay", "set optim.weight_decay=0"),
+    (["perturb.warmup=3"], "perturb.warmup", "set perturb.warmup below 3"),
+    (["run.keep_every=4"], "run.keep_every", "set run.keep_every to at most 3"),
+    (["data.val_size=100", "run.select=val", "run.patience=2"], "run.patience", "set run.patience to at most 1"),
+    (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov", "optim.momentum > 0"),
+])
+def test_a_value_that_would_change_nothing_is_refused_naming_the_value_to_set(overrides, key, fix, tmp_path,
+                                                                               capsys):
+    """The main job's preset (3 epochs, RWP, no extra data, weight decay 5e-4) with one value
+    that something else switches off: one line, exit status 2, nothing written."""
+    assert main(["train", "fmnist-smallcnn-linf", *overrides, f"run.out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"wpat: error: {key}: ") and fix in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extra_data_named_on_a_preset_without_an_extra_share_is_never_silently_ignored(tmp_path):
+    truncated = tmp_path / "extra.npz"
+    truncated.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(WpatError, match="data.extra: .* is read only when data.extra_fraction > 0"):
+        load_config("fmnist-smallcnn-linf", [f"data.extra={truncated}"])
+    cfg = load_config("fmnist-smallcnn-linf", [f"data.extra={truncated}", "data.extra_fraction=0.5"])
+    assert cfg.data.extra == str(truncated)  # with a share, the file is used (and checked when opened)
+
+
+def test_settings_of_a_behaviour_that_is_not_selected_stay_allowed():
+    """As a component's options are: a preset states them for the variants it may switch to."""
+    cfg = load_config("svhn-preactresnet18-linf", ["perturb.name=none", "data.mix_alpha=1.4",
+                                                   "perturb.alternations=2", "schedule.name=constant"])
+    assert (cfg.perturb.warmup, cfg.data.padding, cfg.data.mix) == (5, "reflect", "none")
+
+
+def test_a_stored_config_is_not_refused_for_values_without_effect():
+    """Runs trained before a check existed stay evaluable and resumable."""
+    tree = load_config("fmnist-smallcnn-linf").to_dict()
+    tree["data"]["extra"] = "extra.npz"
+    tree["run"]["keep_every"] = 10
+    cfg = config_from_dict(tree)
+    assert cfg.data.extra == "extra.npz" and cfg.run.keep_every == 10

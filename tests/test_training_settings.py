@@ -190,6 +190,19 @@ def test_pretrain_on_five_classes_then_finetune_on_the_other_five(tmp_path, caps
     assert "not weights of this architecture" in capsys.readouterr().err and bad.run.init_from
 
 
+@needs_fmnist
+@pytest.mark.parametrize("override, fix", [
+    ("run.checkpoint_every=4", "set run.checkpoint_every below 4"),  # 256 images, batches of 64: 4 steps
+    ("run.sync_bn=true", "set run.sync_bn=false"),  # one process, not a torchrun launch
+])
+def test_run_values_this_data_or_launch_would_ignore_are_refused_before_anything_is_written(override, fix, tmp_path,
+                                                                                            capsys):
+    assert main(["train", "fmnist-smallcnn-linf", *TINY, override, f"run.out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"wpat: error: {override.split('=')[0]}: ") and fix in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------- bad values
 
 

@@ -26,7 +26,7 @@ from typing import Any, Union
 
 import yaml
 
-from wpat.config_values import flatten, set_key, validate
+from wpat.config_values import check_effect, flatten, set_key, validate
 from wpat.errors import WpatError
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -257,6 +257,7 @@ def load_config(source: Union[str, None] = None, overrides: tuple[str, ...] | li
     if cfg.run.name is None:
         cfg.run.name = "run"
     validate(cfg)
+    check_effect(cfg)
     return cfg
 
 

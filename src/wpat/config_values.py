@@ -186,6 +186,9 @@ def validate(cfg: Any) -> None:
     _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number ≥ 0")
     _check(_finite(o.l1) and o.l1 >= 0, "optim.l1", o.l1, "a number ≥ 0 (0 = off)")
     _check(_finite(o.l2) and o.l2 >= 0, "optim.l2", o.l2, "a number ≥ 0 (0 = off)")
+    if o.nesterov:
+        _check(o.momentum > 0, "optim.nesterov", o.nesterov, "false unless optim.momentum > 0 (Nesterov "
+               "momentum needs momentum)")
     _check(s.epochs >= 1, "schedule.epochs", s.epochs, "an integer ≥ 1")
     _choice("schedule.first_epoch", s.first_epoch, [0, 1])
     _choice("schedule.update", s.update, ["step_start", "step_end", "epoch"])
@@ -203,3 +206,39 @@ def validate(cfg: Any) -> None:
         _check(d.val_size > 0, "run.select", r.select, "'test' unless data.val_size > 0")
     _check(bool(r.name) and "/" not in r.name and r.name not in (".", ".."), "run.name", r.name,
            "a non-empty name without '/'")
+
+
+def check_effect(cfg: Any) -> None:
+    """Refuse a value that would be recorded in the run's config.yaml and then change nothing,
+    because another value switches off what it feeds; the message names the value to set.
+
+    Checked for a new config (``wpat.config.load_config``), not for a stored one, which trained
+    as it was. Settings of a behaviour that is not selected are allowed, as a component's
+    options are (a preset states them for the variants it may switch to): ``data.mix_alpha``
+    with ``data.mix=none``, ``data.padding`` without crops, ``perturb.warmup`` and
+    ``perturb.alternations`` with ``perturb.name=none``, ``schedule.update`` and
+    ``schedule.first_epoch`` with a constant schedule. docs/design.md lists every case.
+    """
+    d, o, p, r, epochs = cfg.data, cfg.optim, cfg.perturb, cfg.run, cfg.schedule.epochs
+    if d.extra_fraction == 0 and d.extra is not None:
+        raise WpatError(f"data.extra: {d.extra!r} is read only when data.extra_fraction > 0 (the share of "
+                        f"each batch drawn from it; RST: 0.5); set data.extra_fraction, or drop data.extra")
+    if d.extra_fraction == 0 and d.extra_weight != 1:
+        raise WpatError(f"data.extra_weight: {d.extra_weight:g} weighs extra examples, but data.extra_fraction "
+                        f"is 0 and none are drawn; set data.extra_fraction (and data.extra=PATH), or "
+                        f"data.extra_weight=1")
+    if o.l2 > 0 and o.weight_decay > 0:
+        raise WpatError(f"optim.weight_decay: {o.weight_decay:g} is replaced by optim.l2={o.l2:g} (the conv and "
+                        f"linear weights decay with optim.l2, the rest not at all); set optim.weight_decay=0")
+    if p.name != "none" and p.warmup >= epochs:
+        raise WpatError(f"perturb.warmup: {p.warmup} plain epochs leave none of schedule.epochs={epochs} to "
+                        f"perturb.name={p.name}; set perturb.warmup below {epochs}, or perturb.name=none")
+    if r.keep_every > epochs:
+        raise WpatError(f"run.keep_every: {r.keep_every} is more than schedule.epochs={epochs}, so no "
+                        f"epoch-NNN.pt would be kept; set run.keep_every to at most {epochs}, or 0 for none")
+    # The earliest early stop: the best epoch is 1, the stop comes after epoch 1 + patience,
+    # and it must come before the last epoch.
+    if r.patience and 1 + r.patience >= epochs:
+        fix = f"at most {epochs - 2}, or 0 for off" if epochs > 2 else "0 (off)"
+        raise WpatError(f"run.patience: {r.patience} epochs without a better val accuracy can never end a run "
+                        f"of schedule.epochs={epochs} before its last epoch; set run.patience to {fix}")

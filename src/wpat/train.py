@@ -94,6 +94,8 @@ class Trainer:
         self.extra, self.steps_per_epoch = self.extra_stream(augment), len(self.loader)
         if self.extra is not None:  # RST: an epoch is counted in labeled-set sizes of whole batches
             self.steps_per_epoch = max(1, len(self.splits.x_train) // cfg.data.batch_size)
+        if fresh:  # values that the data or the launch would leave without effect (docs/design.md)
+            check_run_effect(cfg, self.steps_per_epoch, self.world.size)
         n = min(cfg.eval.n_train, len(self.splits.x_train))
         self.train_eval = experiment.fixed_subset(self.splits.x_train, self.splits.y_train, n, cfg.run.seed + 1)
         self.c_min = experiment.lsc_threshold(cfg)
@@ -341,6 +343,19 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def check_run_effect(cfg: Config, steps_per_epoch: int, processes: int) -> None:
+    """Refuse the run values that this data and launch would leave without effect (those the
+    config alone decides are refused by ``load_config``)."""
+    every = cfg.run.checkpoint_every
+    if every and every >= steps_per_epoch:
+        raise WpatError(f"run.checkpoint_every: {every} steps is not less than the {steps_per_epoch} steps of an "
+                        f"epoch, so no checkpoint would be written within one (last.pt is written at every "
+                        f"epoch's end); set run.checkpoint_every below {steps_per_epoch}, or 0")
+    if cfg.run.sync_bn and processes == 1:
+        raise WpatError("run.sync_bn: true shares BatchNorm statistics between the processes of a torchrun "
+                        "launch, and this run has one process; set run.sync_bn=false")
 
 
 def seed_everything(seed: int) -> None:
