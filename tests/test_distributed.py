@@ -24,6 +24,11 @@ from wpat.step import train_step
 WORLD = 2
 
 
+def failure(done) -> str:
+    """What a failed launch printed: the processes' own messages come first, torchrun's report last."""
+    return done.stderr[:3000] + "\n...\n" + done.stderr[-1500:]
+
+
 def torchrun(*args):
     """A two-process ``torchrun`` command. ``--standalone`` lets the operating system pick a free
     rendezvous port, so runs of the suite side by side never meet on a fixed one."""
@@ -110,7 +115,7 @@ def test_torchrun_trains_writes_once_and_resumes_at_another_rank_count(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(torchrun("-m", "wpat", "train", *common, "schedule.epochs=1"),
                           capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failure(done)
     assert done.stdout.count("| best") == 1  # one table, from rank 0
     run = tmp_path / "ddp"
     assert {"best.pt", "last.pt", "metrics.jsonl", "config.yaml"} <= {p.name for p in run.iterdir()}
@@ -143,7 +148,7 @@ def test_bad_rank_setups_end_with_one_message_from_rank_0(tmp_path, case):
         done = subprocess.run([*launcher, *common, "data.batch_size=64"], capture_output=True, text=True, timeout=300)
         expected = "different configs"
     errors = [line for line in done.stderr.splitlines() if line.startswith("wpat: error:")]
-    assert done.returncode != 0 and len(errors) == 1 and expected in errors[0], done.stderr[-1500:]
+    assert done.returncode != 0 and len(errors) == 1 and expected in errors[0], failure(done)
     assert not (tmp_path / "bad").exists()
 
 
@@ -160,7 +165,7 @@ def test_a_stopped_two_rank_run_resumes_to_the_same_result(tmp_path):
     def torchrun_wpat(*args):
         done = subprocess.run(torchrun("-m", "wpat", "train", *args), capture_output=True, text=True, env=env,
                               timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.returncode == 0, failure(done)
 
     torchrun_wpat(*common, "schedule.epochs=2", "run.name=whole")
     torchrun_wpat(*common, "schedule.epochs=1", "run.name=cut")
@@ -188,7 +193,7 @@ def test_every_rank_leaves_the_process_group_when_its_run_ends(tmp_path):
                                    f"run.out_dir={tmp_path}", "run.name=r"),
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     lines = [line for line in done.stdout.splitlines() if line.startswith("rank ")]
-    assert lines == ["rank - left exit 0"] * WORLD, done.stdout[-1500:] + done.stderr[-1500:]
+    assert lines == ["rank - left exit 0"] * WORLD, done.stdout[-1500:] + failure(done)
     assert done.returncode == 0
 
 
