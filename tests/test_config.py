@@ -178,13 +178,21 @@ def test_schedules():
     (["data.val_size=100", "run.select=val", "run.patience=2"], "run.patience", "set run.patience to at most 1"),
     (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov", "optim.momentum > 0"),
 ])
-def test_a_value_that_would_change_nothing_is_refused_naming_the_value_to_set(overrides, key, fix, tmp_path,
-                                                                               capsys):
+def test_a_value_that_would_change_nothing_is_refused_naming_the_value_to_set(overrides, key, fix):
     """The main job's preset (3 epochs, RWP, no extra data, weight decay 5e-4) with one value
-    that something else switches off: one line, exit status 2, nothing written."""
-    assert main(["train", "fmnist-smallcnn-linf", *overrides, f"run.out_dir={tmp_path}"]) == 2
+    that something else switches off."""
+    with pytest.raises(WpatError) as err:
+        load_config("fmnist-smallcnn-linf", overrides)
+    assert str(err.value).startswith(f"{key}: ") and fix in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_command_refuses_it_in_one_line_and_writes_nothing(tmp_path, capsys):
+    tiny = ["model.small_cnn.width=4", "data.train_subset=128", "data.test_subset=32", "data.batch_size=64",
+            "eval.n_train=32", "attack.steps=1", "eval.steps=1", "perturb.rwp.steps=2", "schedule.epochs=1",
+            "run.progress=false", "run.tensorboard=false", f"run.out_dir={tmp_path}"]
+    assert main(["train", "fmnist-smallcnn-linf", *tiny, f"data.extra={tmp_path / 'extra.npz'}"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"wpat: error: {key}: ") and fix in err and err.count("\n") == 1, err
+    assert err.startswith("wpat: error: data.extra: ") and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
 
 
