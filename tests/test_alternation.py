@@ -153,8 +153,8 @@ def test_l1_size_norm(name):
 
 @pytest.mark.parametrize("overrides, fragment", [
     (["perturb.alternations=0"], "perturb.alternations: 0 is invalid"),
-    (["perturb.rwp.norm=linf"], "perturb.rwp: RWP norm='linf': expected one of l2, l1"),
-    (["perturb.name=awp", "perturb.awp.norm=l3"], "perturb.awp: AWP norm='l3'"),
+    (["perturb.rwp.norm=linf"], "perturb.rwp: RWP norm: 'linf' is invalid; expected one of l2, l1"),
+    (["perturb.name=awp", "perturb.awp.norm=l3"], "perturb.awp: AWP norm: 'l3' is invalid"),
     (["perturb.name=random", "perturb.alternations=2"], "perturb.alternations: 2 needs a searched"),
 ])
 def test_invalid_alternations_and_norms_are_one_line(overrides, fragment):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wpat import experiment
 from wpat.attacks import ATTACK_LOSSES, ATTACKS, BALLS, CW, FGSM, PGD, SPSA, AutoAttack, ball
 from wpat.attacks.base import L2Ball, LinfBall, crafting_mode
 from wpat.attacks.pgd import STARTS
@@ -325,7 +326,7 @@ def test_bad_norm_or_bn_mode_is_one_clear_line(make, mentions):
 
 
 def test_pgd_from_threat_uses_the_threat_models_ball_and_step():
-    attack = PGD.from_threat(ThreatModel("l2", 0.5, 0.1), 7)
+    attack = experiment.pgd(ThreatModel("l2", 0.5, 0.1), 7, "attack")
     assert (attack.eps, attack.alpha, attack.steps, attack.norm) == (0.5, 0.1, 7, Norm.L2)
     assert attack.bn_mode is BNMode.EVAL
 
@@ -350,7 +351,7 @@ def test_bad_arguments_raise_a_clear_error(kwargs, mentions):
 
 
 def test_bad_fgsm_eps_names_fgsm():
-    with pytest.raises(WpatError, match="FGSM: eps"):
+    with pytest.raises(WpatError, match="FGSM eps"):
         FGSM(0)
 
 

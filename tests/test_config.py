@@ -3,12 +3,17 @@ import math
 import pytest
 
 from wpat import experiment
+from wpat.attacks import ATTACK_LOSSES, ATTACKS
 from wpat.cli import main
 from wpat.config import PRESET_DIR, Config, config_from_dict, list_presets, load_config
 from wpat.config_values import parse_number
 from wpat.errors import WpatError
+from wpat.models import MODELS
+from wpat.objectives import OBJECTIVES
+from wpat.perturb import PERTURBATIONS
 from wpat.registry import Registry
 from wpat.schedules import SCHEDULES
+from wpat.threat import BNMode, ThreatModel
 
 
 def learning_rate(t, lr, s):
@@ -166,16 +171,98 @@ def test_schedules():
     assert learning_rate(50, 0.1, s) == pytest.approx(0.075)
 
 
+# ---------------------------------------------------------------------- one build path, one format
+
+
+@pytest.mark.parametrize("build, key", [
+    (lambda: load_config(None, ["attack.eps=0"]), "attack.eps"),
+    (lambda: load_config(None, ["schedule.update=weekly"]), "schedule.update"),
+    (lambda: experiment.build_components(load_config(None, ["perturb.name=rwp", "perturb.rwp.c_min=-1"])),
+     "perturb.rwp: RWP c_min"),
+    (lambda: experiment.build_components(load_config(None, ["objective.name=trades", "objective.trades.beta=-1"])),
+     "objective.trades: TRADES beta"),
+    (lambda: experiment.build_components(load_config(None, ["schedule.name=cyclic", "schedule.cyclic.peak=2"])),
+     "schedule.cyclic: Cyclic peak"),
+    (lambda: experiment.build_components(load_config(None, ["model.name=resnet"])), "model.name"),
+    (lambda: experiment.build_components(load_config(None, ["data.mix=blend"])), "data.mix"),
+    (lambda: experiment.build_components(load_config(None, ["data.augment=jitter"])), "data.augment"),
+    (lambda: ATTACKS.build("pgd", eps=0.1, alpha=-1.0, steps=1), "PGD alpha"),
+    (lambda: ATTACKS.build("spsa", eps=0.1, samples=3), "SPSA samples"),
+    (lambda: ThreatModel("linf", float("nan"), 0.01), "threat model eps"),
+])
+def test_every_bad_value_is_reported_in_one_format(build, key):
+    """Config keys, component options, attacks and the threat model: ``KEY: VALUE is invalid;
+    expected WHAT``, one line, whichever layer checks it."""
+    with pytest.raises(WpatError) as err:
+        build()
+    message = str(err.value)
+    assert message.startswith(key + ": ") and " is invalid; expected " in message and "\n" not in message
+
+
+def test_component_names_come_from_the_registries():
+    """Every registered name is accepted and listed; the config layer keeps no list of its own."""
+    from wpat.data import AUGMENTATIONS, MIXES
+
+    for section, registry in (("model", MODELS), ("objective", OBJECTIVES), ("perturb", PERTURBATIONS),
+                              ("schedule", SCHEDULES)):
+        with pytest.raises(WpatError) as err:
+            experiment.build_components(load_config(None, [f"{section}.name=nothing"]))
+        assert str(err.value).endswith("expected one of " + ", ".join(registry.choices()))
+    assert PERTURBATIONS.choices()[0] == "none" and "none" not in PERTURBATIONS
+    assert experiment.build_components(load_config(None, ["perturb.name=none"])).perturbation is None
+    for key, registry in (("data.mix", MIXES), ("data.augment", AUGMENTATIONS)):
+        for name in registry.names():
+            experiment.build_components(load_config(None, [f"{key}={name}"]))
+
+
+def test_registry_reads_options_and_defaults_of_an_entry():
+    assert PERTURBATIONS.options("rwp") == ["gamma", "c_min", "steps", "subset", "norm", "early_exit"]
+    assert PERTURBATIONS.defaults("rwp")["c_min"] == 1.7 and PERTURBATIONS.defaults("awp")["steps"] == 1
+    assert MODELS.defaults("wide_resnet") == {"in_channels": 3, "depth": 34, "widen": 10}
+
+
+def test_the_training_attack_and_the_test_attack_are_built_by_the_attack_registry():
+    parts = experiment.build_components(load_config("cifar10-wrn34-10-trades", ["eval.alpha=0.01"]))
+    attack, test = parts.attack, parts.test_attack
+    assert isinstance(attack, ATTACKS.get("pgd")) and isinstance(test, ATTACKS.get("pgd"))
+    assert (attack.steps, attack.eps, attack.alpha) == (10, pytest.approx(8 / 255), pytest.approx(2 / 255))
+    assert attack.loss is ATTACK_LOSSES.get("kl") and attack.bn_mode is BNMode.EVAL  # TRADES' attack
+    assert (test.steps, test.alpha, test.bn_mode) == (20, 0.01, BNMode.EVAL)
+    assert test.loss is ATTACK_LOSSES.get("ce")
+
+
+# ---------------------------------------------------------------------- the logged loss threshold
+
+
+@pytest.mark.parametrize("source, overrides, threshold", [
+    (None, ["perturb.name=rwp"], 1.7),  # RWP's own default c_min
+    (None, ["perturb.name=rwp", "perturb.rwp.c_min=2.5"], 2.5),  # RWP's c_min where RWP trains
+    (None, ["perturb.name=awp", "perturb.rwp.c_min=2.5"], 1.7),  # ... and only there
+    (None, ["perturb.name=awp", "run.lsc_threshold=0.5"], 0.5),
+    (None, ["perturb.name=rwp", "perturb.rwp.c_min=2.5", "run.lsc_threshold=0.5"], 0.5),
+    ("cifar100-preactresnet18-linf", ["perturb.name=none"], 4.0),  # the preset states it
+    ("cifar10-preactresnet18-linf", ["perturb.name=awp"], 1.7),
+])
+def test_the_logged_loss_threshold_has_its_own_setting(source, overrides, threshold):
+    assert experiment.lsc_threshold(load_config(source, overrides)) == threshold
+
+
+def test_the_logged_loss_threshold_is_checked():
+    with pytest.raises(WpatError, match="run.lsc_threshold: -1.0 is invalid"):
+        load_config(None, ["run.lsc_threshold=-1"])
+
+
 # ---------------------------------------------------------------------- values that would change nothing
 
 
 @pytest.mark.parametrize("overrides, key, fix", [
-    (["data.extra=extra.npz"], "data.extra", "set data.extra_fraction"),
-    (["data.extra_weight=0.5"], "data.extra_weight", "data.extra_weight=1"),
-    (["optim.l2=5e-3"], "optim.weight_decay", "set optim.weight_decay=0"),
-    (["perturb.warmup=3"], "perturb.warmup", "set perturb.warmup below 3"),
-    (["run.keep_every=4"], "run.keep_every", "set run.keep_every to at most 3"),
-    (["data.val_size=100", "run.select=val", "run.patience=2"], "run.patience", "set run.patience to at most 1"),
+    (["data.extra=extra.npz"], "data.extra", "expected data.extra_fraction > 0"),
+    (["data.extra_weight=0.5"], "data.extra_weight", "expected 1 while data.extra_fraction is 0"),
+    (["optim.l2=5e-3"], "optim.weight_decay", "expected 0 with optim.l2=0.005"),
+    (["optim.lr_groups=first"], "optim.lr_groups", "expected all unless optim.l2 > 0"),
+    (["perturb.warmup=3"], "perturb.warmup", "expected fewer plain epochs than schedule.epochs=3"),
+    (["run.keep_every=4"], "run.keep_every", "expected at most schedule.epochs=3"),
+    (["data.val_size=100", "run.select=val", "run.patience=2"], "run.patience", "expected at most 1, or 0 for off"),
     (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov", "optim.momentum > 0"),
 ])
 def test_a_value_that_would_change_nothing_is_refused_naming_the_value_to_set(overrides, key, fix):
@@ -183,7 +270,8 @@ def test_a_value_that_would_change_nothing_is_refused_naming_the_value_to_set(ov
     that something else switches off."""
     with pytest.raises(WpatError) as err:
         load_config("fmnist-smallcnn-linf", overrides)
-    assert str(err.value).startswith(f"{key}: ") and fix in str(err.value) and "\n" not in str(err.value)
+    message = str(err.value)
+    assert message.startswith(f"{key}: ") and " is invalid; " in message and fix in message and "\n" not in message
 
 
 def test_the_command_refuses_it_in_one_line_and_writes_nothing(tmp_path, capsys):
@@ -199,7 +287,7 @@ def test_the_command_refuses_it_in_one_line_and_writes_nothing(tmp_path, capsys)
 def test_extra_data_named_on_a_preset_without_an_extra_share_is_never_silently_ignored(tmp_path):
     truncated = tmp_path / "extra.npz"
     truncated.write_bytes(b"PK\x03\x04 cut short")
-    with pytest.raises(WpatError, match="data.extra: .* is read only when data.extra_fraction > 0"):
+    with pytest.raises(WpatError, match="data.extra: .* is invalid; expected data.extra_fraction > 0"):
         load_config("fmnist-smallcnn-linf", [f"data.extra={truncated}"])
     cfg = load_config("fmnist-smallcnn-linf", [f"data.extra={truncated}", "data.extra_fraction=0.5"])
     assert cfg.data.extra == str(truncated)  # with a share, the file is used (and checked when opened)

@@ -4,7 +4,9 @@ raises accuracy and uses no autograd; AutoAttack runs through pyautoattack on a 
 and resumes; the gradient-masking checks fire on masked models; foreign state_dicts load."""
 
 import copy
+import logging
 import math
+import re
 
 import pyautoattack
 import pytest
@@ -19,8 +21,8 @@ from wpat.checkpoint import FORMAT, save_atomic
 from wpat.config import dump_config, load_config
 from wpat.data import load_dataset
 from wpat.errors import WpatError
-from wpat.evaluation import (COLUMNS, evaluate_checkpoint, evaluate_model, labels, masking_checks,
-                             ordering_warnings, results_table)
+from wpat.evaluation import (COLUMNS, column_correct, evaluate_checkpoint, evaluate_model, labels,
+                             masking_checks, ordering_warnings, report_warnings, results_table)
 from wpat.loading import fit_state_dict, model_from_checkpoint
 from wpat.metrics import accuracy
 from wpat.models import build_model
@@ -79,7 +81,7 @@ def test_stronger_attacks_leave_less_accuracy(run):
     assert list(report["checkpoints"]) == ["best", "last"]
     for result in report["checkpoints"].values():
         acc = result["accuracy"]
-        assert result["n_examples"] == N_EVAL
+        assert all(s["n_examples"] == N_EVAL for s in result["settings"].values())
         # Stronger attacks leave less, up to the sampling noise the library's own masking check
         # allows (restarts and step counts differ, so a borderline example may flip either way).
         assert ordering_warnings(acc, N_EVAL) == []
@@ -208,6 +210,23 @@ def test_autoattack_wrapper_resumes_from_its_state_dir(last, tmp_path, monkeypat
         AutoAttack(EPS, attacks=["apgd-ce"], state_dir=tmp_path)(other, x[:8], y[:8])
 
 
+def test_autoattack_shows_its_lines_per_batch_and_the_running_robust_accuracy(last, capsys):
+    model, x, y = last
+    logger = logging.getLogger("auto-attack")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    flags = column_correct(model, x[:16], y[:16], AutoAttack(EPS, attacks=["apgd-ce"]), batch_size=8,
+                           desc="last AA")
+    err = capsys.readouterr().err
+    for batch in (1, 2):  # AutoAttack's own verbose lines, under the batch they belong to
+        assert re.search(rf"^last AA batch {batch}/2: initial accuracy: [\d.]+%$", err, re.M), err
+        assert re.search(rf"^last AA batch {batch}/2: robust accuracy: [\d.]+%$", err, re.M), err
+    for done in (8, 16):  # after every batch, the robust accuracy so far
+        robust = int(flags[:done].sum())
+        assert re.search(rf"^last AA: {done}/16 img .*, robust accuracy so far "
+                         rf"{100 * robust / done:.2f}% \({robust}/{done}\)$", err, re.M), err
+    assert (list(logger.handlers), logger.level, logger.propagate) == before  # pyautoattack's logger as it was
+
+
 def test_autoattack_rejects_unknown_settings():
     with pytest.raises(WpatError, match="apgd-ce"):
         AutoAttack(EPS, attacks=["pgd"])
@@ -231,6 +250,34 @@ def test_ordering_warnings_allow_sampling_noise_only():
     assert ordering_warnings({"natural": 0.80, "fgsm": 0.50, "pgd20": 0.51}, n=1000) == []
     found = ordering_warnings({"natural": 0.80, "fgsm": 0.50, "pgd20": 0.60}, n=1000, labels=labels())
     assert len(found) == 1 and "PGD-20" in found[0] and "FGSM" in found[0]
+
+
+def _report(accuracy, n, seed=0):
+    """A report as `wpat eval` makes it: one checkpoint, ``accuracy`` on the first ``n`` examples."""
+    from wpat.evaluation import column_settings
+
+    threat = ThreatModel("linf", EPS, 0.01)
+    settings = {a: {"dataset": "fashion_mnist", "n_examples": n,
+                    **column_settings(a, threat, seed=seed, batch_size=500)} for a in accuracy}
+    entry = {"kind": "last", "epoch": 2, "model": "small_cnn", "dataset": "fashion_mnist",
+             "weights": "sha256:0123456789abcdef", "accuracy": accuracy,
+             "seconds": {a: 1.0 for a in accuracy}, "settings": settings,
+             "measured": {a: {"device": "cpu", "wpat_version": "0", "date": None} for a in accuracy}}
+    return {"format": "wpat-eval-v2", "target": "run", "attacks": list(accuracy),
+            "labels": labels(list(accuracy)), "checkpoints": {"last": entry}}
+
+
+def test_the_ordering_check_spans_evaluations_on_the_same_examples():
+    from wpat.evaluation import merge_reports
+
+    earlier = _report({"natural": 0.80, "pgd20": 0.40}, n=1000)
+    merged = merge_reports(earlier, _report({"aa": 0.55}, n=1000, seed=1))  # AA run later, another seed
+    found = merged["checkpoints"]["last"]["ordering_warnings"]
+    assert len(found) == 1 and "AA accuracy 55.00% exceeds PGD-20 accuracy 40.00%" in found[0]
+    assert report_warnings(merged) == [f"last: {found[0]}"]
+    # on other examples the numbers are not comparable: no warning
+    other = merge_reports(earlier, _report({"aa": 0.55}, n=200))
+    assert other["checkpoints"]["last"]["ordering_warnings"] == []
 
 
 class Constant(nn.Module):

@@ -107,8 +107,14 @@ def test_model_info_from_eval_json(run, tmp_path, capsys):
     natural = report["checkpoints"]["best"]["accuracy"]["natural"]
     out = tmp_path / "zoo"
     assert main(["export", str(run), "--robustbench", str(out)]) == 0
+    printed = capsys.readouterr().out
     info = json.loads((out / "tiny.json").read_text())
     assert info["clean_acc"] == f"{100 * natural:.2f}" and info["n_test_examples"] == 16
+    # the number comes with the settings that produced it, in the record and on the screen
+    clean = info["wpat"]["measurements"]["clean_acc"]
+    assert clean["settings"] == {"dataset": "fashion_mnist", "n_examples": 16}
+    assert clean["measured"]["device"] == "cpu" and clean["measured"]["date"]
+    assert f"clean_acc {info['clean_acc']}: first 16 test examples of fashion_mnist" in printed
     assert info["autoattack_acc"] is None and "no AA" in info["notes"]["autoattack_acc"]
     assert info["wpat"]["eval_json"] == str(run / "eval.json")
 
@@ -123,6 +129,27 @@ def test_model_info_from_eval_json(run, tmp_path, capsys):
     assert main(["export", str(run), "--robustbench", str(out), "--force"]) == 0
     info = json.loads((out / "tiny.json").read_text())
     assert info["autoattack_acc"] == "43.75" and "autoattack_acc" not in info["notes"]
+
+
+def test_export_goes_into_the_run_by_default(run, tmp_path, capsys):
+    run = copy_run(run, tmp_path)
+    assert main(["export", str(run)]) == 0
+    assert sorted(p.name for p in (run / "robustbench").iterdir()) == ["tiny.json", "tiny.pt"]
+    assert main(["export", str(run), "--robustbench", "--checkpoint", "last", "--name", "Last"]) == 0
+    assert (run / "robustbench" / "Last.pt").is_file() and (run / "robustbench" / "Last.json").is_file()
+    assert main(["export", str(run / "best.pt"), "--name", "file"]) == 0  # a checkpoint file: its folder
+    assert (run / "robustbench" / "file.pt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run.name]  # nothing outside the run
+
+
+def test_the_default_export_of_a_run_in_a_checkout_is_ignored_by_git():
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    # where `wpat export runs/NAME` writes (the test above), for a run where `wpat train` puts it
+    for name in ("NAME.json", "NAME.pt"):
+        path = f"runs/NAME/robustbench/{name}"
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode == 0, path
 
 
 def test_export_command_imports_no_torch():

@@ -80,6 +80,8 @@ def test_preset_builds_the_authors_setting(preset, method):
     assert cfg.objective.name == row["objective"]
     assert (attack.eps, attack.alpha, attack.steps) == pytest.approx((number(row["eps"]), number(row["alpha"]), 10))
     assert attack.bn_mode == row["attack BN"] and attack.start is STARTS.get(row["start"])
+    assert cfg.attack.script_forwards == {"yes": True, "no": False}[row["script forwards"]]
+    assert attack.mixup_forwards == (2 if cfg.attack.script_forwards else 1)
     if method == "none":
         assert perturbation is None
     elif method == "awp":  # one ascent step, whatever the preset says about RWP

@@ -199,6 +199,17 @@ def test_compute_leaves_model_bitwise_unchanged(name, with_grads):
     assert all(seen_modes)  # the search forwards ran in train mode
 
 
+@pytest.mark.parametrize("name", PERTURBATIONS.names())
+def test_every_registered_perturbation_keeps_the_contract_with_its_defaults(name):
+    """Every method in the registry, also one added later in a file of its own: only >1-D
+    weights in v, and the model handed back bitwise."""
+    model, _, _, loss_fn = make_problem()
+    before = snapshot(model)
+    v = PERTURBATIONS.build(name).compute(model, loss_fn).v
+    assert set(v) <= set(WEIGHTS)
+    assert_bitwise_same(model, before)
+
+
 def test_perturbed_parameters_are_the_multidimensional_trainable_ones():
     model, *_ = make_problem()
     model.conv2.weight.requires_grad_(False)  # frozen: never perturbed
@@ -438,14 +449,14 @@ def test_random_wp_without_seed_follows_the_global_rng():
     (lambda: AWP(gamma=math.nan), "nan"),
     (lambda: AWP(gamma=math.inf), "inf"),
     (lambda: AWP(gamma="0.01"), "'0.01'"),
-    (lambda: AWP(steps=2.0), "steps=2.0"),
-    (lambda: AWP(steps=0), "steps=0"),
-    (lambda: RWP(steps=0), "steps=0"),
-    (lambda: RWP(c_min=-1.0), "c_min=-1.0"),
-    (lambda: RWP(gamma=-1.0), "gamma=-1.0"),
-    (lambda: RWP(c_min=math.nan), "c_min=nan"),
+    (lambda: AWP(steps=2.0), "steps: 2.0"),
+    (lambda: AWP(steps=0), "steps: 0"),
+    (lambda: RWP(steps=0), "steps: 0"),
+    (lambda: RWP(c_min=-1.0), "c_min: -1.0"),
+    (lambda: RWP(gamma=-1.0), "gamma: -1.0"),
+    (lambda: RWP(c_min=math.nan), "c_min: nan"),
     (lambda: LSCRangeAWP(low=2.0, high=1.0), "low=2.0"),
-    (lambda: RandomWP(gamma=-0.5), "gamma=-0.5"),
+    (lambda: RandomWP(gamma=-0.5), "gamma: -0.5"),
 ])
 def test_bad_values_raise_wpat_error_naming_the_value(build, shown):
     with pytest.raises(WpatError, match=shown):

@@ -214,7 +214,7 @@ def test_wpat_eval_of_a_released_file_end_to_end(tmp_path, capsys):
     assert main(["eval", str(path), "--config", str(config), "--attacks", "natural", "--n-examples", "8",
                  "--no-checks", "--no-progress", "--out", str(out)]) == 0
     entry = json.loads((out / "eval.json").read_text())["checkpoints"]["rst-awp"]
-    assert entry["kind"] == "foreign" and entry["n_examples"] == 8
+    assert entry["kind"] == "foreign" and entry["settings"]["natural"]["n_examples"] == 8
     assert entry["accuracy"]["natural"] == pytest.approx(5 / 8)
     assert "62.50" in capsys.readouterr().out
 

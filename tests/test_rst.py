@@ -35,9 +35,11 @@ def test_batches_mix_at_the_fraction_and_an_epoch_counts_labeled_set_sizes(tmp_p
     seen = []
     real = training.train_step
 
-    def spy(model, x, y, attack, objective, perturbation, optimizer, alternations=1, l1=0.0, weights=None):
+    def spy(model, x, y, attack, objective, perturbation, optimizer, alternations=1, l1=0.0, weights=None,
+            score_forward=False):
         seen.append((len(x), weights.clone()))
-        return real(model, x, y, attack, objective, perturbation, optimizer, alternations, l1, weights)
+        return real(model, x, y, attack, objective, perturbation, optimizer, alternations, l1, weights,
+                    score_forward=score_forward)
 
     monkeypatch.setattr(training, "train_step", spy)
     cfg = rst(tmp_path, extra, "data.extra_fraction=0.75", "data.extra_weight=0.5", "schedule.epochs=1",

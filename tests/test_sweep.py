@@ -7,10 +7,11 @@ import pytest
 import yaml
 
 from conftest import fashion_mnist_available
-from wpat import cli
+from wpat import cli, experiment
 from wpat.checkpoint import load_checkpoint
 from wpat.config import load_config
 from wpat.errors import WpatError
+from wpat.experiment import model_from_config
 from wpat.sweep import (RunSpec, execute, expand, parse_grid, parse_seeds, plan, replicas,
                         run_names, setting_of, split_values)
 from wpat.sweep.runner import _check_resources
@@ -112,6 +113,35 @@ def test_plan_builds_every_run_config(tmp_path, tiny_config):
     assert spec.config["perturb"]["awp"]["gamma"] == 0.01 and spec.config["run"]["seed"] == 1
     assert spec.config["optim"]["lr"] == 0.05 and spec.config["run"]["threads"] == 1
     assert not (tmp_path / "s").exists()  # planning writes nothing
+
+
+def test_a_config_written_before_a_setting_existed_has_the_same_setting(tiny_config):
+    """A run or manifest of an earlier wpat lacks the settings added since; it still matches the
+    same run described today (so a sweep re-invoked after an upgrade skips or resumes it)."""
+    from wpat.sweep.grid import resolved
+
+    today = load_config(tiny_config).to_dict()
+    earlier = {section: dict(values) for section, values in today.items()}
+    del earlier["run"]["lsc_threshold"]
+    assert setting_of(earlier) != setting_of(today)
+    assert setting_of(resolved(earlier)) == setting_of(today)
+
+
+def test_plan_checks_every_run_without_allocating_weights(tmp_path, tiny_config, monkeypatch):
+    built = []
+
+    def spy(cfg):
+        built.append(model_from_config(cfg))
+        return built[-1]
+
+    monkeypatch.setattr(experiment, "model_from_config", spy)
+    grid = parse_grid(["model.name=small_cnn,wrn34_10"])
+    assert len(plan(tiny_config, [], grid, [0, 1], tmp_path / "s")) == 4
+    assert len(built) == 5 and all(p.is_meta for m in built for p in m.parameters())  # the base, each run
+    assert sum(p.numel() for p in built[-1].parameters()) > 40_000_000  # WRN-34-10's shapes, no memory
+    with pytest.raises(WpatError, match="--grid model.wide_resnet.depth=11: model.wide_resnet: "):
+        plan(tiny_config, ["model.name=wide_resnet"], parse_grid(["model.wide_resnet.depth=16,11"]), [0],
+             tmp_path / "s")
 
 
 @pytest.mark.parametrize("grid, match", [

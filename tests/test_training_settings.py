@@ -78,6 +78,39 @@ def test_l1_is_the_hand_written_penalty_on_conv_and_linear_weights_at_w_plus_v()
         torch.testing.assert_close(p.detach(), expected, rtol=1e-4, atol=1e-6, msg=n)
 
 
+def script_group_rates(lr_max: float, rates: list[float]) -> list[float]:
+    """The scripts' loop (train_cifar10.py with --l2): two groups built at lr_max, then
+    ``opt.param_groups[0].update(lr=lr)`` before every batch; the second group is never set."""
+    groups = [{"lr": lr_max}, {"lr": lr_max}]
+    for lr in rates:
+        groups[0].update(lr=lr)
+    return [g["lr"] for g in groups]
+
+
+@needs_fmnist
+@pytest.mark.parametrize("lr_groups", ["first", "all"])
+def test_the_l2_scripts_schedule_only_the_first_parameter_group(tmp_path, lr_groups):
+    """optim.lr_groups=first (the -l2reg presets) leaves BN parameters and biases at optim.lr for
+    the whole run, as the scripts do; all (the default) schedules both groups."""
+    cfg = load_config("fmnist-smallcnn-linf", [*TINY, "perturb.name=none", "optim.l2=5e-3", "optim.weight_decay=0",
+                                               f"optim.lr_groups={lr_groups}", "schedule.name=piecewise",
+                                               "schedule.epochs=2", "schedule.piecewise.milestones=[0.25]",
+                                               f"run.out_dir={tmp_path}"])
+    train(cfg)
+    groups = load_checkpoint(tmp_path / cfg.run.name / "last.pt")["optimizer"]["param_groups"]
+    assert len(groups) == 2  # conv/linear weights; BN parameters and biases
+    schedule = experiment.schedule_from_config(cfg)
+    rates = [schedule(t / 4, 0.1) for t in range(8)]  # step_start: t = e + i/N, N = 4
+    expected = script_group_rates(0.1, rates) if lr_groups == "first" else [rates[-1]] * 2
+    assert [g["lr"] for g in groups] == pytest.approx(expected) and expected[0] == pytest.approx(0.01)
+
+
+def test_the_l2_presets_reproduce_the_scripts_learning_rates():
+    for preset in ("cifar10-preactresnet18-linf-l2reg", "cifar10-preactresnet18-l2-l2reg"):
+        assert load_config(preset).optim.lr_groups == "first"
+    assert load_config("cifar10-preactresnet18-linf").optim.lr_groups == "all"
+
+
 # ---------------------------------------------------------------------- EMA
 
 
@@ -191,15 +224,16 @@ def test_pretrain_on_five_classes_then_finetune_on_the_other_five(tmp_path, caps
 
 
 @needs_fmnist
-@pytest.mark.parametrize("override, fix", [
-    ("run.checkpoint_every=4", "set run.checkpoint_every below 4"),  # 256 images, batches of 64: 4 steps
-    ("run.sync_bn=true", "set run.sync_bn=false"),  # one process, not a torchrun launch
+@pytest.mark.parametrize("overrides, fix", [
+    (["run.checkpoint_every=4"], "expected fewer than the 4 steps of an epoch"),  # 256 images, batches of 64
+    (["run.sync_bn=true"], "expected false in one process"),  # not a torchrun launch
+    (["attack.script_forwards=true", "objective.name=trades"], "here: eval"),  # TRADES attacks in eval mode
 ])
-def test_run_values_this_data_or_launch_would_ignore_are_refused_before_anything_is_written(override, fix, tmp_path,
+def test_run_values_this_data_or_launch_would_ignore_are_refused_before_anything_is_written(overrides, fix, tmp_path,
                                                                                             capsys):
-    assert main(["train", "fmnist-smallcnn-linf", *TINY, override, f"run.out_dir={tmp_path}"]) == 2
+    assert main(["train", "fmnist-smallcnn-linf", *TINY, *overrides, f"run.out_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"wpat: error: {override.split('=')[0]}: ") and fix in err and err.count("\n") == 1, err
+    assert err.startswith(f"wpat: error: {overrides[0].split('=')[0]}: ") and fix in err and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
 
 

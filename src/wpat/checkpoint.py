@@ -10,6 +10,7 @@ the old or the new checkpoint, never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -19,7 +20,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterable
 
 import numpy as np
 import torch
@@ -275,6 +276,20 @@ def _damaged(path: Path, head: bytes, size: int, err: BaseException) -> str:
         return (f"not a readable checkpoint: truncated or corrupt (a legacy torch.save file of "
                 f"{_size(size)} that ends early)")
     return f"not a readable checkpoint: truncated or corrupt ({_sentence(err)})"
+
+
+def hash_tensors(digest: "hashlib._Hash", tensors: Iterable[torch.Tensor]) -> "hashlib._Hash":
+    """``digest`` updated with the bytes of every tensor, in order (on the CPU, contiguous)."""
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short fingerprint of ``model``'s state_dict, bit for bit: equal digests, same weights.
+    ``eval.json`` records it with each checkpoint's results, so results of weights that a
+    checkpoint no longer holds are told apart from the current ones."""
+    return "sha256:" + hash_tensors(hashlib.sha256(), model.state_dict().values()).hexdigest()[:16]
 
 
 def is_wpat_checkpoint(ckpt: dict[str, Any]) -> bool:

@@ -2,7 +2,9 @@
 
 A run is fully described by one :class:`Config`. It is read from a YAML preset, then patched by
 command-line overrides such as ``attack.eps=8/255`` or ``perturb.rwp.c_min=4`` (fractions are
-accepted wherever a number is, because the field writes ε as 8/255). A component's options live
+accepted wherever a number is, because the field writes ε as 8/255). An optional value is unset
+by YAML's ``null`` (``~``), in a file or an override; the word ``none`` is a value like any other,
+so ``data.augment=none`` means no augmentation, not the dataset's default. A component's options live
 under its own name (``perturb.rwp.*``, ``perturb.awp.*``, ``model.small_cnn.*``), so a value
 reaches only the component it names. This layer imports no component: it checks its own values
 when a config is loaded (a bad one raises :class:`WpatError` naming the key, the value and what
@@ -35,25 +37,37 @@ PRESET_DIR = Path(__file__).resolve().parent / "configs"
 # Sections whose ``name`` picks a component keep that component's options in a subsection named
 # after it (``perturb.rwp.c_min``, ``model.small_cnn.width``): a setting reaches only the
 # component it names, and switching ``perturb.name`` never hands one method's options to another.
-# The options' defaults and checks live in the components; they are checked when built.
+# The names, the options' defaults and their checks live in the components' registries
+# (``wpat.models.MODELS``, ``wpat.objectives.OBJECTIVES``, ``wpat.perturb.PERTURBATIONS``,
+# ``wpat.schedules.SCHEDULES``); they are checked when the components are built.
 Options = dict  # component name -> {option: value}
+
+# Settings that say where or how a run executes, never what it computes, carry this metadata:
+# runs that differ only in them are replicas of one experiment, which the sweep and the report
+# group together (``non_identity_keys``).
+NOT_IDENTITY = {"identity": False}
+
+# The loss threshold of the logged fraction of training losses below it where neither
+# ``run.lsc_threshold`` nor RWP says otherwise: RWP's CIFAR-10 and SVHN c_min (RWP §5.1).
+LSC_THRESHOLD = 1.7
 
 
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"
-    root: Union[str, None] = None  # a directory with the dataset's files; None searches the usual places
-    download: bool = False
+    name: str = "fashion_mnist"  # a name in wpat.data.DATASETS
+    # a directory with the dataset's files; None searches the usual places
+    root: Union[str, None] = field(default=None, metadata=NOT_IDENTITY)
+    download: bool = field(default=False, metadata=NOT_IDENTITY)
     batch_size: int = 128
     train_subset: int = 0  # use only this many (seeded) training examples; 0 = all
     test_subset: int = 0  # evaluate on this many test examples; 0 = all
     val_size: int = 0  # examples held out of train for validation-based checkpoint selection
     classes: Union[list, None] = None  # train and test on these classes only, relabelled 0..k-1; None = all
-    augment: Union[str, None] = None  # none | flip | crop_flip; None = the dataset's default
+    augment: Union[str, None] = None  # a name in wpat.data.AUGMENTATIONS (none: no augmentation); null = the dataset's default
     padding: str = "zeros"  # crop_flip's 4-px padding: zeros (TRADES code) | reflect (AT code)
     rotation: float = 0.0  # random rotation in [-r, r] degrees (the authors' CIFAR-100 AT: 15)
     cutout: int = 0  # cutout patch length in pixels (AWP Table 4: 14); 0 = off
-    mix: str = "none"  # none | mixup | cutmix: mixed inputs with soft targets
+    mix: str = "none"  # a name in wpat.data.MIXES: mixed inputs with soft targets
     mix_alpha: float = 1.0  # Beta(α, α) of the mixing weight (AWP Table 4 mixup: 1.4)
     extra: Union[str, None] = None  # extra labeled data streamed from disk: .npz file(s)/dir/pattern or RST's pickle
     extra_fraction: float = 0.0  # share of each batch drawn from the extra data (RST: 0.5; DM-AT: 0.7)
@@ -62,7 +76,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "small_cnn"
+    name: str = "small_cnn"  # a name in wpat.models.MODELS
     mean: Union[list, None] = None  # per-channel normalization inside the model; None = the dataset's
     std: Union[list, None] = None
     options: Options = field(default_factory=dict)  # model.<name>.<option>, e.g. model.small_cnn.width
@@ -78,6 +92,7 @@ class AttackConfig:
     steps: int = 10
     random_start: bool = True
     bn_mode: Union[str, None] = None  # train | eval | None = the objective's default
+    script_forwards: bool = False  # BN statistics also take the updates of the AT scripts' extra PGD forwards (scoring, mixup)
 
 
 @dataclass
@@ -93,13 +108,13 @@ class EvalConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "at"  # at | trades | mart
+    name: str = "at"  # a name in wpat.objectives.OBJECTIVES
     options: Options = field(default_factory=dict)  # objective.<name>.<option>, e.g. objective.trades.beta
 
 
 @dataclass
 class PerturbConfig:
-    name: str = "none"  # none | awp | rwp | random | awp-lsc
+    name: str = "none"  # none, or a name in wpat.perturb.PERTURBATIONS
     warmup: int = 0  # epochs of plain training before the perturbation starts
     alternations: int = 1  # A: times x' and v are crafted in turn before the update (AWP §4.2)
     options: Options = field(default_factory=dict)  # perturb.<name>.<option>, e.g. perturb.rwp.c_min
@@ -113,11 +128,12 @@ class OptimConfig:
     nesterov: bool = False
     l1: float = 0.0  # λ·Σ|w| on conv/linear weights added to the loss (AWP Table 4: 5e-6)
     l2: float = 0.0  # > 0: conv/linear weights decay with this, the rest with 0 (AWP Table 4: 5e-3)
+    lr_groups: str = "all"  # all | first: the groups the schedule sets; first = the --l2 scripts (BN and biases keep optim.lr)
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "piecewise"  # piecewise | cosine | cyclic | linear | constant
+    name: str = "piecewise"  # a name in wpat.schedules.SCHEDULES
     epochs: int = 200
     first_epoch: int = 0  # the schedule's number for the first epoch: 1 as the authors' TRADES/MART/RST scripts
     update: str = "step_start"  # when t is read: step_start (e + i/N), step_end (e + (i+1)/N, the authors' AT scripts), epoch
@@ -126,24 +142,30 @@ class ScheduleConfig:
 
 @dataclass
 class RunConfig:
-    name: Union[str, None] = None  # default: the preset's file name
-    out_dir: str = "runs"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    name: Union[str, None] = field(default=None, metadata=NOT_IDENTITY)  # default: the preset's file name
+    out_dir: str = field(default="runs", metadata=NOT_IDENTITY)
+    seed: int = field(default=0, metadata=NOT_IDENTITY)  # runs that differ only in it are replicas
+    device: str = field(default="auto", metadata=NOT_IDENTITY)  # auto | cpu | cuda | cuda:N | mps
     threads: int = 0  # CPU threads; 0 = leave torch's default
     select: str = "test"  # which PGD accuracy picks the "best" checkpoint: test | val
-    progress: bool = True
-    tensorboard: bool = True  # TensorBoard event files of the per-epoch metrics in the run directory
+    progress: bool = field(default=True, metadata=NOT_IDENTITY)
+    # TensorBoard event files of the per-epoch metrics in the run directory
+    tensorboard: bool = field(default=True, metadata=NOT_IDENTITY)
     deterministic: bool = False
     amp: bool = False  # bf16 autocast for training forwards/backwards (GPU); deltas and eval stay fp32
     compile: bool = False  # torch.compile the model's forward for training (GPU fast path; slow to start on CPU)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm)
     channels_last: bool = True  # NHWC weights: ~1.5x faster convolutions on CPU and GPU
-    checkpoint_every: int = 0  # also write last.pt every N training steps; 0 = at epoch ends only
-    keep_every: int = 0  # also keep epoch-NNN.pt every N epochs (for landscapes); 0 = none
+    # also write last.pt every N training steps; 0 = at epoch ends only
+    checkpoint_every: int = field(default=0, metadata=NOT_IDENTITY)
+    # also keep epoch-NNN.pt every N epochs (for landscapes); 0 = none
+    keep_every: int = field(default=0, metadata=NOT_IDENTITY)
     ema: float = 0.0  # decay of an exponential moving average of the weights, e.g. 0.995; 0 = off
     patience: int = 0  # AT-ES: stop after this many epochs without a better val PGD accuracy; 0 = off
     init_from: Union[str, None] = None  # start from this checkpoint's weights (fine-tuning)
+    # the loss threshold of the logged fraction of training losses below it (lsc_frac_below);
+    # None = perturb.rwp.c_min where RWP trains, else LSC_THRESHOLD (1.7)
+    lsc_threshold: Union[float, None] = None
 
 
 @dataclass
@@ -176,6 +198,21 @@ def stopped_early(cfg: Config, epoch: int, best_epoch: int) -> bool:
 def run_over(cfg: Config, epoch: int, best_epoch: int) -> bool:
     """Whether a run at ``epoch`` has nothing left to train: its last epoch, or stopped early."""
     return epoch >= cfg.schedule.epochs or stopped_early(cfg, epoch, best_epoch)
+
+
+def non_identity_keys(cfg: Config | None = None) -> list[str]:
+    """The ``section.key`` settings marked :data:`NOT_IDENTITY`: where or how a run executes,
+    not what it computes (its seed, name, directory, device, progress output, extra checkpoints,
+    dataset location)."""
+    cfg = cfg or Config()
+    return [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg)
+            for f in dataclasses.fields(getattr(cfg, s.name)) if not f.metadata.get("identity", True)]
+
+
+def component_sections(cfg: Config | None = None) -> list[str]:
+    """The sections whose ``name`` chooses a component, with its options under that name."""
+    cfg = cfg or Config()
+    return [s.name for s in dataclasses.fields(cfg) if hasattr(getattr(cfg, s.name), "options")]
 
 
 def component_options(section: Any) -> dict[str, Any]:

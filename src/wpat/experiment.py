@@ -8,21 +8,21 @@ value reaches only the component it names and an option a component does not hav
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from wpat.attacks import PGD
-from wpat.config import Config, component_options
-from wpat.data import DATASETS, dataset_spec, load_dataset, split_validation
-from wpat.errors import WpatError
-from wpat.models import MODELS, build_model
+from wpat.attacks import ATTACKS, PGD
+from wpat.config import LSC_THRESHOLD, Config, component_options
+from wpat.data import AUGMENTATIONS, DATASETS, MIXES, dataset_spec, load_dataset, split_validation
+from wpat.errors import WpatError, check_choice
+from wpat.models import MODELS, Normalize, normalized
 from wpat.objectives import OBJECTIVES, Objective
 from wpat.perturb import PERTURBATIONS, MaskedAscent, WeightPerturbation
-from wpat.registry import Registry
+from wpat.registry import Selection
 from wpat.schedules import SCHEDULES, Schedule
 from wpat.threat import BNMode, ThreatModel
 
@@ -47,43 +47,17 @@ def resolve_device(name: str) -> torch.device:
 # ---------------------------------------------------------------------- components
 
 
-def _check_name(registry: Registry, key: str, name: str, extra: tuple[str, ...] = ()) -> None:
-    choices = [*extra, *registry.names()]
-    if name not in choices:
-        raise WpatError(f"{key}: {name!r} is invalid; expected one of {', '.join(choices)}")
-
-
-def _check_options(registry: Registry, section: Any, key: str, fixed: tuple[str, ...] = ()) -> None:
-    """Every option subsection names a real component and only options it has, whether or not
-    that component is the one selected (its values are checked when it is built)."""
-    for other, options in section.options.items():
-        if other not in registry:
-            raise WpatError(f"{key}.{other}: there is no {registry.kind} {other!r}; "
-                            f"valid choices: {', '.join(registry.names())}")
-        try:
-            registry.check_options(other, options, reserved=fixed)
-        except WpatError as err:
-            raise WpatError(f"{key}.{other}: {err}") from None
-
-
-def _build(registry: Registry, section: Any, key: str, *args: Any, **fixed: Any) -> Any:
-    """Build ``section.name`` from ``registry`` with the options under its name.
-
-    Option subsections for other components of the same kind are allowed (a preset states the
-    settings of every method it may switch to) but must name real components."""
-    _check_name(registry, f"{key}.name", section.name, ("none",) if registry is PERTURBATIONS else ())
-    _check_options(registry, section, key, tuple(fixed))
-    try:
-        return registry.build(section.name, *args, **fixed, **component_options(section))
-    except WpatError as err:
-        raise WpatError(f"{key}.{section.name}: {err}") from None
-    except (TypeError, ValueError) as err:  # a value of the wrong kind that no check anticipated
-        raise WpatError(f"{key}.{section.name}: invalid option value ({err})") from None
+def check_data_names(cfg: Config) -> None:
+    """``data.name``, ``data.augment`` and ``data.mix`` each name a registered entry."""
+    check_choice("data.name", cfg.data.name, DATASETS.names())
+    if cfg.data.augment is not None:
+        check_choice("data.augment", cfg.data.augment, AUGMENTATIONS.names())
+    check_choice("data.mix", cfg.data.mix, MIXES.names())
 
 
 def num_classes_of(cfg: Config) -> int:
     """The number of classes the model predicts: the dataset's, or ``len(data.classes)``."""
-    _check_name(DATASETS, "data.name", cfg.data.name)
+    check_choice("data.name", cfg.data.name, DATASETS.names())
     spec = dataset_spec(cfg.data.name)
     if cfg.data.classes is None:
         return spec.num_classes
@@ -102,19 +76,13 @@ def model_from_config(cfg: Config) -> nn.Module:
     std = cfg.model.std if cfg.model.std is not None else spec.std
     if len(mean) != spec.shape[0]:
         raise WpatError(f"model.mean/std: {len(mean)} values for the {spec.shape[0]} channels of {spec.name}")
-    _check_name(MODELS, "model.name", cfg.model.name)
-    _check_options(MODELS, cfg.model, "model", fixed=("num_classes", "in_channels"))
-    try:
-        return build_model(cfg.model.name, num_classes=num_classes, in_channels=spec.shape[0],
-                           mean=mean, std=std, **component_options(cfg.model))
-    except WpatError as err:
-        raise WpatError(f"model.{cfg.model.name}: {err}") from None
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise WpatError(f"model.{cfg.model.name}: invalid option value ({err})") from None
+    normalize = Normalize(mean, std, spec.shape[0])
+    return normalized(MODELS.build_from(cfg.model, "model", num_classes=num_classes, in_channels=spec.shape[0]),
+                      normalize)
 
 
 def objective_from_config(cfg: Config) -> Objective:
-    objective = _build(OBJECTIVES, cfg.objective, "objective")
+    objective = OBJECTIVES.build_from(cfg.objective, "objective")
     if cfg.data.mix != "none" and not objective.soft_targets:
         raise WpatError(f"data.mix: {cfg.data.mix} gives mixed (soft) targets, which objective "
                         f"{cfg.objective.name!r} does not define (it needs each example's one true class)")
@@ -123,25 +91,27 @@ def objective_from_config(cfg: Config) -> Objective:
 
 def perturbation_from_config(cfg: Config) -> WeightPerturbation | None:
     """The configured weight perturbation, or None for ``perturb.name=none``."""
-    if cfg.perturb.name == "none":
-        _check_options(PERTURBATIONS, cfg.perturb, "perturb")  # settings for the methods it may switch to
-        return None
-    perturbation = _build(PERTURBATIONS, cfg.perturb, "perturb")
+    perturbation = PERTURBATIONS.build_from(cfg.perturb, "perturb")
     if cfg.perturb.alternations > 1 and not isinstance(perturbation, MaskedAscent):
+        searched = [n for n in PERTURBATIONS if issubclass(PERTURBATIONS.get(n), MaskedAscent)]
         raise WpatError(f"perturb.alternations: {cfg.perturb.alternations} needs a searched perturbation "
-                        f"(awp, rwp, awp-lsc); {cfg.perturb.name!r} does not look at x'")
+                        f"({', '.join(searched)}); {cfg.perturb.name!r} does not look at x'")
     return perturbation
 
 
 def schedule_from_config(cfg: Config) -> Schedule:
-    return _build(SCHEDULES, cfg.schedule, "schedule", epochs=cfg.schedule.epochs)
+    return SCHEDULES.build_from(cfg.schedule, "schedule", epochs=cfg.schedule.epochs)
 
 
 def lsc_threshold(cfg: Config) -> float:
-    """The ``c_min`` of the logged fraction of losses below it: RWP's own (``perturb.rwp.c_min``,
-    its default when unset), whichever perturbation trains, so runs compare on one statistic."""
-    default = inspect.signature(PERTURBATIONS.get("rwp")).parameters["c_min"].default
-    return float(cfg.perturb.options.get("rwp", {}).get("c_min", default))
+    """The loss threshold of the logged fraction below it (``lsc_frac_below``): ``run.lsc_threshold``,
+    by default RWP's ``c_min`` where RWP trains (so the statistic counts the examples RWP
+    perturbs) and :data:`~wpat.config.LSC_THRESHOLD` otherwise."""
+    if cfg.run.lsc_threshold is not None:
+        return cfg.run.lsc_threshold
+    if cfg.perturb.name == "rwp":
+        return float({**PERTURBATIONS.defaults("rwp"), **component_options(cfg.perturb)}["c_min"])
+    return LSC_THRESHOLD
 
 
 def threat_model(cfg: Config) -> ThreatModel:
@@ -154,17 +124,26 @@ def eval_threat(cfg: Config) -> ThreatModel:
     return ThreatModel(cfg.attack.norm, cfg.attack.eps, cfg.eval.alpha or cfg.attack.alpha)
 
 
+def pgd(threat: ThreatModel, steps: int, key: str, **options: Any) -> PGD:
+    """PGD-``steps`` in ``threat``'s ball with its step size, built by ``ATTACKS``; eval-mode BN
+    unless ``options`` say otherwise (``key`` names the setting in errors)."""
+    options = {"bn_mode": BNMode.EVAL, **options}
+    return ATTACKS.build_from(Selection("pgd"), key, **threat.as_dict(), steps=steps, **options)
+
+
 def train_attack(cfg: Config, objective: Objective) -> PGD:
     """PGD-K with ``objective``'s attack loss, random start and BN mode (docs/design.md,
-    "One training step")."""
-    return PGD.from_threat(threat_model(cfg), cfg.attack.steps, random_start=cfg.attack.random_start,
-                           init=objective.attack_init, loss=objective.attack_loss,
-                           bn_mode=cfg.attack.bn_mode or objective.attack_bn_mode)
+    "One training step"); with ``attack.script_forwards`` a mixup step counts twice in the BN
+    running statistics, as the AT scripts' attack."""
+    return pgd(threat_model(cfg), cfg.attack.steps, "attack", random_start=cfg.attack.random_start,
+               init=objective.attack_init, loss=objective.attack_loss,
+               bn_mode=cfg.attack.bn_mode or objective.attack_bn_mode,
+               mixup_forwards=2 if cfg.attack.script_forwards else 1)
 
 
 def eval_attack(cfg: Config, steps: int | None = None) -> PGD:
     """The test attack: PGD-20 on cross-entropy with random start, eval-mode BN."""
-    return PGD.from_threat(eval_threat(cfg), steps or cfg.eval.steps, bn_mode=BNMode.EVAL)
+    return pgd(eval_threat(cfg), steps or cfg.eval.steps, "eval")
 
 
 @dataclass
@@ -182,10 +161,32 @@ class Components:
 def build_components(cfg: Config) -> Components:
     """Build (and so check) every component of ``cfg``: names, options and values, each with a
     one-line error naming the config key, before any data is read."""
+    check_data_names(cfg)
     objective = objective_from_config(cfg)
     return Components(model=model_from_config(cfg), objective=objective,
                       perturbation=perturbation_from_config(cfg), schedule=schedule_from_config(cfg),
                       attack=train_attack(cfg, objective), test_attack=eval_attack(cfg))
+
+
+class _NoRandomFill(TorchFunctionMode):
+    """Drawing random values into a ``meta`` tensor stores nothing, yet torch computes it with
+    its Python reference implementation (milliseconds a call, hundreds of calls for a Wide
+    ResNet's initialisation): skip those draws."""
+
+    DRAWS = {torch.Tensor.normal_, torch.Tensor.uniform_}
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func in self.DRAWS and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def check_components(cfg: Config) -> None:
+    """Everything :func:`build_components` checks, with the model's tensors on the ``meta``
+    device: shapes without memory or initialisation, so checking a sweep of large networks
+    costs milliseconds per run rather than seconds."""
+    with torch.device("meta"), _NoRandomFill():
+        build_components(cfg)
 
 
 # ---------------------------------------------------------------------- data
@@ -223,7 +224,7 @@ def select_classes(x: torch.Tensor, y: torch.Tensor, classes: list | None) -> tu
 
 def load_splits(cfg: Config) -> Splits:
     d = cfg.data
-    _check_name(DATASETS, "data.name", d.name)
+    check_choice("data.name", d.name, DATASETS.names())
     x_train, y_train = select_classes(*load_dataset(d.name, "train", root=d.root, download=d.download), d.classes)
     x_test, y_test = select_classes(*load_dataset(d.name, "test", root=d.root, download=d.download), d.classes)
     x_train, y_train = fixed_subset(x_train, y_train, d.train_subset, cfg.run.seed)

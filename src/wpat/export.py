@@ -15,12 +15,14 @@ model>/<name>.json``. :func:`export_robustbench` writes both for a wpat run:
   ``eval.json`` (clean and AutoAttack accuracy in %, as RobustBench writes them, strings with two
   decimals); the fields only a person can fill (paper link, title, authors, venue, the reported
   number, the leaderboard key) say ``"TO FILL: ..."``, and a number that is unknown (no
-  ``eval.json``, no AA column, another checkpoint evaluated) is null with a note in ``notes``.
+  ``eval.json``, no AA column, another checkpoint evaluated) is null with a note in ``notes``;
+  ``wpat.measurements`` says how each number was measured (its settings in ``eval.json``).
+
+OUT is by default ``robustbench/`` inside the run directory (:func:`default_export_dir`).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -33,13 +35,15 @@ import torch
 from torch import Tensor
 
 from wpat import __version__
-from wpat.checkpoint import save_atomic
+from wpat.checkpoint import save_atomic, weights_digest
 from wpat.config import Config, component_options
 from wpat.errors import WpatError
+from wpat.evaluation.report import describe_settings, read_report
 from wpat.experiment import model_from_config
 from wpat.fs import writable_dir, write_text_atomic
-from wpat.loading import checkpoints_of, model_from_checkpoint
+from wpat.loading import model_from_checkpoint
 from wpat.models import MODELS
+from wpat.run_dir import find_checkpoint
 
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}  # as RobustBench spells them (ThreatModel enum)
 TO_FILL = "TO FILL: "
@@ -66,11 +70,7 @@ def architecture_name(cfg: Config) -> str:
     """A human name of the config's network, as RobustBench's ``architecture`` field writes
     it (``WideResNet-34-10``, ``PreActResNet-18``)."""
     name = cfg.model.name
-    try:
-        defaults = {p.name: p.default for p in inspect.signature(MODELS.get(name)).parameters.values()
-                    if p.default is not inspect.Parameter.empty}
-    except WpatError:
-        defaults = {}
+    defaults = MODELS.defaults(name) if name in MODELS else {}
     options = {**defaults, **component_options(cfg.model)}
     fixed = {"wrn34_10": "WideResNet-34-10", "wrn28_10": "WideResNet-28-10",
              "preact_resnet18": "PreActResNet-18", "vgg19": "VGG-19"}
@@ -114,28 +114,33 @@ def _percent(x: Any) -> str | None:
     return f"{100 * x:.2f}"
 
 
-def find_evaluation(ckpt_path: Path, kind: str, epoch: Any) -> tuple[dict[str, Any] | None, Path | None, list[str]]:
+def find_evaluation(ckpt_path: Path, kind: str, epoch: Any,
+                    weights: str | None = None) -> tuple[dict[str, Any] | None, Path | None, list[str]]:
     """The ``eval.json`` entry of this checkpoint: the run directory's ``eval.json`` (``wpat eval
-    RUN_DIR``) or ``eval-<kind>/eval.json`` (``wpat eval RUN_DIR/<kind>.pt``). Returns (entry,
-    its file, notes about what was found and not used)."""
+    RUN_DIR``) or ``eval-<kind>/eval.json`` (``wpat eval RUN_DIR/<kind>.pt``), either layout
+    (:func:`wpat.evaluation.read_report`). An entry of other weights (``weights``, the
+    checkpoint's :func:`wpat.checkpoint.weights_digest`; a file of the first layout: another
+    epoch) is not used. Returns (entry, its file, notes about what was found and not used)."""
     notes: list[str] = []
     for candidate in (ckpt_path.parent / "eval.json", ckpt_path.parent / f"eval-{ckpt_path.stem}" / "eval.json"):
         if not candidate.is_file():
             continue
         try:
-            report = json.loads(candidate.read_text())
-            entries = report["checkpoints"]
-            if not isinstance(entries, dict):
-                raise TypeError
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            report = read_report(candidate)
+        except WpatError:
             notes.append(f"{candidate} is not a readable wpat eval.json; ignored")
             continue
+        entries = {k: e for k, e in report["checkpoints"].items() if not e.get("superseded")}
         entry = entries.get(kind)
-        if not isinstance(entry, dict):
-            entry = next((e for e in entries.values() if isinstance(e, dict) and e.get("path")
+        if entry is None:
+            entry = next((e for e in entries.values() if e.get("path")
                           and Path(e["path"]).resolve() == ckpt_path.resolve()), None)
-        if not isinstance(entry, dict):
+        if entry is None:
             notes.append(f"{candidate} has no entry for {ckpt_path.name}")
+            continue
+        if weights is not None and entry.get("weights") not in (None, weights):
+            notes.append(f"{candidate} evaluated other weights than {ckpt_path.name} holds now "
+                         f"(re-run `wpat eval`); ignored")
             continue
         if epoch is not None and entry.get("epoch") not in (None, epoch):
             notes.append(f"{candidate} evaluated epoch {entry.get('epoch')} but {ckpt_path.name} is "
@@ -145,14 +150,35 @@ def find_evaluation(ckpt_path: Path, kind: str, epoch: Any) -> tuple[dict[str, A
     return None, None, notes
 
 
+def measurement(entry: dict[str, Any], attack: str) -> dict[str, Any] | None:
+    """How ``entry``'s ``attack`` accuracy was measured: its settings, where and when, in words
+    too (None when the entry holds no such accuracy)."""
+    if _percent((entry.get("accuracy") or {}).get(attack)) is None:
+        return None
+    settings = (entry.get("settings") or {}).get(attack)
+    measured = (entry.get("measured") or {}).get(attack) or {}
+    where = " ".join(text for key, text in (("date", f"on {str(measured.get('date'))[:10]}"),
+                                            ("device", f"on {measured.get('device')}"),
+                                            ("wpat_version", f"with wpat {measured.get('wpat_version')}"))
+                     if measured.get(key))
+    words = describe_settings(settings) if settings else "settings not recorded"
+    return {"column": attack, "settings": settings, "measured": measured or None,
+            "in_words": words + (f" (measured {where})" if where else "")}
+
+
 def model_info(cfg: Config, entry: dict[str, Any] | None, eval_path: Path | None,
                notes: list[str], source: dict[str, Any], eval_command: str | None = None) -> dict[str, Any]:
-    """The ``model_info`` JSON record (RobustBench's fields first, then wpat's)."""
-    threat = (entry or {}).get("threat_model") or {}
+    """The ``model_info`` JSON record (RobustBench's fields first, then wpat's). The threat model
+    and the number of test examples are those of the AutoAttack result (else of the other
+    results); ``wpat.measurements`` says how each accuracy was measured."""
+    accuracy = (entry or {}).get("accuracy") or {}
+    settings = (entry or {}).get("settings") or {}
+    clean, aa = _percent(accuracy.get("natural")), _percent(accuracy.get("aa"))
+    measurements = {key: m for key, m in (("clean_acc", measurement(entry or {}, "natural")),
+                                          ("autoattack_acc", measurement(entry or {}, "aa"))) if m}
+    threat = next((s for s in (settings.get("aa"), *settings.values()) if s and "eps" in s), {})
     norm = str(threat.get("norm") or cfg.attack.norm)
     eps = threat.get("eps") if isinstance(threat.get("eps"), (int, float)) else cfg.attack.eps
-    accuracy = (entry or {}).get("accuracy") or {}
-    clean, aa = _percent(accuracy.get("natural")), _percent(accuracy.get("aa"))
     extra, extra_key = additional_data(cfg)
     field_notes: dict[str, str] = {}
     how = f"run `{eval_command or 'wpat eval ' + str(source['checkpoint'])} --attacks natural,aa` on the full test set"
@@ -164,13 +190,16 @@ def model_info(cfg: Config, entry: dict[str, Any] | None, eval_path: Path | None
             field_notes["clean_acc"] = f"unknown: {eval_path} has no natural column; {how}"
         if aa is None:
             field_notes["autoattack_acc"] = f"unknown: {eval_path} has no AA (AutoAttack) column; {how}"
-    n_examples = (entry or {}).get("n_examples")
+    counts = {k: (settings.get(a) or {}).get("n_examples") for k, a in (("AutoAttack", "aa"), ("clean", "natural"))
+              if isinstance((settings.get(a) or {}).get("n_examples"), int)}
+    n_examples = next(iter(counts.values()), None)
     if entry is None:
         field_notes["n_test_examples"] = "unknown: no eval.json of this checkpoint"
-    elif isinstance(n_examples, int):
-        field_notes["n_test_examples"] = (f"accuracies measured on the first {n_examples} test "
-                                          f"examples; RobustBench reports the full test set "
-                                          f"(10,000 images for CIFAR-10/100)")
+    elif counts:
+        measured = (f"accuracies measured on the first {n_examples}" if len(set(counts.values())) == 1 else
+                    " and ".join(f"{k} accuracy measured on the first {n}" for k, n in counts.items()))
+        field_notes["n_test_examples"] = (f"{measured} test examples; RobustBench reports the full "
+                                          f"test set (10,000 images for CIFAR-10/100)")
     if abs(eps - cfg.attack.eps) > 1e-12:
         field_notes["eps"] = (f"eval.json's threat model has eps {eps:g}, the run trained with "
                               f"{cfg.attack.eps:g}; eps is the evaluated one")
@@ -199,18 +228,17 @@ def model_info(cfg: Config, entry: dict[str, Any] | None, eval_path: Path | None
                  "model_options": component_options(cfg.model),
                  "normalization": "inside the model (normalize.mean / normalize.std); inputs in [0, 1]",
                  "eval_json": str(eval_path) if eval_path is not None else None,
+                 "measurements": measurements,
                  "config": cfg.to_dict()},
     }
 
 
-def _checkpoint_path(target: Path, checkpoint: str) -> Path:
-    found = checkpoints_of(target)
-    if not target.is_dir():
-        return next(iter(found.values()))
-    if checkpoint not in found:
-        other = next(iter(found))
-        raise WpatError(f"{target}: no {checkpoint}.pt (it has {other}.pt; use --checkpoint {other})")
-    return found[checkpoint]
+def default_export_dir(target: str | os.PathLike) -> Path:
+    """Where ``wpat export`` writes by default: ``robustbench/`` inside the run directory, or in
+    the folder of a checkpoint file; inside the run, so the export sits with what it came from
+    (and is ignored by git where the runs are)."""
+    target = Path(target)
+    return (target if target.is_dir() else target.parent) / "robustbench"
 
 
 def export_robustbench(target: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint: str = "best",
@@ -228,7 +256,7 @@ def export_robustbench(target: str | os.PathLike, out_dir: str | os.PathLike, *,
     if checkpoint not in ("best", "last"):
         raise WpatError(f"--checkpoint: {checkpoint!r} is invalid; expected best or last")
     target = Path(target)
-    path = _checkpoint_path(target, checkpoint)
+    path = find_checkpoint(target, checkpoint)
     name = name or (target.resolve().name if target.is_dir() else path.stem)
     if not _NAME.match(name):
         raise WpatError(f"--name: {name!r} is invalid; expected letters, digits and _ . + - "
@@ -236,7 +264,7 @@ def export_robustbench(target: str | os.PathLike, out_dir: str | os.PathLike, *,
     model, cfg, info = model_from_checkpoint(path, config)
     model.eval()
     state = robustbench_state_dict(model)
-    entry, eval_path, notes = find_evaluation(path, path.stem, info.get("epoch"))
+    entry, eval_path, notes = find_evaluation(path, path.stem, info.get("epoch"), weights_digest(model))
     source = {"checkpoint": str(path), "kind": info.get("kind"), "epoch": info.get("epoch")}
     command = f"wpat eval {path}" + (f" --config {config}" if isinstance(config, (str, os.PathLike)) else "")
     record = model_info(cfg, entry, eval_path, notes, source, command)

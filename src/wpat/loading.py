@@ -1,6 +1,5 @@
 """Loading a checkpoint into a model, in one place for ``wpat eval | landscape | lsc | plot``.
 
-- :func:`checkpoints_of`: a run directory's ``best.pt`` and ``last.pt``, or one checkpoint file.
 - :func:`model_from_checkpoint`: the model, config and ``{"kind", "epoch"}`` of a checkpoint;
   a wpat checkpoint rebuilds its own config, a foreign one (e.g. the authors' released
   state_dict) needs a config naming its model and dataset.
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -26,22 +24,6 @@ from wpat.data import dataset_spec
 from wpat.errors import WpatError
 from wpat.experiment import model_from_config
 from wpat.models import MODELS, build_model
-
-
-def checkpoints_of(path: str | os.PathLike) -> dict[str, Path]:
-    """``best.pt`` and ``last.pt`` of a run directory (and ``ema_best.pt``/``ema_last.pt`` of a
-    run that averaged its weights), or the one checkpoint file given."""
-    path = Path(path)
-    if path.is_dir():
-        found = {kind: path / f"{kind}.pt" for kind in ("best", "last", "ema_best", "ema_last")
-                 if (path / f"{kind}.pt").exists()}
-        if not found:
-            raise WpatError(f"{path}: no best.pt or last.pt (expected a run directory written by "
-                            f"`wpat train`, or a checkpoint file)")
-        return found
-    if not path.exists():
-        raise WpatError(f"checkpoint or run directory not found: {path}")
-    return {path.stem: path}
 
 
 def model_from_checkpoint(path: str | os.PathLike, config: str | Config | None = None

@@ -38,16 +38,11 @@ from wpat.data.specs import dataset_spec
 from wpat.errors import WpatError
 from wpat.experiment import resolve_device
 from wpat.fs import atomic_file, writable_dir, write_text_atomic
-from wpat.loading import checkpoints_of, model_from_checkpoint
+from wpat.loading import model_from_checkpoint
 from wpat.progress import Progress
+from wpat.run_dir import find_checkpoint
 
 MANIFEST = "manifest.json"
-
-
-def model_file(target: str | os.PathLike) -> Path:
-    """The checkpoint to label with: a run directory's ``best.pt`` (else ``last.pt``), or the file."""
-    found = checkpoints_of(target)
-    return found.get("best") or found.get("last") or next(iter(found.values()))
 
 
 def predict(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
@@ -133,7 +128,7 @@ def pseudolabel(model: str | os.PathLike, extra: Any, out: str | os.PathLike, *,
         target = resolve_device(device)
     except WpatError as err:
         raise WpatError(str(err).replace("run.device", "--device")) from None
-    checkpoint = model_file(model)
+    checkpoint = find_checkpoint(model)  # a run directory's best.pt, else its last.pt
     net, cfg, _ = model_from_checkpoint(checkpoint, config)
     spec = dataset_spec(cfg.data.name)
     classes = len(cfg.data.classes) if cfg.data.classes else spec.num_classes  # outputs of the head

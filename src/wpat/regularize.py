@@ -6,6 +6,9 @@ dimension), never on BatchNorm parameters or biases, as the authors' scripts sel
 
 - L2 (λ, AWP paper: 5e-3) replaces the optimizer's weight decay: the conv/linear weights decay
   with λ and every other parameter with 0, the two parameter groups of the scripts' ``--l2``.
+  The scripts set the learning rate of the first group only (``opt.param_groups[0]``), so
+  with ``--l2`` BatchNorm parameters and biases keep the initial rate for the whole run;
+  :func:`scheduled_groups` with ``"first"`` does the same, ``"all"`` schedules every group.
 - L1 (λ, AWP paper: 5e-6) adds λ · Σ|w| to the mean training loss, at the weights the loss is
   taken at (``w + v`` under a weight perturbation, as the scripts add it after perturbing).
 """
@@ -38,3 +41,11 @@ def l1_penalty(model: nn.Module, l1: float) -> Tensor | float:
     if l1 <= 0:
         return 0.0
     return l1 * torch.stack([p.abs().sum() for p in regularized_weights(model)]).sum()
+
+
+def scheduled_groups(optimizer: torch.optim.Optimizer, lr_groups: str) -> list[dict[str, Any]]:
+    """The parameter groups whose learning rate follows the schedule: ``"all"``, or ``"first"``
+    only, as the authors' scripts update ``opt.param_groups[0]`` alone (with ``--l2`` the second
+    group, BatchNorm parameters and biases, stays at the initial rate). With one group the two
+    are the same."""
+    return optimizer.param_groups[:1] if lr_groups == "first" else list(optimizer.param_groups)

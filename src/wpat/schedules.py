@@ -13,15 +13,10 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from wpat.errors import WpatError
+from wpat.errors import check, is_count, is_number
 from wpat.registry import Registry
 
 SCHEDULES = Registry("schedule")
-
-
-def _require(ok: bool, owner: str, what: str, value: object, expected: str) -> None:
-    if not ok:
-        raise WpatError(f"{owner} {what}={value!r}: expected {expected}")
 
 
 @dataclass(frozen=True)
@@ -31,8 +26,7 @@ class Schedule:
     epochs: int
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.epochs, int) and self.epochs >= 1, type(self).__name__, "epochs",
-                 self.epochs, "an integer >= 1")
+        check(is_count(self.epochs), f"{type(self).__name__} epochs", self.epochs, "an integer >= 1")
 
     def __call__(self, t: float, lr: float) -> float:
         raise NotImplementedError
@@ -58,10 +52,9 @@ class Piecewise(Schedule):
     def __post_init__(self) -> None:
         super().__post_init__()
         ms = list(self.milestones) if isinstance(self.milestones, (list, tuple)) else [None]
-        _require(all(isinstance(m, (int, float)) and 0 < m < 1 for m in ms) and ms == sorted(ms),
-                 "Piecewise", "milestones", self.milestones, "increasing fractions of the epochs in (0, 1)")
-        _require(isinstance(self.decay, (int, float)) and 0 < self.decay <= 1, "Piecewise", "decay",
-                 self.decay, "a number in (0, 1]")
+        check(all(is_number(m) and 0 < m < 1 for m in ms) and ms == sorted(ms), "Piecewise milestones",
+              self.milestones, "increasing fractions of the epochs in (0, 1)")
+        check(is_number(self.decay) and 0 < self.decay <= 1, "Piecewise decay", self.decay, "a number in (0, 1]")
 
     def __call__(self, t: float, lr: float) -> float:
         passed = bisect.bisect_right([m * self.epochs for m in self.milestones], t)
@@ -97,8 +90,7 @@ class Cyclic(Schedule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(isinstance(self.peak, (int, float)) and 0 < self.peak < 1, "Cyclic", "peak",
-                 self.peak, "a fraction in (0, 1)")
+        check(is_number(self.peak) and 0 < self.peak < 1, "Cyclic peak", self.peak, "a fraction in (0, 1)")
 
     def __call__(self, t: float, lr: float) -> float:
         top = self.peak * self.epochs

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from wpat import distributed
+from wpat.batchnorm import count_as, restore_running_stats, save_running_stats
 from wpat.config import Config, ScheduleConfig
 from wpat.objectives import Objective
 from wpat.perturb import WeightPerturbation, held_at, perturbed
@@ -26,8 +27,8 @@ from wpat.regularize import l1_penalty
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Tensor], objective: Objective,
                perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer,
-               alternations: int = 1, l1: float = 0.0, weights: Tensor | None = None
-               ) -> tuple[Tensor, dict[str, Tensor]]:
+               alternations: int = 1, l1: float = 0.0, weights: Tensor | None = None,
+               score_forward: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
     """One adversarial training step; returns the per-example losses at ``w + v`` and the
     perturbation's statistics (empty without a perturbation).
 
@@ -35,9 +36,21 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Ten
     craft x′ against the model at ``w + v`` and continue the search for v from that x′; the
     update uses the last x′ and v. The weights are put back bitwise between alternations.
     ``l1`` adds λ·Σ|w| of the conv/linear weights (at ``w + v``) to the mean loss. ``weights``
-    [B] multiply the per-example losses (the extra examples' weight), in the search and the step."""
+    [B] multiply the per-example losses (the extra examples' weight), in the search and the step.
+
+    ``score_forward``: the attack ran in train mode, and each of its results is to be scored by
+    one more train-mode forward at the weights it was crafted at, as the authors' AT scripts'
+    PGD does (to pick the best restart); that forward changes nothing but the BatchNorm running
+    statistics, which take one more update. Where the step runs that very forward anyway -- the
+    objective's single forward of ``x_adv`` at ``w`` (AT), when it trains (no perturbation, or
+    RWP did not move) or starts the search -- the update is counted once more instead of run
+    (``wpat.batchnorm``); otherwise the score costs one forward without a graph."""
     x_adv = attack(model, x, y)
     model.train()
+    # AT's loss is one forward of x_adv: at the attacked weights w it is the scripts' scoring forward.
+    scored_by_loss = score_forward and objective.single_adversarial_forward
+    if score_forward and not scored_by_loss:
+        score(model, x_adv)
 
     def loss_on(x_adv: Tensor) -> Callable[..., Tensor]:
         def loss_fn(m: nn.Module, index: Tensor | None = None) -> Tensor:
@@ -50,23 +63,28 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Ten
 
     loss_fn = loss_on(x_adv)
     losses, v, stats = None, {}, {}
+    twice = None  # the running statistics before a forward that stands for the scoring forward too
     if perturbation is not None:
         # The forward at w is the search's first step, and when the search does not move off w
         # (RWP with no example below c_min) it is the training forward too: the step then costs
         # what plain AT costs. Otherwise its BN statistics update is undone, so that only the
-        # forward at w + v updates them, as in the authors' code.
-        buffers = [b.clone() for b in model.buffers()]
+        # forward at w + v updates them, as in the authors' code -- unless it stands for their
+        # scoring forward, which updates them at w with x_adv exactly as it did.
+        saved = save_running_stats(model)
         losses = loss_fn(model)
         result = perturbation.compute(model, loss_fn, losses=losses)
         stats = dict(result.stats)
         if result.moved or alternations > 1:
-            with torch.no_grad():
-                for b, saved in zip(model.buffers(), buffers):
-                    b.copy_(saved)
+            if not scored_by_loss:
+                restore_running_stats(saved)
             losses = None
+        elif scored_by_loss:
+            twice = saved  # the scripts score x_adv at w, then train on it at w + 0: two forwards
         for _ in range(alternations - 1):
             with held_at(model, result.v):
                 x_adv = attack(model, x, y)
+                if score_forward:
+                    score(model, x_adv)
             model.train()
             loss_fn = loss_on(x_adv)
             result = perturbation.compute(model, loss_fn, start=result)
@@ -77,12 +95,23 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, attack: Callable[..., Ten
         # else: adding a zero v would also invalidate the graph of the forward at w
     with perturbed(model, v):
         if losses is None:
+            if scored_by_loss and perturbation is None:
+                twice = save_running_stats(model)  # plain AT: the scoring and training forwards are one
             losses = loss_fn(model)
         optimizer.zero_grad(set_to_none=True)
         (losses.mean() + l1_penalty(model, l1)).backward()
         distributed.average_gradients(model)  # under torchrun: the global batch's gradient
         optimizer.step()
+    if twice is not None:  # after the backward, which needs the statistics the forward saw
+        count_as(twice, 2)
     return losses.detach(), stats
+
+
+def score(model: nn.Module, x_adv: Tensor) -> None:
+    """The AT scripts' scoring forward of PGD's result, in the model's (train) mode and without a
+    graph: only its update of the BatchNorm running statistics remains."""
+    with torch.no_grad():
+        model(x_adv)
 
 
 def perturbation_active(epoch: int, cfg: Config) -> bool:

@@ -10,11 +10,10 @@ Nothing here imports torch: the configuration layer checks its values against th
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import Enum
 
-from wpat.errors import WpatError
+from wpat.errors import check, check_choice, is_finite
 
 
 class Choice(str, Enum):
@@ -22,11 +21,8 @@ class Choice(str, Enum):
 
     @classmethod
     def parse(cls, value: "str | Choice", key: str) -> "Choice":
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(m.value for m in cls)
-            raise WpatError(f"{key}: {value!r} is invalid; expected one of {allowed}") from None
+        check_choice(key, value, [m.value for m in cls])
+        return cls(value)
 
     def __str__(self) -> str:
         return self.value
@@ -60,10 +56,8 @@ class ThreatModel:
         object.__setattr__(self, "norm", Norm.parse(self.norm, "norm"))
         for key in ("eps", "alpha"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    math.isfinite(value) and value > 0):
-                raise WpatError(f"threat model {key}: {value!r} is invalid; expected a number > 0 "
-                                f"(pixel units, e.g. 8/255)")
+            check(is_finite(value) and value > 0, f"threat model {key}", value,
+                  "a number > 0 (pixel units, e.g. 8/255)")
             object.__setattr__(self, key, float(value))
 
     def as_dict(self) -> dict[str, object]:

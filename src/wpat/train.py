@@ -26,14 +26,15 @@ from wpat import distributed, experiment
 from wpat.checkpoint import FORMAT, is_wpat_checkpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
 from wpat.config import Config, config_from_dict, dump_config, stopped_early
 from wpat.data import AUGMENTATIONS, DeviceLoader, ExtraStream, dataset_spec, open_extra
-from wpat.errors import WpatError
+from wpat.errors import WpatError, check
 from wpat.finetune import init_from
 from wpat.fs import writable_dir
 from wpat.metrics import correct
 from wpat.averaging import WeightAverage
-from wpat.progress import Progress
-from wpat.regularize import parameter_groups
+from wpat.progress import After, Progress
+from wpat.regularize import parameter_groups, scheduled_groups
 from wpat.step import perturbation_active, schedule_time, train_step
+from wpat.threat import BNMode
 from wpat.run_log import EpochStats, EventLog, format_epoch, write_metrics
 
 
@@ -81,6 +82,8 @@ class Trainer:
         self.forward_model = torch.compile(self.model) if cfg.run.compile else self.model
         self.objective, self.perturbation, self.schedule = parts.objective, parts.perturbation, parts.schedule
         self.attack, self.test_attack = parts.attack, parts.test_attack
+        # The AT scripts' PGD scores its result with one more forward; only in train mode does it count.
+        self.score_forward = cfg.attack.script_forwards and self.attack.bn_mode is BNMode.TRAIN
         o = cfg.optim
         self.optimizer = torch.optim.SGD(parameter_groups(self.model, o.weight_decay, o.l2), lr=o.lr,
                                          momentum=o.momentum, nesterov=o.nesterov)
@@ -94,8 +97,8 @@ class Trainer:
         self.extra, self.steps_per_epoch = self.extra_stream(augment), len(self.loader)
         if self.extra is not None:  # RST: an epoch is counted in labeled-set sizes of whole batches
             self.steps_per_epoch = max(1, len(self.splits.x_train) // cfg.data.batch_size)
-        if fresh:  # values that the data or the launch would leave without effect (docs/design.md)
-            check_run_effect(cfg, self.steps_per_epoch, self.world.size)
+        if fresh:  # values that the data, the launch or the attack would leave without effect (docs/design.md)
+            check_run_effect(cfg, self.steps_per_epoch, self.world.size, self.attack.bn_mode)
         n = min(cfg.eval.n_train, len(self.splits.x_train))
         self.train_eval = experiment.fixed_subset(self.splits.x_train, self.splits.y_train, n, cfg.run.seed + 1)
         self.c_min = experiment.lsc_threshold(cfg)
@@ -197,6 +200,7 @@ class Trainer:
 
     def run_epochs(self, steps_per_epoch: int, events: EventLog | None) -> None:
         cfg = self.cfg
+        eval_seconds: float | None = None  # the last evaluation's length, for the run's ETA
         for epoch in range(self.epoch, cfg.schedule.epochs):
             if self.should_stop():  # a resumed run that had already stopped early
                 break
@@ -214,16 +218,18 @@ class Trainer:
             batches = itertools.islice(enumerate(self.loader), self.step, steps_per_epoch)
             progress = Progress(f"epoch {epoch + 1}/{cfg.schedule.epochs}", steps_per_epoch,
                                 initial=self.step, images_per_unit=cfg.data.batch_size,
-                                enabled=cfg.run.progress and self.world.main)
+                                enabled=cfg.run.progress and self.world.main,
+                                after=run_after(epoch, steps_per_epoch, cfg, eval_seconds))
             for i, (x, y) in batches:
                 x, y, weights = self.batch(x, y)
                 lr = self.schedule(schedule_time(epoch, i, steps_per_epoch, cfg.schedule), cfg.optim.lr)
-                for group in self.optimizer.param_groups:
+                for group in scheduled_groups(self.optimizer, cfg.optim.lr_groups):
                     group["lr"] = lr
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
                     losses, perturb_stats = train_step(self.forward_model, x, y, self.attack, self.objective,
                                                        self.perturbation if active else None, self.optimizer,
-                                                       cfg.perturb.alternations, cfg.optim.l1, weights)
+                                                       cfg.perturb.alternations, cfg.optim.l1, weights,
+                                                       score_forward=self.score_forward)
                 if self.ema is not None:
                     self.ema.update(self.model)
                 stats.add(losses, perturb_stats)
@@ -249,8 +255,10 @@ class Trainer:
                     f"stopped, the last good checkpoint is kept in {self.run_dir} "
                     f"(lower optim.lr or the perturbation's gamma)")
             self.epoch = epoch + 1
-            if self.epoch % cfg.eval.every == 0 or self.epoch == cfg.schedule.epochs:
+            if evaluates(self.epoch, cfg):
+                eval_started = time.perf_counter()
                 record.update(self.evaluate())
+                eval_seconds = time.perf_counter() - eval_started
             self.history.append(record)
             self.save(record)
             if events is not None:
@@ -345,17 +353,18 @@ class Trainer:
 # ---------------------------------------------------------------------- helpers
 
 
-def check_run_effect(cfg: Config, steps_per_epoch: int, processes: int) -> None:
-    """Refuse the run values that this data and launch would leave without effect (those the
-    config alone decides are refused by ``load_config``)."""
+def check_run_effect(cfg: Config, steps_per_epoch: int, processes: int, attack_bn: BNMode | None) -> None:
+    """Refuse the run values that this data, launch and training attack would leave without
+    effect (those the config alone decides are refused by ``load_config``)."""
     every = cfg.run.checkpoint_every
-    if every and every >= steps_per_epoch:
-        raise WpatError(f"run.checkpoint_every: {every} steps is not less than the {steps_per_epoch} steps of an "
-                        f"epoch, so no checkpoint would be written within one (last.pt is written at every "
-                        f"epoch's end); set run.checkpoint_every below {steps_per_epoch}, or 0")
-    if cfg.run.sync_bn and processes == 1:
-        raise WpatError("run.sync_bn: true shares BatchNorm statistics between the processes of a torchrun "
-                        "launch, and this run has one process; set run.sync_bn=false")
+    check(every < steps_per_epoch, "run.checkpoint_every", every,
+          f"fewer than the {steps_per_epoch} steps of an epoch (last.pt is written at every epoch's end), or 0")
+    check(not cfg.run.sync_bn or processes > 1, "run.sync_bn", cfg.run.sync_bn,
+          "false in one process (it shares BatchNorm statistics between the processes of a torchrun launch)")
+    check(not cfg.attack.script_forwards or attack_bn is BNMode.TRAIN, "attack.script_forwards",
+          cfg.attack.script_forwards, f"false when the training attack does not run in train mode (here: "
+          f"{attack_bn.value if attack_bn else 'the model’s own'}; the scripts' extra forwards update BatchNorm "
+          f"statistics in train mode only)")
 
 
 def seed_everything(seed: int) -> None:
@@ -417,6 +426,24 @@ def train(cfg: Config) -> dict[str, Any]:
                 path.unlink(missing_ok=True)
             dump_config(cfg, run_dir / "config.yaml")
         return trainer.fit()
+
+
+def evaluates(epoch: int, cfg: Config) -> bool:
+    """Whether the run evaluates after (1-based) ``epoch``: every ``eval.every`` and the last."""
+    return epoch % cfg.eval.every == 0 or epoch == cfg.schedule.epochs
+
+
+def run_after(epoch: int, steps_per_epoch: int, cfg: Config, eval_seconds: float | None) -> After:
+    """What the run does after (0-based) ``epoch``'s steps, for its ETA: the later epochs' steps,
+    its evaluations (this epoch's included) as long as the last one measured. A minimum while
+    an evaluation is due but none was measured yet, or while the weight perturbation is still to
+    start (its epochs are slower than this one)."""
+    later = range(epoch + 1, cfg.schedule.epochs)
+    n_evals = sum(evaluates(e + 1, cfg) for e in (epoch, *later))
+    slower_later = cfg.perturb.name != "none" and not perturbation_active(epoch, cfg) and \
+        any(perturbation_active(e, cfg) for e in later)
+    return After(units=steps_per_epoch * len(later), seconds=n_evals * (eval_seconds or 0.0),
+                 lower_bound=(n_evals > 0 and eval_seconds is None) or slower_later)
 
 
 def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> dict[str, Any]:

@@ -15,8 +15,7 @@ checkpoints with :mod:`wpat.loading`.
 """
 
 from wpat.analysis.runs import (CheckpointRef, analysis_attack, curve_rows, examples,
-                                layer_weights, list_checkpoints, read_history, run_config,
-                                run_dir, run_label)
+                                layer_weights, list_checkpoints, run_label)
 from wpat.analysis.landscape import (adversarial_losses, filter_normalized_direction,
                                      landscape_1d, landscape_2d)
 from wpat.analysis.lsc import LSCTable, lsc_from_losses, lsc_table
@@ -35,6 +34,5 @@ __all__ = [
     "CheckpointRef", "LSCTable", "adversarial_losses", "analysis_attack", "curve_rows", "examples",
     "filter_normalized_direction", "landscape_1d", "landscape_2d", "layer_weights",
     "list_checkpoints", "lsc_from_losses", "lsc_table", "plot_curves", "plot_group_curves", "plot_landscape_1d",
-    "plot_landscape_2d", "plot_lsc", "plot_weight_histograms", "read_history", "run_config",
-    "run_dir", "run_label",
+    "plot_landscape_2d", "plot_lsc", "plot_weight_histograms", "run_label",
 ]

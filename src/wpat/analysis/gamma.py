@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from wpat.analysis.landscape import adversarial_losses
 from wpat.metrics import Attack, attacked_logits
+from wpat.model_state import kept
 from wpat.perturb import PERTURBATIONS, held_at
 from wpat.tables import write_csv
 
@@ -66,13 +67,8 @@ def perturbation(kind: str, gamma: float, model: nn.Module, x_adv: Tensor, y: Te
     current weights, AWP's from the cross-entropy on ``x_adv`` in eval mode."""
     options = {"seed": seed} if kind == "random" else {}
     search = PERTURBATIONS.build(kind, gamma=gamma, **options)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with kept(model, train=False):
         return search.compute(model, lambda m, index=None: F.cross_entropy(m(x_adv), y, reduction="none")).v
-    finally:
-        for m, training in modes.items():
-            m.train(training)
 
 
 def _loss_at(model: nn.Module, v: dict[str, Tensor], x: Tensor, y: Tensor, attack: Attack,

@@ -40,8 +40,7 @@ landscape has len(alphas) · len(betas) points.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wpat.metrics import Attack, attacked_logits
+from wpat.model_state import kept
 from wpat.perturb import add_perturbation, perturbed_parameters
 
 Direction = dict[str, Tensor]
@@ -68,23 +68,6 @@ def filter_normalized_direction(model: nn.Module, generator: torch.Generator) ->
         d_norm = d.flatten(1).norm(dim=1).clamp_min(1e-10)  # Li et al.'s guard; ‖d‖ > 0 a.s.
         direction[name] = d * (w_norm / d_norm).view(-1, *[1] * (d.dim() - 1))
     return direction
-
-
-@torch.no_grad()
-def _restore(params: Mapping[str, nn.Parameter], saved: Mapping[str, Tensor]) -> None:
-    for name, w in saved.items():
-        params[name].copy_(w)
-
-
-@contextmanager
-def _weights_kept(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
-    """Yield copies of the named parameters; copy them back on exit (bitwise, unlike w+αd-αd)."""
-    params = dict(model.named_parameters())
-    saved = {name: params[name].detach().clone() for name in names}
-    try:
-        yield saved
-    finally:
-        _restore(params, saved)
 
 
 def adversarial_losses(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, *,
@@ -109,10 +92,13 @@ def _landscape(model: nn.Module, x: Tensor, y: Tensor, attack: Attack,
                batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean adversarial loss and accuracy at w + Σ_k c_k·d_k for each coefficient tuple c."""
     params = dict(model.named_parameters())
+    weights = [params[name] for name in directions[0]]
     loss, acc = [], []
-    with _weights_kept(model, list(directions[0])) as saved:
+    with kept(model, weights) as state:
         for coefficients in points:
-            _restore(params, saved)  # from w each time: no rounding drift along the grid
+            with torch.no_grad():  # from w each time: no rounding drift along the grid
+                for p, w_p in zip(weights, state.w):
+                    p.copy_(w_p)
             for c, d in zip(coefficients, directions):
                 add_perturbation(model, d, float(c))
             losses, correct = adversarial_losses(model, x, y, attack, batch_size=batch_size,

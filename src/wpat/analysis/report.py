@@ -14,7 +14,7 @@ epoch; robust accuracy is the per-epoch test PGD accuracy (``eval.steps``), natu
 test accuracy, both of ``metrics.jsonl``; ``best − last`` is their difference per run (robust
 overfitting's cost), averaged like the others. Runs are averaged only when their resolved configs are
 equal but for the seed and the settings that do not change what a run computes
-(``wpat.sweep.IGNORED_KEYS``); the options of components a run does not use (``perturb.rwp.*`` of an
+(marked in the config, ``wpat.sweep.IGNORED_KEYS``); the options of components a run does not use (``perturb.rwp.*`` of an
 AWP run) are not part of its setting either, since they never reach it. Each group is labelled by
 its method (``AT``, ``AT-AWP``, ``TRADES-RWP``) and the settings in which groups differ; columns
 are grouped by dataset and threat model. Accuracies are fractions in [0, 1] in the CSV and
@@ -24,21 +24,19 @@ percent in the tables and plots; the std of a single run is NaN (shown as no ``�
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from wpat.analysis.runs import read_history, run_config, run_dir
 from wpat.config import run_over
-from wpat.errors import WpatError
-from wpat.sweep import MANIFEST, read_manifest, setting_of, short_labels
+from wpat.errors import WpatError, is_number
+from wpat.run_dir import RunDir
+from wpat.sweep import COMPONENT_SECTIONS, MANIFEST, read_manifest, setting_of, short_labels
 from wpat.tables import markdown_table
 
 METHOD_KEYS = ("objective.name", "perturb.name")
 COLUMN_KEYS = ("data.name", "attack.norm", "attack.eps")
-ABLATION_KEY = re.compile(r"perturb\.[^.]+\.(gamma|steps)|perturb\.rwp\.c_min")  # γ, K2, c_min
 METRICS = ("best_robust", "last_robust", "robust_drop", "best_natural", "last_natural")
 METRIC_NAMES = ("robust best", "robust last", "best − last", "natural best", "natural last")
 # Per-epoch series averaged over a group's seeds (fractions): the learning curves and the share
@@ -99,19 +97,19 @@ def _runs_in(path: Path) -> list[Path]:
     """A sweep directory's runs (its manifest), a run directory itself, or neither: []."""
     if (path / MANIFEST).is_file():
         return [path / r["dir"] for r in read_manifest(path)["runs"]]
-    return [path] if (path / "config.yaml").is_file() else []
+    return [path] if RunDir(path).config_path.is_file() else []
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     """Run directories from run directories, sweep directories (the runs of their
     ``sweep.json``) and directories of either; runs without a finished epoch are left out."""
     found: list[Path] = []
-    for path in map(run_dir, paths):
+    for path in (RunDir.at(p).path for p in paths):
         candidates = _runs_in(path) or [p for child in sorted(path.iterdir()) if child.is_dir()
                                         for p in _runs_in(child)]
         if not candidates:
             raise WpatError(f"{path}: neither a run directory, a sweep directory nor a directory of them")
-        found += [p for p in candidates if (p / "metrics.jsonl").is_file() and p not in found]
+        found += [p for p in candidates if RunDir(p).metrics_path.is_file() and p not in found]
     if not found:
         raise WpatError("no run with a finished epoch (metrics.jsonl) in " + ", ".join(map(str, paths)))
     return found
@@ -119,8 +117,9 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
 
 def run_result(path: str | Path) -> RunResult:
     """Best and last accuracies of the run in ``path`` from its ``config.yaml`` and ``metrics.jsonl``."""
-    cfg = run_config(path)
-    evaluated = [r for r in read_history(path) if "test_pgd_acc" in r]
+    run = RunDir.at(path)
+    cfg = run.config()
+    evaluated = [r for r in run.history() if "test_pgd_acc" in r]
     if not evaluated:
         raise WpatError(f"{path}: no evaluated epoch in metrics.jsonl")
     key = "val_pgd_acc" if cfg.run.select == "val" else "test_pgd_acc"
@@ -283,7 +282,7 @@ def group_curves(group: Group) -> list[dict[str, Any]]:
     """Per epoch that every run of ``group`` reached: the mean and sample std over its runs of
     each of ``CURVE_SERIES`` (NaN where some run did not log it that epoch, e.g. between
     evaluations)."""
-    histories = [{r["epoch"]: r for r in read_history(run.path)} for run in group.runs]
+    histories = [{r["epoch"]: r for r in RunDir.at(run.path).history()} for run in group.runs]
     epochs = sorted(set.intersection(*(set(h) for h in histories)))
     rows = []
     for epoch in epochs:
@@ -301,8 +300,14 @@ def group_curves(group: Group) -> list[dict[str, Any]]:
 
 
 def ablation_keys(groups: Sequence[Group]) -> list[str]:
-    """The varying settings that are a perturbation's γ, K2 (``steps``) or RWP's ``c_min``."""
-    return [k for k in varying_keys(groups) if ABLATION_KEY.fullmatch(k)]
+    """The ablation axes: every numeric option of a selected component that varies among the
+    groups (``perturb.awp.gamma``, ``perturb.rwp.c_min``, ``perturb.rwp.steps``, an option of
+    any method registered later), each to plot robust accuracy against. A setting holds only the
+    options of the components it selects (:func:`wpat.sweep.setting_of`); a non-numeric option
+    (a norm's name) has no axis to plot on."""
+    sections = set(COMPONENT_SECTIONS)
+    return [k for k in varying_keys(groups) if k.count(".") == 2 and k.split(".")[0] in sections
+            and all(is_number(g.setting[k]) for g in groups if k in g.setting)]
 
 
 def ablation_rows(groups: Sequence[Group], key: str) -> list[dict[str, Any]]:

@@ -1,8 +1,8 @@
 """Reading run directories for the analyses: histories, checkpoints, examples, weights.
 
-A run directory written by ``wpat train`` holds ``config.yaml``, ``metrics.jsonl`` (one JSON
-object per epoch) and the checkpoints ``best.pt``, ``last.pt`` and, with ``run.keep_every=N``,
-``epoch-NNN.pt``. The learning curves (AWP Fig. 1a, RWP Fig. 2c) are the evaluated epochs'
+A run directory written by ``wpat train`` (:class:`wpat.run_dir.RunDir`) holds ``config.yaml``,
+``metrics.jsonl`` (one JSON object per epoch) and the checkpoints ``best.pt``, ``last.pt`` and,
+with ``run.keep_every=N``, ``epoch-NNN.pt``. The learning curves (AWP Fig. 1a, RWP Fig. 2c) are the evaluated epochs'
 accuracies; the weight histograms (AWP Fig. 4) read a checkpoint's conv/linear weights; the
 landscape and LSC recomputation evaluate checkpoints on a seeded subset of the run's data
 (:func:`examples`) with the run's training threat model (:func:`analysis_attack`).
@@ -10,7 +10,6 @@ landscape and LSC recomputation evaluate checkpoints on a seeded subset of the r
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,10 @@ from torch import Tensor, nn
 from wpat import experiment
 from wpat.attacks import PGD
 from wpat.checkpoint import is_wpat_checkpoint, load_checkpoint
-from wpat.config import Config, load_config
+from wpat.config import Config
 from wpat.errors import WpatError
 from wpat.perturb import perturbed_parameters
+from wpat.run_dir import RunDir
 
 # The per-epoch accuracies of a learning curve (fractions in [0, 1]), as train.py logs them.
 CURVE_KEYS = ("test_pgd_acc", "train_pgd_acc", "robust_gap", "test_nat_acc", "train_nat_acc")
@@ -31,36 +31,9 @@ CURVE_KEYS = ("test_pgd_acc", "train_pgd_acc", "robust_gap", "test_nat_acc", "tr
 PathLike = str | os.PathLike
 
 
-def run_dir(path: PathLike) -> Path:
-    """``path`` as an existing directory, or a one-line error."""
-    path = Path(path)
-    if not path.is_dir():
-        raise WpatError(f"run directory not found: {path}")
-    return path
-
-
-def read_history(path: PathLike) -> list[dict[str, Any]]:
-    """The per-epoch records of the run in ``path`` (its ``metrics.jsonl``)."""
-    metrics = run_dir(path) / "metrics.jsonl"
-    if not metrics.is_file():
-        raise WpatError(f"{path}: no metrics.jsonl (not a wpat run directory, or no epoch done)")
-    try:
-        return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise WpatError(f"{metrics}: line {err.lineno} is not JSON") from None
-
-
-def run_config(path: PathLike) -> Config:
-    """The resolved config of the run in ``path`` (its ``config.yaml``)."""
-    config = run_dir(path) / "config.yaml"
-    if not config.is_file():
-        raise WpatError(f"{path}: no config.yaml (not a wpat run directory)")
-    return load_config(str(config))
-
-
 def run_label(path: PathLike) -> str:
     """A short method name for legends: ``AT``, ``AT-AWP``, ``TRADES-RWP``..."""
-    cfg = run_config(path)
+    cfg = RunDir.at(path).config()
     method = cfg.objective.name.upper()
     return method if cfg.perturb.name == "none" else f"{method}-{cfg.perturb.name.upper()}"
 
@@ -100,7 +73,7 @@ def examples(cfg: Config, split: str = "train", n: int = 1000,
 def analysis_attack(cfg: Config, steps: int | None = None) -> PGD:
     """PGD on CE in the run's training threat model (ε and step size: Algorithm 1's η1) with
     its training steps (K1; ``steps`` overrides), random start, eval-mode BN."""
-    return PGD.from_threat(experiment.threat_model(cfg), steps or cfg.attack.steps, loss="ce")
+    return experiment.pgd(experiment.threat_model(cfg), steps or cfg.attack.steps, "attack", loss="ce")
 
 
 def _candidates(path: Path) -> list[Path]:
@@ -108,8 +81,8 @@ def _candidates(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise WpatError(f"run directory or checkpoint not found: {path}")
-    found = sorted(path.glob("epoch-*.pt"))
-    found += [path / name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+    run = RunDir(path)
+    found = run.kept_checkpoints() + [p for kind, p in run.checkpoints().items() if kind in ("best", "last")]
     if not found:
         raise WpatError(f"{path}: no checkpoints (best.pt, last.pt or epoch-NNN.pt)")
     return found

@@ -8,22 +8,11 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from wpat.errors import WpatError
+from wpat.model_state import kept
 from wpat.registry import Registry
 from wpat.threat import BNMode, Norm
 
 ATTACKS = Registry("attack")
-
-
-def require_positive(owner: str, key: str, value: float) -> None:
-    # `not value > 0` also rejects NaN.
-    if not value > 0:
-        raise WpatError(f"{owner}: {key} must be a number > 0 (pixel units), got {value!r}")
-
-
-def require_count(owner: str, key: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise WpatError(f"{owner}: {key} must be an integer >= 1, got {value!r}")
 
 
 def parse_bn_mode(bn_mode: BNMode | str | None, key: str = "bn_mode") -> BNMode | None:
@@ -41,14 +30,8 @@ def crafting_mode(model: nn.Module, bn_mode: BNMode | str | None) -> Iterator[No
     comes back exactly as it was.
     """
     mode = parse_bn_mode(bn_mode)
-    flags = [(module, module.training) for module in model.modules()]
-    if mode is not None:
-        model.train(mode is BNMode.TRAIN)
-    try:
+    with kept(model, train=None if mode is None else mode is BNMode.TRAIN):
         yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 class Attack:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from wpat.attacks.base import ATTACKS
 from wpat.attacks.pgd import PGD
-from wpat.threat import BNMode
+from wpat.threat import BNMode, Norm
 
 
 @ATTACKS.register("fgsm")
@@ -18,11 +18,14 @@ class FGSM(PGD):
 
     Args:
         eps: radius ε, > 0, pixel units of inputs in [0, 1] (papers: 8/255).
+        norm: ``Norm.LINF`` / ``"linf"`` (default, the sign of the gradient) or ``Norm.L2`` /
+            ``"l2"`` (a step of length ε along the L2-normalised gradient, the "fast gradient
+            method" of an L2 threat model).
         loss: an ``ATTACK_LOSSES`` name (default ``"ce"``).
         bn_mode: ``BNMode.TRAIN``, ``BNMode.EVAL`` (or their strings) or None (default, the
             caller's mode).
     """
 
-    def __init__(self, eps: float, *, loss: str = "ce",
+    def __init__(self, eps: float, *, norm: Norm | str = Norm.LINF, loss: str = "ce",
                  bn_mode: BNMode | str | None = None) -> None:
-        super().__init__(eps, eps, 1, random_start=False, loss=loss, bn_mode=bn_mode)
+        super().__init__(eps, eps, 1, norm=norm, random_start=False, loss=loss, bn_mode=bn_mode)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wpat.attacks.base import ATTACKS, Attack, Ball, ball, require_count, require_positive
-from wpat.attacks.losses import ATTACK_LOSSES
-from wpat.errors import WpatError
+from wpat.attacks.base import ATTACKS, Attack, Ball, ball
+from wpat.attacks.losses import ATTACK_LOSSES, is_soft
+from wpat.batchnorm import count_as, save_running_stats
+from wpat.errors import check, is_count, is_number
 from wpat.registry import Registry
-from wpat.threat import BNMode, Norm, ThreatModel
+from wpat.threat import BNMode, Norm
 
 STARTS = Registry("random start")
 
@@ -64,6 +65,11 @@ class PGD(Attack):
         loss: the name of a per-example attack loss in ``ATTACK_LOSSES`` (default ``"ce"``).
         bn_mode: the model's mode while crafting, ``BNMode.TRAIN``, ``BNMode.EVAL`` (or their
             strings) or None (default, the caller's mode); see :class:`~wpat.attacks.base.Attack`.
+        mixup_forwards: 1 (default) or 2: the BatchNorm updates each step's forward counts for
+            when the targets are soft (mixup, CutMix) and the model is in train mode. Rice et al.'s
+            attack, which the AWP and RWP AT scripts copy, computes each step's logits twice with
+            mixup, so its running statistics take two updates per step; 2 reproduces them with
+            one forward (``wpat.batchnorm.count_as``).
 
     Cost: ``steps`` forwards and input-only backwards per run, plus one forward for the clean
     logits if the loss reads them (``"kl"``) and one per run to score restarts.
@@ -71,30 +77,23 @@ class PGD(Attack):
 
     def __init__(self, eps: float, alpha: float, steps: int, *, norm: Norm | str = Norm.LINF,
                  random_start: bool = True, init: str = "uniform", restarts: int = 1,
-                 loss: str = "ce", bn_mode: BNMode | str | None = None) -> None:
+                 loss: str = "ce", bn_mode: BNMode | str | None = None, mixup_forwards: int = 1) -> None:
         super().__init__(bn_mode=bn_mode)
         owner = type(self).__name__
-        require_positive(owner, "eps", eps)
-        require_positive(owner, "alpha", alpha)
-        require_count(owner, "steps", steps)
-        require_count(owner, "restarts", restarts)
-        if restarts > 1 and not random_start:
-            raise WpatError(f"{owner}: restarts={restarts} needs random_start=True "
-                            "(without it every run is the same)")
+        for key, value in (("eps", eps), ("alpha", alpha)):
+            check(is_number(value) and value > 0, f"{owner} {key}", value, "a number > 0 (pixel units)")
+        for key, value in (("steps", steps), ("restarts", restarts)):
+            check(is_count(value), f"{owner} {key}", value, "an integer >= 1")
+        check(restarts == 1 or random_start, f"{owner} restarts", restarts,
+              "1 unless random_start=True (without it every run is the same)")
+        check(mixup_forwards in (1, 2) and not isinstance(mixup_forwards, bool), f"{owner} mixup_forwards",
+              mixup_forwards, "1 or 2")
+        self.mixup_forwards = mixup_forwards
         self.eps, self.alpha, self.steps, self.restarts = eps, alpha, steps, restarts
         self.norm = Norm.parse(norm, f"{owner} norm")
         self.ball = ball(self.norm)
         self.start = STARTS.get(init) if random_start else None
         self.loss = ATTACK_LOSSES.get(loss)
-
-    @classmethod
-    def from_threat(cls, threat: ThreatModel, steps: int, *, random_start: bool = True,
-                    init: str = "uniform", restarts: int = 1, loss: str = "ce",
-                    bn_mode: BNMode | str | None = BNMode.EVAL) -> "PGD":
-        """PGD-``steps`` in ``threat``'s ball with its step size: the one way training,
-        evaluation and analysis build PGD from a threat model."""
-        return cls(threat.eps, threat.alpha, steps, norm=threat.norm, random_start=random_start,
-                   init=init, restarts=restarts, loss=loss, bn_mode=bn_mode)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         x = x.float()  # deltas and projections stay fp32 whatever the batch's dtype
@@ -125,9 +124,13 @@ class PGD(Attack):
             self.start(self.ball, delta, self.eps)
             self.ball.project_(delta, self.eps)
         delta.clamp_(low, high).requires_grad_(True)
+        twice = self.mixup_forwards == 2 and is_soft(y)
         for _ in range(self.steps):
+            saved = save_running_stats(model) if twice else None
             loss = self.loss(model(x + delta), y, logits_clean)
             (grad,) = torch.autograd.grad(loss.sum(), delta)
+            if saved is not None:  # after the backward, which needs the statistics the forward saw
+                count_as(saved, 2)
             with torch.no_grad():
                 self.ball.ascend_(delta, grad, self.alpha)
                 self.ball.project_(delta, self.eps)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wpat.attacks.base import ATTACKS, Attack, ball, require_count, require_positive
+from wpat.attacks.base import ATTACKS, Attack, ball
 from wpat.attacks.losses import ATTACK_LOSSES
-from wpat.errors import WpatError
+from wpat.errors import check, is_count, is_number
 from wpat.threat import BNMode, Norm
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-9  # cleverhans' TensorAdam
@@ -67,11 +67,11 @@ class SPSA(Attack):
                  bn_mode: BNMode | str | None = BNMode.EVAL) -> None:
         super().__init__(bn_mode=bn_mode)
         for key, value in (("eps", eps), ("delta", delta), ("lr", lr)):
-            require_positive("SPSA", key, value)
-        require_count("SPSA", "steps", steps)
-        require_count("SPSA", "max_batch", max_batch)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2 or samples % 2:
-            raise WpatError(f"SPSA: samples must be an even integer >= 2 (pairs ±δv), got {samples!r}")
+            check(is_number(value) and value > 0, f"SPSA {key}", value, "a number > 0 (pixel units)")
+        for key, value in (("steps", steps), ("max_batch", max_batch)):
+            check(is_count(value), f"SPSA {key}", value, "an integer >= 1")
+        check(is_count(samples, 2) and samples % 2 == 0, "SPSA samples", samples,
+              "an even integer >= 2 (pairs ±δv)")
         self.eps, self.steps, self.delta, self.lr, self.samples = eps, steps, delta, lr, samples
         self.max_batch = max_batch
         self.norm = Norm.parse(norm, "SPSA norm")

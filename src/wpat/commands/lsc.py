@@ -1,8 +1,9 @@
 """``wpat lsc RUN_DIR``: LSC groups of the training adversarial losses through training
 (RWP §3, eq. 7, Fig. 1c; see :mod:`wpat.analysis.lsc`).
 
-By default the histogram per epoch and the fraction below ``c_min`` (RWP's
-``perturb.rwp.c_min``, as the training log counts it) come from the run's ``metrics.jsonl``.
+By default the histogram per epoch and the fraction below the threshold ``run.lsc_threshold``
+(by default RWP's ``c_min`` where RWP trains, else 1.7; the training log counts it the same way)
+come from the run's ``metrics.jsonl``.
 ``--recompute`` measures them instead at each checkpoint of the run (``epoch-NNN.pt``,
 ``best.pt``, ``last.pt``) on ``--n-examples`` (default 1000) training examples with the
 training attack's PGD on CE, eval-mode BN (for runs whose log lacks them).
@@ -57,16 +58,18 @@ def recompute(path: Path, n_examples: int, seed: int, device_name: str | None) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from wpat.analysis import lsc_table, plot_lsc, read_history, run_config, run_dir
+    from wpat.analysis import lsc_table, plot_lsc
     from wpat.experiment import lsc_threshold
+    from wpat.run_dir import RunDir
 
-    path = run_dir(args.run_dir)
+    run_dir = RunDir.at(args.run_dir)
+    path = run_dir.path
     if args.n_examples < 1:
         raise WpatError("--n-examples must be an integer >= 1")
     if args.recompute:
         table = recompute(path, args.n_examples, args.seed, args.device)
     else:
-        table = lsc_table(read_history(path), lsc_threshold(run_config(path)))
+        table = lsc_table(run_dir.history(), lsc_threshold(run_dir.config()))
     png = plot_lsc(table, Path(args.out or path) / "lsc.png")
     print(f"wrote {png} and {png.with_suffix('.csv').name} "
           f"({len(table.epochs)} epochs, {table.source})")

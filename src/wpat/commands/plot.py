@@ -43,17 +43,17 @@ def labels_for(paths: list[Path], labels: list[str] | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     # matplotlib and torch: imported only when plotting
-    from wpat.analysis import (layer_weights, plot_curves, plot_weight_histograms, read_history,
-                               run_dir)
+    from wpat.analysis import layer_weights, plot_curves, plot_weight_histograms
     from wpat.loading import model_from_checkpoint
+    from wpat.run_dir import RunDir, find_checkpoint
 
-    paths = [run_dir(p) for p in args.run_dirs]
+    paths = [RunDir.at(p).path for p in args.run_dirs]
     labels = labels_for(paths, args.labels)
     out = Path(args.out) if args.out is not None else paths[0]
     runs = dict(zip(labels, paths))
     # Every input is read before anything is written: a bad checkpoint leaves the figures as they were.
-    histories = {label: read_history(p) for label, p in runs.items()}
-    weights = ({label: layer_weights(model_from_checkpoint(p / f"{args.checkpoint}.pt")[0])
+    histories = {label: RunDir(p).history() for label, p in runs.items()}
+    weights = ({label: layer_weights(model_from_checkpoint(find_checkpoint(p, args.checkpoint))[0])
                 for label, p in runs.items()} if args.weights else None)
     written = [plot_curves(histories, out / "curves.png")]
     if weights is not None:

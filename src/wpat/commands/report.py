@@ -13,9 +13,9 @@ together); ``best − last`` is the robust accuracy robust overfitting cost each
   stds combined when seeds pair alike runs);
 - ``curves.png`` / ``.csv``: each row's learning curves and fraction of training adversarial
   examples below c_min, mean ± std over its seeds;
-- ``ablation-<key>.png`` / ``.csv`` when the runs vary a perturbation's γ
-  (``perturb.<name>.gamma``), K2 (``perturb.<name>.steps``) or ``perturb.rwp.c_min``: robust
-  accuracy against that value (RWP Fig. 1b, 2a, 2b).
+- ``ablation-<key>.png`` / ``.csv`` for each numeric option of a selected component that the
+  runs vary (``perturb.<name>.gamma``, K2 ``perturb.<name>.steps``, ``perturb.rwp.c_min``,
+  ``objective.trades.beta``, ...): robust accuracy against that value (RWP Fig. 1b, 2a, 2b).
 
 Runs that have not reached their last epoch are listed and left out unless ``--unfinished``.
 """

@@ -51,30 +51,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output directory (default: the run directory)")
 
 
-def checkpoint_path(path: str, kind: str) -> Path:
-    """A run directory's ``best.pt``/``last.pt``, or the checkpoint file given."""
-    from wpat.loading import checkpoints_of
-
-    found = checkpoints_of(path)
-    if Path(path).is_file():
-        return Path(path)
-    if kind not in found:
-        raise WpatError(f"{path}: no {kind}.pt")
-    return found[kind]
-
-
 def run(args: argparse.Namespace) -> int:
     # torch and matplotlib: imported only when measuring
     from wpat import experiment
     from wpat.analysis import analysis_attack, examples
     from wpat.analysis.gamma import gamma_sensitivity, plot_gamma_sensitivity
     from wpat.loading import model_from_checkpoint
+    from wpat.run_dir import find_checkpoint
     from wpat.tables import markdown_table
 
     if args.directions < 1 or args.n_examples < 1 or (args.pgd_steps is not None and args.pgd_steps < 1):
         raise WpatError("--directions, --n-examples and --pgd-steps must be integers >= 1")
     gammas = parse_gammas(args.gammas)
-    path = checkpoint_path(args.path, args.checkpoint)
+    path = find_checkpoint(args.path, args.checkpoint)
     model, cfg, info = model_from_checkpoint(path)
     device = experiment.resolve_device(args.device or cfg.run.device)
     model.to(device)

@@ -5,23 +5,26 @@
 - :mod:`~wpat.evaluation.masking`: the gradient-masking checks;
 - :mod:`~wpat.evaluation.protocol`: :func:`evaluate_model` and :func:`evaluate_checkpoint`, every
   attack on the same first N test examples, in fp32 with fixed seeds;
-- :mod:`~wpat.evaluation.report`: the table, ``eval.json`` and ``eval.md``.
+- :mod:`~wpat.evaluation.report`: the table with each number's settings, ``eval.json`` (which
+  accumulates the results of every evaluation) and ``eval.md``.
 
 Loading checkpoints (also foreign state_dicts) is :mod:`wpat.loading`; accuracy helpers are
 :mod:`wpat.metrics`.
 """
 
 from wpat.evaluation.columns import (COLUMNS, DEFAULT_ATTACKS, build_column, check_attack_names,
-                                     label, labels)
-from wpat.evaluation.masking import masking_checks, ordering_warnings
+                                     column_settings, label, labels)
+from wpat.evaluation.masking import masking_checks, model_checks, ordering_warnings
 from wpat.evaluation.protocol import (column_correct, evaluate_checkpoint, evaluate_model,
-                                      first_test_examples, same_weights)
-from wpat.evaluation.report import (default_out_dir, markdown_report, prepare_out_dir,
-                                    report_warnings, results_table, write_report)
+                                      first_test_examples)
+from wpat.evaluation.report import (default_out_dir, describe_settings, markdown_report, merge_reports,
+                                    prepare_out_dir, read_report, report_warnings, results_table,
+                                    settings_lines, write_report)
 
 __all__ = [
     "COLUMNS", "DEFAULT_ATTACKS", "build_column", "check_attack_names", "column_correct",
-    "default_out_dir", "evaluate_checkpoint", "evaluate_model", "first_test_examples", "label",
-    "labels", "markdown_report", "masking_checks", "ordering_warnings", "prepare_out_dir",
-    "report_warnings", "results_table", "same_weights", "write_report",
+    "column_settings", "default_out_dir", "describe_settings", "evaluate_checkpoint",
+    "evaluate_model", "first_test_examples", "label", "labels", "markdown_report",
+    "masking_checks", "merge_reports", "model_checks", "ordering_warnings", "prepare_out_dir",
+    "read_report", "report_warnings", "results_table", "settings_lines", "write_report",
 ]

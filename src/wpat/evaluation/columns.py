@@ -5,7 +5,14 @@ Each entry of :data:`COLUMNS` is registered with its Table-2 header as metadata
 ``(threat, *, seed=0, state_dir=None)``, so :func:`build_column` passes all of them to every
 column and the registry's strict rule (an undeclared option is an error) holds. A column that
 has no use for ``seed`` (the torch RNG is seeded by the protocol before each column) or
-``state_dir`` (only AutoAttack resumes) ignores it.
+``state_dir`` (only AutoAttack resumes) ignores it. A column is a setting of an attack, not an
+attack of its own: each builds its attack through the ``ATTACKS`` registry (FGSM is ``fgsm``,
+PGD-20 and PGD-100 are ``pgd``, CW∞ is ``cw``), with the options the papers give it.
+
+What defines a column's measurement beyond the examples, the threat model, the seed and the
+batch size is metadata too: ``attacked=False`` for the clean column (none of those apply to
+it), ``defines={...}`` for settings of its own (AutoAttack's version and pyautoattack's);
+:func:`column_settings` puts them together for ``eval.json``.
 
 The settings follow docs/design.md, "Evaluation conventions": eval-mode BatchNorm while
 crafting, random starts for the PGD-type attacks, the threat model's ε and PGD step.
@@ -13,21 +20,24 @@ crafting, random starts for the PGD-type attacks, the threat model's ε and PGD 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from wpat.attacks import PGD, SPSA, AutoAttack
+import pyautoattack
+
+from wpat.attacks import ATTACKS
 from wpat.errors import WpatError
 from wpat.metrics import Attack
 from wpat.registry import Registry
-from wpat.threat import ThreatModel
+from wpat.threat import BNMode, ThreatModel
 
 COLUMNS = Registry("evaluation attack")
 DEFAULT_ATTACKS = ("natural", "fgsm", "pgd20", "pgd100", "cw")  # spsa and aa are slow
+TABLE_ORDER = ("natural", "fgsm", "pgd20", "pgd100", "cw", "spsa", "aa")  # Table 2, left to right
+AA_VERSION = "standard"  # the AA column's AutoAttack version (the papers')
 
 
-@COLUMNS.register("natural", label="Natural")
+@COLUMNS.register("natural", label="Natural", attacked=False)
 def natural(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> None:
     """No attack: accuracy on the clean test examples."""
     return None
@@ -37,14 +47,14 @@ def natural(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None
 def fgsm(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
     """One step of size ε from x, no random start (PGD-1 with α = ε); for an L2 threat model
     along the L2-normalised gradient."""
-    return PGD.from_threat(dataclasses.replace(threat, alpha=threat.eps), 1, random_start=False)
+    return ATTACKS.build("fgsm", eps=threat.eps, norm=threat.norm, bn_mode=BNMode.EVAL)
 
 
 def pgd_column(steps: int) -> Callable[..., Attack]:
     """The builder of the PGD-``steps`` column (PGD-20, PGD-100)."""
 
     def build(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
-        return PGD.from_threat(threat, steps)
+        return ATTACKS.build("pgd", **threat.as_dict(), steps=steps, bn_mode=BNMode.EVAL)
 
     build.__name__ = build.__qualname__ = f"pgd{steps}"
     build.__doc__ = (f"PGD-{steps} on cross-entropy with the threat model's step size, one "
@@ -59,22 +69,24 @@ COLUMNS.register("pgd100", label="PGD-100")(pgd_column(100))
 @COLUMNS.register("cw", label="CW∞")
 def cw(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
     """AWP §5.1: "CW∞ (L∞ version of CW loss optimized by PGD-100)", random start, PGD's step."""
-    return PGD.from_threat(threat, 100, loss="cw")
+    return ATTACKS.build("cw", **threat.as_dict(), steps=100, bn_mode=BNMode.EVAL)
 
 
 @COLUMNS.register("spsa", label="SPSA")
 def spsa(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
     """AWP §5.1: 100 iterations, δ = 0.001, learning rate 0.01, 256 samples per estimate."""
-    return SPSA(threat.eps, 100, delta=0.001, lr=0.01, samples=256, norm=threat.norm)
+    return ATTACKS.build("spsa", eps=threat.eps, steps=100, delta=0.001, lr=0.01, samples=256,
+                         norm=threat.norm)
 
 
-@COLUMNS.register("aa", label="AA")
+@COLUMNS.register("aa", label="AA", defines={"autoattack": AA_VERSION,
+                                                      "pyautoattack": pyautoattack.__version__})
 def aa(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
     """AutoAttack, standard version, through pyautoattack with ``seed``; resumable from
     ``state_dir``. Its column counts AutoAttack's own verdict (see
     :func:`wpat.evaluation.protocol.column_correct`)."""
-    return AutoAttack(threat.eps, norm=threat.norm, version="standard", seed=seed,
-                      state_dir=state_dir)
+    return ATTACKS.build("autoattack", eps=threat.eps, norm=threat.norm, version=AA_VERSION, seed=seed,
+                         state_dir=state_dir)
 
 
 def build_column(name: str, threat: ThreatModel, *, seed: int = 0,
@@ -82,6 +94,18 @@ def build_column(name: str, threat: ThreatModel, *, seed: int = 0,
     """The attack of column ``name`` (None for ``natural``) in ``threat``'s ball."""
     return COLUMNS.build(name, threat, seed=seed,
                          state_dir=Path(state_dir) if state_dir is not None else None)
+
+
+def column_settings(name: str, threat: ThreatModel, *, seed: int, batch_size: int) -> dict[str, Any]:
+    """What defines column ``name``'s measurement besides the examples it is measured on: for an
+    attack, the threat model (norm, ε, PGD step), the seed, the batch size (random starts and
+    AutoAttack's per-call seeding follow the batches) and the column's own settings; for the
+    clean column nothing."""
+    info = COLUMNS.info(name)
+    if not info.get("attacked", True):
+        return {}
+    return {"norm": threat.norm.value, "eps": threat.eps, "step": threat.alpha, "seed": seed,
+            "batch_size": batch_size, **info.get("defines", {})}
 
 
 def label(name: str) -> str:

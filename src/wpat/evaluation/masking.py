@@ -15,7 +15,9 @@ evaluation prints and stores in ``eval.json``:
   randomized model (two forwards of the same input in eval mode differ), outputs that are
   probabilities instead of logits, a forward that calls autograd, and the zero-gradient count.
 
-:func:`masking_checks` runs them all on one model.
+:func:`model_checks` runs the checks that attack or probe one model; :func:`masking_checks`
+adds the ordering of its accuracies. ``wpat eval`` keeps the two apart, because its ordering
+check runs on every result ``eval.json`` holds, also those of earlier evaluations.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ import torch.nn.functional as F
 from pyautoattack import checks
 from torch import Tensor, nn
 
-from wpat.attacks import PGD
+from wpat.experiment import pgd
 from wpat.metrics import accuracy
+from wpat.model_state import kept
 from wpat.threat import ThreatModel
 
 # Weakest to strongest; an attack later in the chain should not leave more accuracy.
@@ -70,24 +73,20 @@ def large_eps_accuracy(model: nn.Module, x: Tensor, y: Tensor, norm: str,
                        batch_size: int = 500) -> dict[str, float]:
     """Accuracy under PGD-20 (random start, step 2.5·ε/20) at :func:`large_eps`."""
     eps = large_eps(norm, x)
-    attack = PGD.from_threat(ThreatModel(norm, eps, 2.5 * eps / LARGE_EPS_STEPS), LARGE_EPS_STEPS)
+    attack = pgd(ThreatModel(norm, eps, 2.5 * eps / LARGE_EPS_STEPS), LARGE_EPS_STEPS, "large-eps check")
     return {"eps": eps, "steps": LARGE_EPS_STEPS, "accuracy": accuracy(model, x, y, attack, batch_size)}
 
 
 def input_gradient_norms(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> Tensor:
     """Per-example L1 norm of the input gradient of the cross-entropy, in eval mode."""
-    was_training = model.training
-    model.eval()
     norms = []
-    try:
+    with kept(model, train=False):
         for start in range(0, len(x), batch_size):
             xb = x[start:start + batch_size].detach().requires_grad_(True)
             with torch.enable_grad():
                 loss = F.cross_entropy(model(xb).float(), y[start:start + batch_size], reduction="sum")
                 (grad,) = torch.autograd.grad(loss, xb)
             norms.append(grad.flatten(1).abs().sum(1))
-    finally:
-        model.train(was_training)
     return torch.cat(norms)
 
 
@@ -108,26 +107,24 @@ def autoattack_checks(model: nn.Module, x: Tensor, y: Tensor, grad_norms: Tensor
     logger = logging.getLogger("wpat.evaluation.masking.autoattack")
     logger.propagate = False
     logger.addHandler(handler)
-    was_training = model.training
-    model.eval()
     try:
-        checks.check_randomized(model, x, y, bs=len(x), logger=logger)
-        randomized = bool(handler.messages)
-        checks.check_range_output(model, x, logger=logger)
-        checks.check_dynamic(model, x, False, logger=logger)
-        # It only looks at each row's absolute sum, so the norms stand for the gradients.
-        checks.check_zero_gradients(grad_norms[:, None], logger=logger)
+        with kept(model, train=False):
+            checks.check_randomized(model, x, y, bs=len(x), logger=logger)
+            randomized = bool(handler.messages)
+            checks.check_range_output(model, x, logger=logger)
+            checks.check_dynamic(model, x, False, logger=logger)
+            # It only looks at each row's absolute sum, so the norms stand for the gradients.
+            checks.check_zero_gradients(grad_norms[:, None], logger=logger)
     finally:
-        model.train(was_training)
         logger.removeHandler(handler)
     return {"randomized": randomized, "warnings": [f"AutoAttack check: {m}" for m in handler.messages]}
 
 
-def masking_checks(model: nn.Module, x: Tensor, y: Tensor, accuracies: Mapping[str, float], norm: str,
-                   batch_size: int = 500, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """All checks on one model; ``accuracies`` maps attack names (see :data:`ORDER`) to accuracies
-    measured on ``(x, y)``. Returns the measurements and a list of ``warnings``."""
-    warnings = ordering_warnings(accuracies, len(x), labels)
+def model_checks(model: nn.Module, x: Tensor, y: Tensor, norm: str,
+                 batch_size: int = 500) -> dict[str, Any]:
+    """The checks that probe the model itself on ``(x, y)``: the large-ε PGD, the zero input
+    gradients and AutoAttack's own checks. Returns the measurements and a list of ``warnings``."""
+    warnings = []
     large = large_eps_accuracy(model, x, y, norm, batch_size)
     if large["accuracy"] > LARGE_EPS_MAX_ACCURACY:
         warnings.append(
@@ -138,3 +135,11 @@ def masking_checks(model: nn.Module, x: Tensor, y: Tensor, accuracies: Mapping[s
     aa = autoattack_checks(model, x[:batch_size], y[:batch_size], norms)
     return {"large_eps": large, "zero_gradient_fraction": (norms == 0).float().mean().item(),
             "randomized": aa["randomized"], "warnings": warnings + aa["warnings"]}
+
+
+def masking_checks(model: nn.Module, x: Tensor, y: Tensor, accuracies: Mapping[str, float], norm: str,
+                   batch_size: int = 500, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """All checks on one model; ``accuracies`` maps attack names (see :data:`ORDER`) to accuracies
+    measured on ``(x, y)``. Returns the measurements and a list of ``warnings``."""
+    found = model_checks(model, x, y, norm, batch_size)
+    return {**found, "warnings": ordering_warnings(accuracies, len(x), labels) + found["warnings"]}

@@ -15,12 +15,13 @@ from torch import nn
 
 from wpat.errors import WpatError
 
-# Importing the architecture files registers them.
-from wpat.models import mlp, preact_resnet, small_cnn, vgg, wide_resnet  # noqa: F401
 from wpat.models.normalize import Normalize
 from wpat.models.registry import MODELS
+from wpat.registry import import_package
 
-__all__ = ["MODELS", "Normalize", "build_model"]
+import_package(__name__, __path__)  # each architecture file registers itself in MODELS
+
+__all__ = ["MODELS", "Normalize", "build_model", "normalized"]
 
 
 def build_model(
@@ -48,5 +49,9 @@ def build_model(
         raise WpatError(f"model {name!r}: num_classes={num_classes} and "
                         f"in_channels={in_channels} must both be >= 1")
     normalize = Normalize(mean, std, in_channels)
-    net = MODELS.build(name, num_classes, in_channels, **options)
+    return normalized(MODELS.build(name, num_classes, in_channels, **options), normalize)
+
+
+def normalized(net: nn.Module, normalize: Normalize) -> nn.Sequential:
+    """``nn.Sequential(normalize=normalize, net=net)``, the layout of every wpat model."""
     return nn.Sequential(OrderedDict(normalize=normalize, net=net))

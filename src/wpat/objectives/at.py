@@ -14,7 +14,8 @@ class AT(Objective):
     """Standard adversarial training: ℓ_i = CE(f(x'_i), y_i).
 
     Madry et al., *Towards Deep Learning Models Resistant to Adversarial Attacks*, ICLR 2018,
-    eq. 2.1; AWP paper eq. 1. No options; one forward (the adversarial batch).
+    eq. 2.1; AWP paper eq. 1. No options; one forward (the adversarial batch), which in train mode
+    also stands for the AT scripts' forward scoring the attack's result (``score_forward``).
 
     Training attack as in the AWP authors' AT code (after Rice et al. 2020): PGD on
     cross-entropy from a uniform random start, crafted with the model in train mode.
@@ -31,6 +32,7 @@ class AT(Objective):
     attack_loss = "ce"
     attack_init = "uniform"
     attack_bn_mode = BNMode.TRAIN
+    single_adversarial_forward = True
 
     def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         return cross_entropy_per_example(model(x_adv), y)

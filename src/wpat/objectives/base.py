@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 from torch import Tensor, nn
 
-from wpat.errors import WpatError
 from wpat.registry import Registry
 from wpat.threat import BNMode
 
 OBJECTIVES = Registry("objective")
-
-
-def require_non_negative(owner: str, key: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise WpatError(f"{owner}: {key} must be a finite number >= 0, got {value!r}")
 
 
 class Objective:
@@ -41,7 +34,10 @@ class Objective:
 
     and ``soft_targets`` (default True) says whether the objective is defined for mixed (soft)
     targets, so that a configuration combining it with mixup/CutMix can be refused before
-    training starts.
+    training starts. ``single_adversarial_forward`` (default False) says that ``per_example``
+    runs exactly one forward, of ``x_adv``: in train mode it then updates the BatchNorm running
+    statistics as the AT scripts' forward scoring ``x_adv`` does, which the training step uses
+    in place of that forward (``wpat.step.train_step``'s ``score_forward``).
 
     Subclasses set the three ``attack_*`` attributes and implement ``per_example``.
     """
@@ -50,6 +46,7 @@ class Objective:
     attack_init: ClassVar[str]
     attack_bn_mode: ClassVar[BNMode]
     soft_targets: ClassVar[bool] = True
+    single_adversarial_forward: ClassVar[bool] = False
 
     def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wpat.attacks.losses import is_soft
-from wpat.errors import WpatError
-from wpat.objectives.base import OBJECTIVES, Objective, require_non_negative
+from wpat.errors import WpatError, check, is_finite
+from wpat.objectives.base import OBJECTIVES, Objective
 from wpat.threat import BNMode
 
 
@@ -45,7 +45,7 @@ class MART(Objective):
     soft_targets = False
 
     def __init__(self, lam: float = 6.0) -> None:
-        require_non_negative("MART", "lam", lam)
+        check(is_finite(lam) and lam >= 0, "MART lam", lam, "a finite number >= 0")
         self.lam = lam
 
     def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from wpat.attacks.losses import cross_entropy_per_example, kl_divergence
-from wpat.errors import WpatError
-from wpat.objectives.base import OBJECTIVES, Objective, require_non_negative
+from wpat.errors import check, is_count, is_finite
+from wpat.objectives.base import OBJECTIVES, Objective
 from wpat.threat import BNMode
 
 
@@ -49,9 +49,8 @@ class TRADES(Objective):
     attack_bn_mode = BNMode.EVAL
 
     def __init__(self, beta: float = 6.0, clean_forwards: int = 2) -> None:
-        require_non_negative("TRADES", "beta", beta)
-        if clean_forwards not in (1, 2) or isinstance(clean_forwards, bool):
-            raise WpatError(f"TRADES clean_forwards={clean_forwards!r}: expected 1 or 2")
+        check(is_finite(beta) and beta >= 0, "TRADES beta", beta, "a finite number >= 0")
+        check(is_count(clean_forwards) and clean_forwards <= 2, "TRADES clean_forwards", clean_forwards, "1 or 2")
         self.beta = beta
         self.clean_forwards = clean_forwards
 

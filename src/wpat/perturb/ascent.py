@@ -27,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from wpat import distributed
-from wpat.perturb.base import (LossFn, Perturbation, WeightPerturbation, check_gamma, check_steps,
-                               check, check_size_norm, global_norm, move_to, per_example,
-                               perturbed_parameters, restored)
+from wpat.errors import check, is_count
+from wpat.model_state import kept
+from wpat.perturb.base import (LossFn, Perturbation, WeightPerturbation, check_size, global_norm,
+                               move_to, per_example, perturbed_parameters)
 
 
 class MaskedAscent(WeightPerturbation):
@@ -47,9 +48,9 @@ class MaskedAscent(WeightPerturbation):
     subset: bool = False
 
     def __init__(self, gamma: float, steps: int, norm: str = "l2") -> None:
-        check_gamma(type(self).__name__, gamma)
-        check_steps(type(self).__name__, steps)
-        self.p = check_size_norm(type(self).__name__, norm)
+        owner = type(self).__name__
+        self.p = check_size(owner, gamma, norm)
+        check(is_count(steps), f"{owner} steps", steps, "an integer >= 1")
         self.gamma = float(gamma)
         self.steps = steps
         self.norm = norm
@@ -68,16 +69,18 @@ class MaskedAscent(WeightPerturbation):
         d: list[Tensor] | None = None
         v: list[Tensor] | None = None
         if start is not None and start.ascent is not None:
-            check(losses is None, type(self).__name__, "losses", "None when continuing from start")
+            check(losses is None, f"{type(self).__name__} losses", "a tensor",
+                  "None when continuing from start")
             d, v = [start.ascent[n] for n in names], [start.v[n] for n in names]
         updates = 0
-        with restored(model, params) as snapshot:
-            w = snapshot.w
+        # Train mode, and back to the caller's weights, buffers and modes after (bitwise).
+        with kept(model, params, buffers=True, train=True) as state:
+            w = state.w
             for k in range(self.steps):
                 if v is not None:
                     move_to(params, w, v)
                 if k or losses is None:
-                    snapshot.forwarded = True
+                    state.forwarded = True
                     with torch.set_grad_enabled(not self.subset):
                         losses = per_example(loss_fn(model))
                 else:
@@ -90,7 +93,7 @@ class MaskedAscent(WeightPerturbation):
                 # Under torchrun the exit is decided over the global batch.
                 if self.stop_when_empty and not bool(distributed.any_rank(mask.any())):
                     break
-                snapshot.forwarded |= self.subset  # the subset gradient runs its own forward
+                state.forwarded |= self.subset  # the subset gradient runs its own forward
                 g = self._gradient(model, loss_fn, params, losses, mask)
                 distributed.average_(g)  # the gradient of the global batch's mean loss
                 d = g if d is None else [d_l + g_l for d_l, g_l in zip(d, g)]

@@ -26,14 +26,15 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from wpat.errors import WpatError
+from wpat.errors import WpatError, check, check_choice, is_finite
+from wpat.model_state import kept, weights_moved
 from wpat.registry import Registry
 
 # The authors' codes use this in the rescaling denominator; it makes a zero direction give v = 0.
 EPS = 1e-20
 
 LossFn = Callable[..., Tensor]
-PERTURBATIONS = Registry("weight perturbation")
+PERTURBATIONS = Registry("weight perturbation", none=True)  # perturb.name=none: no perturbation
 
 
 @dataclass
@@ -92,14 +93,6 @@ def perturbed_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return chosen
 
 
-def weights_moved() -> None:
-    """Call after changing weights in place: autocast caches the low-precision copy of each
-    weight for the rest of its region, and a forward at the moved weights must not reuse the
-    copy made before the move (under bf16 the search and the step at w + v would run at w)."""
-    if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
-        torch.clear_autocast_cache()
-
-
 @torch.no_grad()
 def add_perturbation(model: nn.Module, v: Mapping[str, Tensor], sign: float = 1.0) -> None:
     """Add ``sign * v`` in place to the named parameters of ``model``."""
@@ -130,15 +123,9 @@ def held_at(model: nn.Module, v: Mapping[str, Tensor]) -> Iterator[nn.Module]:
     a subtraction): for work at ``w + v`` that must leave the weights exactly as they were, such
     as crafting the next alternation's adversarial examples."""
     params = dict(model.named_parameters())
-    saved = {name: params[name].detach().clone() for name in v}
-    add_perturbation(model, v, 1.0)
-    try:
+    with kept(model, [params[name] for name in v]):
+        add_perturbation(model, v, 1.0)
         yield model
-    finally:
-        with torch.no_grad():
-            for name, w in saved.items():
-                params[name].copy_(w)
-        weights_moved()
 
 
 def per_example(losses: Tensor) -> Tensor:
@@ -152,9 +139,10 @@ def per_example(losses: Tensor) -> Tensor:
 SIZE_NORMS = {"l2": 2, "l1": 1}  # how a perturbation's size is measured (AWP §4.2, Fig. 2b)
 
 
-def check_size_norm(owner: str, norm: str) -> int:
-    """The order p of the size norm ``norm`` ("l2" or "l1"); one-line error otherwise."""
-    check(norm in SIZE_NORMS, f"{owner} norm", norm, f"one of {', '.join(SIZE_NORMS)}")
+def check_size(owner: str, gamma: float, norm: str = "l2") -> int:
+    """Check a relative size ``gamma`` and its norm; returns the norm's order p."""
+    check(is_finite(gamma) and gamma >= 0, f"{owner} gamma", gamma, "a finite number >= 0")
+    check_choice(f"{owner} norm", norm, SIZE_NORMS)
     return SIZE_NORMS[norm]
 
 
@@ -175,70 +163,9 @@ def rescale_global(d: Sequence[Tensor], w: Sequence[Tensor], gamma: float, p: in
     return [d_l * scale for d_l in d]
 
 
-@dataclass
-class Snapshot:
-    """What ``restored`` saved: the unperturbed weights ``w``. A search that runs a forward
-    sets ``forwarded`` so that the BN running statistics are put back on exit."""
-
-    w: list[Tensor]
-    forwarded: bool = False
-
-
-@contextmanager
-def restored(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[Snapshot]:
-    """Let a search move ``params`` and run train-mode forwards; undo all of it on exit.
-
-    Yields a :class:`Snapshot` with copies of the unperturbed ``params``. On exit the parameters
-    are copied back from them (not ``w + v − v``, which is not bitwise ``w``), the buffers are
-    copied back from a snapshot if the search ran a forward (train-mode forwards update BN
-    running statistics), and every module gets back its own train/eval flag
-    (``model.train(mode)`` would flatten mixed modes). Tensors the search did not touch are not
-    rewritten, so a graph built before the search (the training loop's forward at ``w``) stays
-    usable for backward. ``.grad`` is not touched: searches use ``torch.autograd.grad``.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.clone()) for b in model.buffers()]
-    snapshot = Snapshot(w=[p.detach().clone() for p in params])
-    versions = [p._version for p in params]  # bumped by every in-place move of a weight
-    model.train()
-    try:
-        yield snapshot
-    finally:
-        with torch.no_grad():
-            for p, w_p, version in zip(params, snapshot.w, versions):
-                if p._version != version:
-                    p.copy_(w_p)
-            if snapshot.forwarded:
-                for b, saved in buffers:
-                    b.copy_(saved)
-        weights_moved()
-        for m, mode in modes:
-            m.training = mode
-
-
 @torch.no_grad()
 def move_to(params: Sequence[nn.Parameter], w: Sequence[Tensor], v: Sequence[Tensor]) -> None:
     """Set ``params`` to ``w + v`` in place (the search's current point)."""
     for p, w_p, v_p in zip(params, w, v):
         p.copy_(w_p).add_(v_p)
     weights_moved()
-
-
-def check(ok: bool, what: str, value: object, expected: str) -> None:
-    """Raise a one-line WpatError ``what=value: expected`` unless ``ok``."""
-    if not ok:
-        raise WpatError(f"{what}={value!r}: expected {expected}")
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_gamma(owner: str, gamma: float) -> None:
-    ok = is_number(gamma) and 0 <= gamma < float("inf")  # NaN fails the comparison
-    check(ok, f"{owner} gamma", gamma, "a finite number >= 0")
-
-
-def check_steps(owner: str, steps: int) -> None:
-    check(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1,
-          f"{owner} steps", steps, "an integer >= 1")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from wpat.perturb.awp import AWP
-from wpat.perturb.base import PERTURBATIONS, check, is_number
+from wpat.errors import check, is_number
+from wpat.perturb.base import PERTURBATIONS
 
 
 @PERTURBATIONS.register("awp-lsc")

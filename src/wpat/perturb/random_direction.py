@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wpat.perturb.base import (PERTURBATIONS, LossFn, Perturbation, WeightPerturbation, check_gamma,
+from wpat.perturb.base import (PERTURBATIONS, LossFn, Perturbation, WeightPerturbation, check_size,
                                global_norm, perturbed_parameters, rescale_per_layer)
 
 
@@ -30,7 +30,7 @@ class RandomWP(WeightPerturbation):
     """
 
     def __init__(self, gamma: float = 0.01, seed: int | None = None) -> None:
-        check_gamma("RandomWP", gamma)
+        check_size("RandomWP", gamma)
         self.gamma = float(gamma)
         self.seed = seed
         self._generator: torch.Generator | None = None

@@ -7,7 +7,8 @@ from typing import Sequence
 from torch import Tensor
 
 from wpat.perturb.ascent import MaskedAscent
-from wpat.perturb.base import PERTURBATIONS, check, is_number, rescale_global
+from wpat.errors import check, is_number
+from wpat.perturb.base import PERTURBATIONS, rescale_global
 
 
 @PERTURBATIONS.register("rwp")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from wpat.config import load_config
+from wpat.config import component_sections, config_from_dict, load_config, non_identity_keys
 from wpat.errors import WpatError
 from wpat.fs import write_text_atomic
 
@@ -29,11 +29,10 @@ FORMAT = "wpat-sweep-v1"
 RESERVED = {"run.seed": "use --seeds", "run.name": "runs are named after their settings",
             "run.out_dir": "runs go into the sweep directory (--out/--name)"}
 # Sections whose `section.component.option` keys belong to one component of a registry.
-COMPONENT_SECTIONS = ("model", "objective", "perturb", "schedule")
-# Settings that say where or how a run executes, never what it computes: runs that differ only
-# in these (and in their seed) are replicas of one experiment.
-IGNORED_KEYS = ("run.seed", "run.name", "run.out_dir", "run.progress", "run.threads", "run.device",
-                "run.tensorboard", "run.checkpoint_every", "run.keep_every", "data.root", "data.download")
+COMPONENT_SECTIONS = tuple(component_sections())
+# Settings that say where or how a run executes, never what it computes (marked so in the config's
+# fields): runs that differ only in these are replicas of one experiment.
+IGNORED_KEYS = tuple(non_identity_keys())
 SEPARATOR = "__"
 MAX_NAME = 120  # characters before a name is shortened with a hash
 
@@ -160,7 +159,7 @@ def _blame(config: str | None, overrides: Sequence[str], settings: Sequence[str]
 
     for setting in settings:
         try:
-            experiment.build_components(load_config(config, [*overrides, setting]))
+            experiment.check_components(load_config(config, [*overrides, setting]))
         except WpatError as err:
             return f"--grid {setting}: {err}"
     return None
@@ -182,7 +181,8 @@ def plan(config: str | None, overrides: Sequence[str], grid: Mapping[str, Sequen
 
     Every run's config is built (``load_config`` with ``overrides``, the run's settings, its
     seed, name and directory, and ``extra`` run-time settings such as ``run.threads=1``) and
-    checked by ``experiment.build_components``. The first failure is a :class:`WpatError` of
+    checked by ``experiment.check_components`` (every component built, the model without
+    weights). The first failure is a :class:`WpatError` of
     one line naming the grid value at fault (``--grid KEY=VALUE: ...``) or, when only the
     combination fails, the run and its settings. A component option in the grid whose
     component no run selects is an error too."""
@@ -190,7 +190,7 @@ def plan(config: str | None, overrides: Sequence[str], grid: Mapping[str, Sequen
 
     base = load_config(config, overrides)
     try:
-        experiment.build_components(base)
+        experiment.check_components(base)
         base_ok = True
     except WpatError:
         base_ok = False  # perhaps a grid value makes it whole; each run says
@@ -202,7 +202,7 @@ def plan(config: str | None, overrides: Sequence[str], grid: Mapping[str, Sequen
         try:
             cfg = load_config(config, [*overrides, *settings, f"run.out_dir={sweep_dir}",
                                        f"run.name={name}", *extra])
-            experiment.build_components(cfg)
+            experiment.check_components(cfg)
         except WpatError as err:
             blame = _blame(config, overrides, settings[:-1]) if base_ok else None
             raise WpatError(blame or f"run {name} ({', '.join(settings)}): {err}") from None
@@ -227,7 +227,7 @@ def write_manifest(sweep_dir: str | os.PathLike, config: str | None, overrides: 
     path = sweep_dir / MANIFEST
     earlier = read_manifest(sweep_dir)["runs"] if path.exists() else []
     if earlier:
-        old, new = setting_of(read_manifest(sweep_dir)["base"]), setting_of(base)
+        old, new = setting_of(resolved(read_manifest(sweep_dir)["base"])), setting_of(base)
         differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         if differ:
             raise WpatError(f"{sweep_dir} holds a sweep of another base config (it differs in "
@@ -270,6 +270,12 @@ def setting_of(tree: Mapping[str, Any]) -> dict[str, Any]:
             elif f"{section}.{key}" not in IGNORED_KEYS:
                 flat[f"{section}.{key}"] = value
     return flat
+
+
+def resolved(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A config tree written by this or an earlier wpat, with the settings it predates at their
+    defaults: the tree a run's config has today, to compare with :func:`setting_of`."""
+    return config_from_dict(dict(tree)).to_dict()
 
 
 def replicas(specs: Sequence[RunSpec]) -> list[tuple[str, str]]:

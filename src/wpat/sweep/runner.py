@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from wpat.config import Config, run_over
 from wpat.errors import WpatError
-from wpat.sweep.grid import RunSpec, setting_of
+from wpat.sweep.grid import RunSpec, resolved, setting_of
 
 Result = dict[str, Any]
 
@@ -45,16 +45,17 @@ def _run(spec: RunSpec) -> tuple[str, dict[str, Any]]:
     """Train, resume or skip ``spec``'s run; returns its status and outcome."""
     from wpat.checkpoint import is_wpat_checkpoint, load_checkpoint
     from wpat.config import config_from_dict
+    from wpat.run_dir import RunDir
     from wpat.train import resume, train
 
     cfg = config_from_dict(spec.config)
-    last = Path(spec.run_dir) / "last.pt"
+    last = RunDir(Path(spec.run_dir)).checkpoint_path("last")
     if not last.exists():
         return "trained", _from_summary(train(cfg))
     ckpt = load_checkpoint(last)
     if not is_wpat_checkpoint(ckpt) or ckpt.get("kind") != "last":
         raise WpatError(f"{last}: not a resumable wpat checkpoint")
-    if setting_of(ckpt["config"]) != setting_of(spec.config):
+    if setting_of(resolved(ckpt["config"])) != setting_of(spec.config):
         raise WpatError(f"{spec.run_dir} holds a run with another config; move it away "
                         f"or sweep under another --name")
     if _finished(ckpt, config_from_dict(ckpt["config"])):
