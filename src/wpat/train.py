@@ -13,7 +13,6 @@ import itertools
 import math
 import os
 import random
-import shlex
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +34,7 @@ from wpat.progress import After, Progress
 from wpat.regularize import parameter_groups, scheduled_groups
 from wpat.step import perturbation_active, schedule_time, train_step
 from wpat.threat import BNMode
+from wpat.run_dir import RunDir
 from wpat.run_log import EpochStats, EventLog, format_epoch, write_metrics
 
 
@@ -373,40 +373,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# What a run writes at the end of its first epoch, just before its first last.pt, and the
-# TensorBoard event files it opens when it starts.
-RESULT_FILES = ("best.pt", "ema_best.pt", "ema_last.pt", "epoch-*.pt", "metrics.jsonl", "metrics.csv")
-EVENT_FILES = "events.out.tfevents.*"
-
-
-def _found(run_dir: Path, patterns: tuple[str, ...]) -> list[Path]:
-    return sorted(p for pattern in patterns for p in run_dir.glob(pattern))
-
-
-def never_checkpointed(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds the start of a run that stopped before its first checkpoint:
-    its config.yaml and no last.pt nor anything written at an epoch's end."""
-    return ((run_dir / "config.yaml").is_file() and not (run_dir / "last.pt").exists()
-            and not _found(run_dir, RESULT_FILES))
-
-
-def restart_command(run_dir: Path) -> str:
-    """The command that starts the run of ``run_dir`` again, into the same directory."""
-    return (f"wpat train {shlex.quote(str(run_dir / 'config.yaml'))} "
-            f"run.out_dir={shlex.quote(str(run_dir.parent))} run.name={shlex.quote(run_dir.name)}")
-
-
-def stale_events(run_dir: Path) -> list[Path]:
-    """The event files a new run in ``run_dir`` replaces: those of a start that never reached a
+def stale_events(run: RunDir) -> list[Path]:
+    """The event files a new run in ``run`` replaces: those of a start that never reached a
     checkpoint (they hold no epoch). A directory holding a run, or a run's results, is refused."""
-    if (run_dir / "last.pt").exists():
-        raise WpatError(f"{run_dir} already holds a run; resume it with `wpat train --resume {run_dir}` "
+    if "last" in run.checkpoints():
+        raise WpatError(f"{run.path} already holds a run; resume it with `wpat train --resume {run.path}` "
                         f"or choose another run.name=...")
-    results = _found(run_dir, RESULT_FILES)
+    results = run.results()
     if results:
-        raise WpatError(f"{run_dir} holds a run's results ({', '.join(p.name for p in results)}) but no "
+        raise WpatError(f"{run.path} holds a run's results ({', '.join(p.name for p in results)}) but no "
                         f"last.pt to resume from; move them away or choose another run.name=...")
-    return _found(run_dir, (EVENT_FILES,))
+    return run.event_files()
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -414,7 +391,7 @@ def train(cfg: Config) -> dict[str, Any]:
     only the start of a run that never reached a checkpoint (killed in its first epoch) is
     started again, its event files replaced."""
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    stale = stale_events(run_dir)
+    stale = stale_events(RunDir(run_dir))
     with distributed.session():
         trainer = Trainer(cfg, run_dir)  # reads the data first: a missing dataset leaves no empty run dir
         if trainer.world.main:
@@ -449,9 +426,9 @@ def run_after(epoch: int, steps_per_epoch: int, cfg: Config, eval_seconds: float
 def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its ``last.pt``; the result equals an uninterrupted run."""
     run_dir = Path(run_dir)
-    if run_dir.is_dir() and never_checkpointed(run_dir):
+    if run_dir.is_dir() and RunDir(run_dir).never_checkpointed():
         raise WpatError(f"{run_dir}: the run never reached a checkpoint (it stopped in its first epoch), "
-                        f"so there is nothing to resume; start it again with `{restart_command(run_dir)}`")
+                        f"so there is nothing to resume; start it again with `{RunDir(run_dir).restart_command()}`")
     path = run_dir / "last.pt" if run_dir.is_dir() else run_dir
     ckpt = load_checkpoint(path)
     if not is_wpat_checkpoint(ckpt) or ckpt.get("kind") != "last":
