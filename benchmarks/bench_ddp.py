@@ -6,7 +6,7 @@ Each configuration trains the same global batch with wpat's training step (AT an
 every example below c_min, so the search runs all its steps) on the small CNN, and reports
 images/s of the global batch and the share of a step spent in the ranks' all-reduces (gradient
 averaging and the search's per-step gradient averages; timed by wrapping
-``wpat.distributed.average_``). Both use the same total number of threads, measured in one run.
+``wpat.helpers.distributed.average_``). Both use the same total number of threads, measured in one run.
 The table goes to docs/benchmarks/ddp.md.
 """
 
@@ -28,12 +28,12 @@ def worker(steps: int, batch: int, width: int) -> None:
     """One rank (or the single process): time ``steps`` training steps per method."""
     import torch
 
-    from wpat import distributed
+    from wpat.helpers import distributed
     from wpat.attacks import PGD
     from wpat.models import build_model
-    from wpat.objectives import OBJECTIVES
+    from wpat.objectives import OBJECTIVES, Batch
     from wpat.perturb import RWP
-    from wpat.step import train_step
+    from wpat.training.step import train_step
 
     world = distributed.init(torch.device("cpu"))
     comm = {"s": 0.0}
@@ -53,11 +53,11 @@ def worker(steps: int, batch: int, width: int) -> None:
     methods = {"AT": lambda: None, "AT-RWP (all below c_min)": lambda: RWP(c_min=float("inf"))}
     result = {}
     for name, make in methods.items():
-        train_step(model, x, y, attack, objective, make(), optimizer)  # warm-up
+        train_step(model, Batch(x, y), attack, objective, make(), optimizer)  # warm-up
         comm["s"] = 0.0
         started = time.perf_counter()
         for _ in range(steps):
-            train_step(model, x, y, attack, objective, make(), optimizer)
+            train_step(model, Batch(x, y), attack, objective, make(), optimizer)
         seconds = time.perf_counter() - started
         result[name] = {"images_per_s": steps * batch / seconds, "comm_share": comm["s"] / seconds}
     if world.main:

@@ -39,9 +39,9 @@ from torch import nn
 
 from wpat.attacks import PGD
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES
+from wpat.objectives import OBJECTIVES, Batch
 from wpat.perturb import AWP, RWP, WeightPerturbation
-from wpat.step import train_step
+from wpat.training.step import train_step
 
 OBJECTIVE = OBJECTIVES.build("at")  # CE on x_adv
 
@@ -70,7 +70,7 @@ def timed_step(model: nn.Module, optimizer: torch.optim.Optimizer, attack: PGD,
                alternations: int = 1) -> float:
     """One AT(-AWP/-RWP) step of wpat's training loop; returns its CPU ms."""
     start = cpu_ms()
-    train_step(model, x, y, attack, OBJECTIVE, perturbation, optimizer, alternations)
+    train_step(model, Batch(x, y), attack, OBJECTIVE, perturbation, optimizer, alternations)
     return cpu_ms() - start
 
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "CPU time.\n\n"
         f"{table}\n\n"
         "*vs AT*: ratios of the fastest and of the median whole steps of wpat's training loop "
-        "(`wpat.step.train_step`).\n\n"
+        "(`wpat.training.step.train_step`).\n\n"
         "Targets: AWP ≤ 1.15×; RWP ≤ 2.4× with every example below c_min (10 extra "
         "forward+backward passes), ≤ 1.05× with none. The training loop's own forward at w is "
         "the search's first step, and when RWP selects no example it is also the forward the "

@@ -4,7 +4,7 @@
 
 Each configuration is one training step of wpat's loop on the small CNN (1×28×28, PGD-10,
 train-mode BN): drawing the batch from a ``DeviceLoader`` (so the augmentations' cost counts),
-``wpat.step.train_step``, and the weight average's update where it is on. Configurations take
+``wpat.training.step.train_step``, and the weight average's update where it is on. Configurations take
 turns one step at a time so that drifts of a shared machine hit all alike; each ratio uses the
 configuration's fastest step, in process CPU time. Writes docs/benchmarks/settings.md.
 """
@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from wpat.attacks import PGD
-from wpat.averaging import WeightAverage
+from wpat.optim.averaging import WeightAverage
 from wpat.data import DeviceLoader
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES
-from wpat.regularize import parameter_groups
-from wpat.step import train_step
+from wpat.objectives import OBJECTIVES, Batch
+from wpat.optim.regularize import parameter_groups
+from wpat.training.step import train_step
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "settings.md"
 
@@ -67,7 +67,7 @@ def main() -> None:
         for name, (model, optimizer, batches, l1, ema) in runs.items():
             started = time.process_time()
             x, y = next(batches)
-            train_step(model, x, y, attack, objective, None, optimizer, l1=l1)
+            train_step(model, Batch(x, y), attack, objective, None, optimizer, l1=l1)
             if ema is not None:
                 ema.update(model)
             if round_:  # the first round warms up

@@ -12,7 +12,7 @@
    come from disk): opens it (labels checked), then draws ``--images`` examples with
    :class:`wpat.data.stream.ExtraStream` in batches of ``--batch`` (float32 NCHW on the CPU) and
    reports images/s and the peak resident memory before and after streaming.
-3. Times a PGD-10 AT training step (``wpat.train.train_step``) of the small CNN on 32x32x3 at
+3. Times a PGD-10 AT training step (``wpat.training.step.train_step``) of the small CNN on 32x32x3 at
    batch 128 (``--threads`` torch threads), and the same step fed from the stream (each step
    draws its batch with ``next_batch``), so the ratio loader/consumption and the stall a step
    sees are measured on the same machine.
@@ -126,8 +126,8 @@ def step_rates(path: Path, args: argparse.Namespace) -> dict:
     from wpat.data.extra import open_extra
     from wpat.data.stream import ExtraStream
     from wpat.models import build_model
-    from wpat.objectives import OBJECTIVES
-    from wpat.train import train_step
+    from wpat.objectives import OBJECTIVES, Batch
+    from wpat.training.step import train_step
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -139,13 +139,13 @@ def step_rates(path: Path, args: argparse.Namespace) -> dict:
     fixed, streamed = [], []
     drop_cache(path)
     with ExtraStream(open_extra(path), args.batch, seed=0, augment="crop_flip") as stream:
-        train_step(model, *stream.next_batch(), attack, objective, None, optimizer)  # warm-up
+        train_step(model, Batch(*stream.next_batch()), attack, objective, None, optimizer)  # warm-up
         for _ in range(args.steps):  # interleaved, so machine noise hits both alike
             started = time.perf_counter()
-            train_step(model, x, y, attack, objective, None, optimizer)
+            train_step(model, Batch(x, y), attack, objective, None, optimizer)
             fixed.append(time.perf_counter() - started)
             started = time.perf_counter()
-            train_step(model, *stream.next_batch(), attack, objective, None, optimizer)
+            train_step(model, Batch(*stream.next_batch()), attack, objective, None, optimizer)
             streamed.append(time.perf_counter() - started)
     return {"fixed": statistics.median(fixed), "streamed": statistics.median(streamed),
             "fixed_min": min(fixed), "streamed_min": min(streamed)}
@@ -171,7 +171,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
-    from wpat.tables import markdown_table
+    from wpat.helpers.tables import markdown_table
 
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -221,7 +221,7 @@ by one background thread; batches of {args.batch}, float32 NCHW on the CPU. Each
 
 {table}
 
-Consumption: a PGD-10 AT step (`wpat.train.train_step`) of the small CNN (width 32, 32x32x3,
+Consumption: a PGD-10 AT step (`wpat.training.step.train_step`) of the small CNN (width 32, 32x32x3,
 batch {args.batch}) takes {1000 * rates['fixed']:,.0f} ms here (median; fastest {1000 * rates['fixed_min']:,.0f} ms),
 {step_rate:,.0f} images/s; the loader delivers {loader_rate:,.0f} images/s, **{loader_rate / step_rate:,.0f}x**
 what the step consumes. Drawing one batch takes the training thread at most {1000 * args.batch / loader_rate:.1f} ms

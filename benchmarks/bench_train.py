@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 from wpat.attacks import PGD
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES
-from wpat.tables import markdown_table
-from wpat.step import train_step
+from wpat.objectives import OBJECTIVES, Batch
+from wpat.helpers.tables import markdown_table
+from wpat.training.step import train_step
 
 SHAPES = {"small_cnn": (1, 28, 28, (0.286,), (0.353,)), "preact_resnet18": (3, 32, 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))}
 
@@ -73,9 +73,9 @@ def make_steps(model, optimizer):
 
     return {
         "clean": clean,
-        "AT (PGD-10)": lambda x, y: train_step(model, x, y, pgd, at, None, optimizer),
+        "AT (PGD-10)": lambda x, y: train_step(model, Batch(x, y), pgd, at, None, optimizer),
         "AT (reference-style PGD-10)": reference,
-        "TRADES (PGD-10 on KL)": lambda x, y: train_step(model, x, y, kl_pgd, trades, None, optimizer),
+        "TRADES (PGD-10 on KL)": lambda x, y: train_step(model, Batch(x, y), kl_pgd, trades, None, optimizer),
     }
 
 

@@ -30,7 +30,7 @@ budget can only cut the long ones):
    takes longest.
 
 Every run is set up as ``wpat train`` sets it up, a preset plus overrides built by the training
-loop's own ``Trainer`` (model on the device, channels_last, compile, the optimizer's parameter
+loop's own ``build_parts`` (model on the device, channels_last, compile, the optimizer's parameter
 groups, the on-device loader, the extra-data stream), on random images written in CIFAR-10's
 file format; each batch is the loop's ``train_step`` under the loop's autocast.
 
@@ -70,55 +70,61 @@ import torch  # noqa: E402
 # Everything this script uses of wpat is in this block: the package is about to be reorganized,
 # and a moved module or attribute should cost an edit here only. A run is built through the
 # config loader and the training loop's Trainer; a batch is the loop's training step.
-from wpat.config import load_config  # noqa: E402
+from wpat.configuration.config import load_config  # noqa: E402
 from wpat.data import write_npz  # noqa: E402
-from wpat.errors import WpatError  # noqa: E402
-from wpat.step import train_step  # noqa: E402
-from wpat.tables import markdown_table  # noqa: E402
-from wpat.train import Trainer  # noqa: E402
+from wpat.helpers.errors import WpatError  # noqa: E402
+from wpat.training.step import train_step  # noqa: E402
+from wpat.helpers.tables import markdown_table  # noqa: E402
+from wpat.objectives import Batch  # noqa: E402
+from wpat.training.batching import compose_batch  # noqa: E402
+from wpat.training.parts import build_parts  # noqa: E402
 
 
 class Run:
-    """A run exactly as ``wpat train PRESET OVERRIDES`` sets it up, before its first epoch (the
-    Trainer writes nothing until ``fit()``, which is never called here)."""
+    """A run exactly as ``wpat train PRESET OVERRIDES`` sets it up, before its first epoch: the
+    training loop's own parts (``build_parts``), of which nothing is written here."""
 
     def __init__(self, preset: str, overrides: list[str], run_dir: Path) -> None:
-        self.trainer = Trainer(load_config(preset, overrides), run_dir)
-        self.cfg, self.device = self.trainer.cfg, self.trainer.device
+        self.parts = build_parts(load_config(preset, overrides))
+        self.cfg, self.device = self.parts.cfg, self.parts.device
 
     @property
     def model(self) -> torch.nn.Module:
         """The plain module (its state is the run's weights)."""
-        return self.trainer.model
+        return self.parts.model
 
     def attack(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.trainer.attack(model, x, y)
+        return self.parts.attack(model, x, y)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None,
              attack: Callable[..., torch.Tensor] | None = None) -> None:
-        """One batch of ``Trainer.run_epochs``: the step under bf16 autocast when ``run.amp``,
+        """One batch of the loop's ``train_epoch``: the step under bf16 autocast when ``run.amp``,
         the perturbation active; ``attack`` replaces the run's own."""
-        t, cfg = self.trainer, self.cfg
-        with torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
-            train_step(t.forward_model, x, y, attack or t.attack, t.objective, t.perturbation, t.optimizer,
-                       cfg.perturb.alternations, cfg.optim.l1, weights, score_forward=t.score_forward)
+        p, cfg = self.parts, self.cfg
+        batch = Batch(x, y, supplies=p.supplies)
+        with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp):
+            train_step(p.forward_model, batch, attack or p.attack, p.objective, p.perturbation, p.optimizer,
+                       cfg.perturb.alternations, cfg.optim.l1, weights, score_forward=p.score_forward)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """The loop's batches, epoch after epoch, with the extra-data stream's share if any."""
         epoch = 0
         while True:
-            self.trainer.loader.set_epoch(epoch)
-            for x, y in self.trainer.loader:
-                yield self.trainer.batch(x, y)
+            self.parts.loader.set_epoch(epoch)
+            for loaded in self.parts.loader:
+                batch, weights = compose_batch(self.parts.world, loaded, self.parts.extra,
+                                               self.cfg.data.extra_weight, self.parts.supplies)
+                yield batch.x, batch.y, weights
             epoch += 1
 
     def extra_stream(self) -> tuple[Any, int]:
         """The extra-data stream and how many examples of each batch it gives."""
-        return self.trainer.extra, self.trainer.n_extra
+        extra = self.parts.extra
+        return extra, 0 if extra is None else extra.batch_size
 
     def close(self) -> None:
-        if self.trainer.extra is not None:
-            self.trainer.extra.close()
+        if self.parts.extra is not None:
+            self.parts.extra.close()
 # ---------------------------------------------------------------------------------------------
 
 
@@ -275,7 +281,7 @@ class Report:
             "GPU run takes and the CPU test suite cannot (bf16 autocast on CUDA, channels_last and "
             "`torch.compile` on a GPU, the extra-data stream's pinned copies, NCCL, RWP's early exit "
             "against its sync-free form). Each run is built as `wpat train` builds it (preset and "
-            "overrides, the training loop's `Trainer`) on random CIFAR-shaped images; the loader's batch "
+            "overrides, the training loop's `build_parts`) on random CIFAR-shaped images; the loader's batch "
             "is part of each timed step, as in training. A row that failed shows its error; a row that "
             "did not fit the time budget says so.", "",
             "## Goals", "", "Measured against, not asserted (issue 28).", "", goals_table(self), ""]

@@ -28,8 +28,8 @@ def train_tiny_run(out_dir):
     images (a few seconds; for tests that need a run, not a model that learned much)."""
     from pathlib import Path
 
-    from wpat.config import load_config
-    from wpat.train import train
+    from wpat.configuration.config import load_config
+    from wpat.training.loop import train
 
     cfg = load_config(None, [f"run.out_dir={out_dir}", "run.name=tiny", "run.progress=false",
                              "model.small_cnn.width=4", "data.train_subset=256", "data.test_subset=32",

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from wpat import experiment
+from wpat.training import experiment
 from wpat.attacks import PGD
-from wpat.config import load_config
-from wpat.errors import WpatError
+from wpat.configuration.config import load_config
+from wpat.helpers.errors import WpatError
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES
+from wpat.objectives import OBJECTIVES, Batch
 from wpat.perturb import AWP, PERTURBATIONS, RWP, perturbed, perturbed_parameters
-from wpat.step import train_step
+from wpat.training.step import train_step
 
 
 def problem(seed=0):
@@ -31,7 +31,7 @@ def reference_step_before_alternations(model, x, y, attack, objective, perturbat
     model.train()
 
     def loss_fn(m, index=None):
-        return objective.per_example(m, x, x_adv, y)
+        return objective.per_example(m, Batch(x, y, x_adv=x_adv))
 
     buffers = [b.clone() for b in model.buffers()]
     losses = loss_fn(model)
@@ -59,7 +59,7 @@ def test_one_alternation_is_exactly_the_previous_step(make):
     opt_a = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     opt_b = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
     torch.manual_seed(5)
-    train_step(model, x, y, attack, objective, make(), opt_a, alternations=1)
+    train_step(model, Batch(x, y), attack, objective, make(), opt_a, alternations=1)
     torch.manual_seed(5)
     reference_step_before_alternations(other, x, y, attack, objective, make(), opt_b)
     for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
@@ -86,7 +86,7 @@ def test_two_alternations_craft_the_second_x_at_w_plus_v_and_match_a_hand_built_
     w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     torch.manual_seed(3)
-    train_step(model, x, y, attack, objective, AWP(gamma=0.05), opt, alternations=2)
+    train_step(model, Batch(x, y), attack, objective, AWP(gamma=0.05), opt, alternations=2)
 
     # By hand: x1 at w, v1 from x1, x2 at w + v1, v2 continuing from v1 with x2, step at w + v2.
     torch.manual_seed(3)
@@ -94,7 +94,7 @@ def test_two_alternations_craft_the_second_x_at_w_plus_v_and_match_a_hand_built_
     x1 = pgd(by_hand, x, y)
     by_hand.train()
     buffers = {k: t.clone() for k, t in by_hand.state_dict().items() if "running" in k or "num_batches" in k}
-    r1 = awp.compute(by_hand, lambda m: objective.per_example(m, x, x1, y))
+    r1 = awp.compute(by_hand, lambda m: objective.per_example(m, Batch(x, y, x_adv=x1)))
     saved = {n: p.detach().clone() for n, p in by_hand.named_parameters()}
     with torch.no_grad():
         for n, p in by_hand.named_parameters():
@@ -105,11 +105,11 @@ def test_two_alternations_craft_the_second_x_at_w_plus_v_and_match_a_hand_built_
         for n, p in by_hand.named_parameters():
             p.copy_(saved[n])
     by_hand.train()
-    r2 = awp.compute(by_hand, lambda m: objective.per_example(m, x, x2, y), start=r1)
+    r2 = awp.compute(by_hand, lambda m: objective.per_example(m, Batch(x, y, x_adv=x2)), start=r1)
     opt_hand = torch.optim.SGD(by_hand.parameters(), lr=0.1)
     with perturbed(by_hand, r2.v):
         opt_hand.zero_grad()
-        objective.per_example(by_hand, x, x2, y).mean().backward()
+        objective.per_example(by_hand, Batch(x, y, x_adv=x2)).mean().backward()
         opt_hand.step()
 
     assert len(attack.seen) == 2

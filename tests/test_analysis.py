@@ -20,17 +20,18 @@ import torch
 from torch import nn
 
 from conftest import fashion_mnist_available
-from wpat import cli, experiment
+from wpat import cli
+from wpat.training import experiment
 from wpat.analysis import (LSCTable, adversarial_losses, filter_normalized_direction,
                            landscape_1d, landscape_2d, list_checkpoints, lsc_table, plot_curves,
                            plot_landscape_1d, plot_landscape_2d, plot_lsc, plot_weight_histograms)
 from wpat.attacks import PGD
-from wpat.checkpoint import FORMAT, save_atomic
-from wpat.config import dump_config, load_config
-from wpat.errors import WpatError
-from wpat.metrics import LSC_EDGES, lsc_histogram
+from wpat.checkpoints.files import FORMAT, save_atomic
+from wpat.configuration.config import dump_config, load_config
+from wpat.helpers.errors import WpatError
+from wpat.measurements.metrics import LSC_EDGES, lsc_histogram
 from wpat.perturb import add_perturbation
-from wpat.run_log import write_metrics
+from wpat.training.run_log import write_metrics
 
 WEIGHTS = ["conv.weight", "fc.weight"]
 

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wpat import experiment
+from wpat.training import experiment
 from wpat.attacks import ATTACK_LOSSES, ATTACKS, BALLS, CW, FGSM, PGD, SPSA, AutoAttack, ball
 from wpat.attacks.base import L2Ball, LinfBall, crafting_mode
 from wpat.attacks.pgd import STARTS
-from wpat.errors import WpatError
-from wpat.threat import BNMode, Norm, ThreatModel
+from wpat.helpers.errors import WpatError
+from wpat.helpers.threat import BNMode, Norm, ThreatModel
 
 EPS = 0.1
 L2_EPS = 0.5

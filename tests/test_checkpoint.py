@@ -4,8 +4,8 @@ import pickle
 import pytest
 import torch
 
-from wpat.checkpoint import load_checkpoint, save_atomic
-from wpat.errors import WpatError
+from wpat.checkpoints.files import load_checkpoint, save_atomic
+from wpat.helpers.errors import WpatError
 
 
 class _Payload:
@@ -141,8 +141,40 @@ def test_no_warnings_reach_stderr(tmp_path):
 def test_pickle_globals_is_static(tmp_path):
     import io
 
-    from wpat.checkpoint import pickle_globals
+    from wpat.checkpoints.diagnosis import pickle_globals
 
     for protocol in range(6):
         found = pickle_globals(io.BytesIO(pickle.dumps([_Payload(), _Payload()], protocol=protocol)))
         assert found == {f"{os.system.__module__}.system"}, protocol
+
+
+# ---------------------------------------------------------------------- an older wpat's run
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "main-resume")
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="Fashion-MNIST not installed")
+def test_a_last_pt_written_by_an_older_wpat_resumes_to_what_a_fresh_run_gives(tmp_path):
+    """tests/fixtures/main-resume holds a run that wpat 934f5a6 cut after batch 3 of epoch 2
+    (tests/fixtures/make_resume_fixture.py): RWP, an EMA and mid-epoch statistics. It resumes,
+    finishes, and ends where a fresh run of its config.yaml ends."""
+    import shutil
+
+    from wpat.configuration.config import load_config
+    from wpat.training.loop import resume, train
+
+    run_dir = tmp_path / "main-resume"
+    shutil.copytree(FIXTURE, run_dir)
+    assert (load_checkpoint(run_dir / "last.pt")["epoch"], load_checkpoint(run_dir / "last.pt")["step"]) == (1, 3)
+    resumed = resume(run_dir, progress=False)
+    fresh = train(load_config(str(run_dir / "config.yaml"), [f"run.out_dir={tmp_path}", "run.name=fresh"]))
+    assert resumed["last"]["epoch"] == fresh["last"]["epoch"] == 2 and not resumed["stopped_early"]
+    assert {"best.pt", "ema_last.pt", "metrics.csv"} <= {p.name for p in run_dir.iterdir()}
+    # The first half ran on another machine: equal up to the last bits of floating point.
+    for key in ("train_loss", "ema_test_nat_acc"):
+        assert resumed["last"][key] == pytest.approx(fresh["last"][key], rel=1e-3, abs=1e-3), key
+    for key in ("test_nat_acc", "test_pgd_acc", "train_pgd_acc"):  # 32 examples each: one may flip
+        assert abs(resumed["last"][key] - fresh["last"][key]) <= 1 / 32, key
+    a, b = load_checkpoint(run_dir / "last.pt")["model"], load_checkpoint(tmp_path / "fresh" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4, msg=key)

@@ -2,18 +2,18 @@ import math
 
 import pytest
 
-from wpat import experiment
+from wpat.training import experiment
 from wpat.attacks import ATTACK_LOSSES, ATTACKS
 from wpat.cli import main
-from wpat.config import PRESET_DIR, Config, config_from_dict, list_presets, load_config
-from wpat.config_values import parse_number
-from wpat.errors import WpatError
+from wpat.configuration.config import PRESET_DIR, Config, config_from_dict, list_presets, load_config
+from wpat.configuration.values import parse_number
+from wpat.helpers.errors import WpatError
 from wpat.models import MODELS
 from wpat.objectives import OBJECTIVES
 from wpat.perturb import PERTURBATIONS
-from wpat.registry import Registry
-from wpat.schedules import SCHEDULES
-from wpat.threat import BNMode, ThreatModel
+from wpat.helpers.registry import Registry
+from wpat.optim.schedules import SCHEDULES
+from wpat.helpers.threat import BNMode, ThreatModel
 
 
 def learning_rate(t, lr, s):

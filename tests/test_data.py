@@ -36,7 +36,7 @@ from wpat.data import (
     split_validation,
 )
 from wpat.data import cifar, idx, svhn
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 RNG = np.random.default_rng(0)
 

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import fashion_mnist_available
-from wpat import distributed
+from wpat.helpers import distributed
 from wpat.perturb import RWP, AWP
-from wpat.step import train_step
+from wpat.training.step import train_step
 
 WORLD = 2
 
@@ -50,9 +50,9 @@ def step(model, x, y, delta, make, world=distributed.World()):
     x, y, delta = world.share(x), world.share(y), world.share(delta)
     attack = lambda m, a, b: (a + delta).clamp(0, 1)  # noqa: E731
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    from wpat.objectives import OBJECTIVES
+    from wpat.objectives import OBJECTIVES, Batch
 
-    _, stats = train_step(model, x, y, attack, OBJECTIVES.build("at"), make(), optimizer)
+    _, stats = train_step(model, Batch(x, y), attack, OBJECTIVES.build("at"), make(), optimizer)
     return stats
 
 
@@ -78,7 +78,7 @@ def worker(rank, init_file, name, out):
     c_min = c_min_between(model, x, y)
     stats = step(model, x, y, delta, lambda: MAKERS[name](c_min), distributed.current())
     # evaluation counts: an uneven shard of 15 examples
-    from wpat.metrics import correct
+    from wpat.measurements.metrics import correct
 
     world = distributed.current()
     flags = correct(model, world.shard(x[:15]), world.shard(y[:15]))
@@ -102,7 +102,7 @@ def test_two_ranks_compute_what_one_process_computes_on_the_global_batch(tmp_pat
         torch.testing.assert_close(got["stats"][key].float(), value.float(), rtol=1e-5, atol=1e-6, msg=key)
     if name.startswith("rwp"):  # rank 0 alone had no example below c_min, yet did not stop
         assert float(stats["rwp_frac_below"]) == 0.5 and float(stats["perturb_steps"]) > 0
-    from wpat.metrics import correct
+    from wpat.measurements.metrics import correct
 
     assert int(got["hits"]) == int(correct(model, x[:15], y[:15]).sum())
 
@@ -200,16 +200,16 @@ def test_every_rank_leaves_the_process_group_when_its_run_ends(tmp_path):
 def trainer_worker(rank, init_file, out_dir, out):
     os.environ.update(WORLD_SIZE=str(WORLD), RANK=str(rank))
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    from wpat.config import load_config
-    from wpat.train import Trainer
+    from wpat.configuration.config import load_config
+    from wpat.training.parts import build_parts
 
     cfg = load_config("fmnist-smallcnn-linf", ["model.small_cnn.width=4", "data.train_subset=128",
                                                "data.test_subset=32", "data.batch_size=64", "run.threads=1",
                                                f"run.out_dir={out_dir}"])
     with distributed.session():  # a group the caller joined stays joined
-        trainer = Trainer(cfg, Path(out_dir) / "t")
+        model = build_parts(cfg).model
     assert dist.is_initialized()
-    weights = torch.cat([t.flatten().float() for t in trainer.model.state_dict().values()])
+    weights = torch.cat([t.flatten().float() for t in model.state_dict().values()])
     gathered = distributed.gather(weights)
     if rank == 0:
         torch.save(gathered, out)

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from wpat.config import load_config
+from wpat.configuration.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -15,18 +15,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import SEED, fashion_mnist_available
-from wpat import experiment
+from wpat.training import experiment
 from wpat.attacks import SPSA, AutoAttack
-from wpat.checkpoint import FORMAT, save_atomic
-from wpat.config import dump_config, load_config
+from wpat.checkpoints.files import FORMAT, save_atomic
+from wpat.configuration.config import dump_config, load_config
 from wpat.data import load_dataset
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 from wpat.evaluation import (COLUMNS, column_correct, evaluate_checkpoint, evaluate_model, labels,
                              masking_checks, ordering_warnings, report_warnings, results_table)
-from wpat.loading import fit_state_dict, model_from_checkpoint
-from wpat.metrics import accuracy
+from wpat.training.loading import fit_state_dict, model_from_checkpoint
+from wpat.measurements.metrics import accuracy
 from wpat.models import build_model
-from wpat.threat import ThreatModel
+from wpat.helpers.threat import ThreatModel
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 
@@ -104,7 +104,8 @@ def test_table_has_the_papers_columns(run):
     assert [c.strip() for c in header.strip("|").split("|")] == ["Checkpoint", "Epoch", "Natural", "FGSM"]
     assert row.startswith("| last") and f"{100 * report['checkpoints']['last']['accuracy']['natural']:.2f}" in row
     assert labels() == {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd100": "PGD-100",
-                        "cw": "CW∞", "spsa": "SPSA", "aa": "AA"}
+                        "cw": "CW∞", "spsa": "SPSA", "aa": "AA", "aa-plus": "AA+",
+                        "aa-apgd": "AA (APGD-CE, APGD-T)"}
 
 
 def test_every_column_has_a_label_and_a_docstring_of_its_own():

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from conftest import SEED, fashion_mnist_available
-from wpat.config import load_config
-from wpat.train import train
+from wpat.configuration.config import load_config
+from wpat.training.loop import train
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 

@@ -15,8 +15,8 @@ import torch
 
 from conftest import fashion_mnist_available, train_tiny_run
 from wpat.cli import main
-from wpat.experiment import model_from_config
-from wpat.loading import model_from_checkpoint
+from wpat.training.experiment import model_from_config
+from wpat.training.loading import model_from_checkpoint
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 
@@ -159,7 +159,7 @@ def test_export_command_imports_no_torch():
 
 
 def test_additional_data_only_when_the_config_names_extra_files():
-    from wpat.export import additional_data
+    from wpat.evaluation.export import additional_data
 
     class Cfg:
         def __init__(self, data):

@@ -21,7 +21,7 @@ import torch
 
 from wpat.data.extra import ExtraData, open_extra, read_rst_pickle, write_npz
 from wpat.data.stream import ExtraStream, stream_order
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 N = 700
 
@@ -294,3 +294,28 @@ def test_streaming_a_large_file_keeps_host_memory_flat(tmp_path):
     growth, seen = int(out[0]), int(out[1])
     assert seen >= n
     assert growth < 40e6, f"RSS grew by {growth / 1e6:.0f} MB while streaming a {size / 1e6:.0f} MB file"
+
+
+@pytest.mark.parametrize("overrides, key, validation", [
+    (["data.extra_fraction=0.5"], "data.extra:", False),  # a preset may leave the path to the user
+    (["data.extra_fraction=0.5", "data.extra=somewhere.npz", "data.classes=[0,1]"], "data.classes:", True),
+])
+def test_extra_data_settings_are_refused_before_any_data_is_read(tmp_path, overrides, key, validation, monkeypatch):
+    """A class subset with extra data is refused by the validation every command and every sweep
+    runs (``experiment.build_components``); extra data without a source when training starts.
+    Either way `wpat train` exits 2 before reading the dataset and leaves no run directory."""
+    from wpat.training import experiment
+    from wpat.cli import main
+    from wpat.configuration.config import load_config
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the configuration was checked")
+
+    monkeypatch.setattr(experiment, "load_dataset", no_data)
+    if validation:
+        with pytest.raises(WpatError, match=key):
+            experiment.build_components(load_config(None, overrides))
+    else:
+        experiment.build_components(load_config(None, overrides))
+    assert main(["train", "fmnist-smallcnn-linf", *overrides, f"run.out_dir={tmp_path}", "run.name=r"]) == 2
+    assert not (tmp_path / "r").exists()

@@ -8,9 +8,9 @@ import torch
 
 from wpat.attacks import PGD
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES
+from wpat.objectives import OBJECTIVES, Batch
 from wpat.perturb import AWP, RWP
-from wpat.step import train_step
+from wpat.training.step import train_step
 
 
 def one_step(model, make, autocast=False):
@@ -23,7 +23,7 @@ def one_step(model, make, autocast=False):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        train_step(model, x, y, lambda m, a, b: x_adv, OBJECTIVES.build("at"), make(), optimizer)
+        train_step(model, Batch(x, y), lambda m, a, b: x_adv, OBJECTIVES.build("at"), make(), optimizer)
     return {k: v - before[k] for k, v in model.state_dict().items() if v.dtype.is_floating_point}
 
 

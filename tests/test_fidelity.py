@@ -14,15 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from wpat import experiment
+from wpat.training import experiment
 from wpat.attacks.pgd import STARTS
-from wpat.config import list_presets, load_config
-from wpat.config_values import flatten
+from wpat.configuration.config import list_presets, load_config
+from wpat.configuration.values import flatten
 from wpat.data import dataset_spec
 from wpat.data.loader import random_crop_flip, rotate
 from wpat.perturb import AWP, RWP
-from wpat.schedules import Piecewise
-from wpat.step import perturbation_active, schedule_time
+from wpat.optim.schedules import Piecewise
+from wpat.training.step import perturbation_active, schedule_time
 
 TABLE = Path(__file__).resolve().parent.parent / "docs" / "reproduction.md"
 
@@ -244,7 +244,7 @@ def test_an_option_of_another_method_ends_with_one_clear_line(tmp_path, capsys):
 
 
 def test_options_of_a_method_not_selected_are_checked_too():
-    from wpat.errors import WpatError
+    from wpat.helpers.errors import WpatError
 
     cfg = load_config("cifar10-preactresnet18-linf", ["perturb.awp.c_min=1"])  # rwp selected
     with pytest.raises(WpatError, match="perturb.awp: weight perturbation 'awp' has no option 'c_min'"):

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conftest import fashion_mnist_available
-from wpat import cli, experiment
+from wpat import cli
+from wpat.training import experiment
 from wpat.analysis import adversarial_losses, analysis_attack, examples
 from wpat.analysis.gamma import crafted_examples, gamma_sensitivity, perturbation
-from wpat.config import load_config
-from wpat.loading import model_from_checkpoint
+from wpat.configuration.config import load_config
+from wpat.training.loading import model_from_checkpoint
 from wpat.perturb import perturbed_parameters
 
 needs_data = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
@@ -69,7 +70,7 @@ def read_csv(path):
 
 @needs_data
 def test_cli_on_a_tiny_trained_model(tmp_path, capsys):
-    from wpat.train import train
+    from wpat.training.loop import train
 
     cfg = load_config(None, ["model.small_cnn.width=2", "data.train_subset=128", "data.test_subset=32",
                              "data.batch_size=64", "schedule.epochs=1", "attack.steps=1", "eval.steps=1",

@@ -20,8 +20,8 @@ from wpat.attacks import ATTACK_LOSSES, CW, PGD
 from wpat.attacks.losses import cross_entropy_per_example
 from wpat.data import MIXES, DeviceLoader
 from wpat.data.mixing import sample_beta
-from wpat.errors import WpatError
-from wpat.objectives import AT, MART, OBJECTIVES, TRADES
+from wpat.helpers.errors import WpatError
+from wpat.objectives import AT, MART, OBJECTIVES, TRADES, Batch
 from wpat.perturb import AWP, RWP
 
 
@@ -286,12 +286,12 @@ def test_soft_cross_entropy_is_rices_mixup_criterion():
         logits, y_b, reduction="none")
     torch.testing.assert_close(cross_entropy_per_example(logits, soft), expected)
     torch.testing.assert_close(ATTACK_LOSSES.get("ce")(logits, soft, None), expected)
-    torch.testing.assert_close(AT().per_example(nn.Identity(), logits, logits, soft), expected)
+    torch.testing.assert_close(AT().per_example(nn.Identity(), Batch(logits, soft, x_adv=logits)), expected)
     # TRADES' natural term (β = 0 leaves only it); its KL reads no labels.
-    torch.testing.assert_close(TRADES(beta=0.0).per_example(nn.Identity(), logits, logits * 0.5, soft),
+    torch.testing.assert_close(TRADES(beta=0.0).per_example(nn.Identity(), Batch(logits, soft, x_adv=logits * 0.5)),
                                expected)
-    kl = TRADES(beta=1.0).per_example(nn.Identity(), logits, logits * 0.5, soft) - expected
-    torch.testing.assert_close(kl, TRADES(beta=1.0).per_example(nn.Identity(), logits, logits * 0.5, y_a)
+    kl = TRADES(beta=1.0).per_example(nn.Identity(), Batch(logits, soft, x_adv=logits * 0.5)) - expected
+    torch.testing.assert_close(kl, TRADES(beta=1.0).per_example(nn.Identity(), Batch(logits, y_a, x_adv=logits * 0.5))
                                - F.cross_entropy(logits, y_a, reduction="none"))
     # Hard labels are untouched: bitwise the plain cross-entropy.
     assert torch.equal(cross_entropy_per_example(logits, y_a), F.cross_entropy(logits, y_a, reduction="none"))
@@ -337,8 +337,8 @@ def test_weight_perturbations_run_on_soft_per_example_losses(name):
 
     def loss_fn(m, index=None):
         if index is None:
-            return objective.per_example(m, xb, xb, soft)
-        return objective.per_example(m, xb[index], xb[index], soft[index])
+            return objective.per_example(m, Batch(xb, soft, x_adv=xb))
+        return objective.per_example(m, Batch(xb[index], soft[index], x_adv=xb[index]))
 
     losses = loss_fn(model).detach()
     c_min = float(losses.median())
@@ -363,9 +363,9 @@ def test_mart_refuses_soft_targets_with_one_line():
     assert MART.soft_targets is False and AT.soft_targets and TRADES.soft_targets
     assert all(OBJECTIVES.get(name).soft_targets == (name != "mart") for name in OBJECTIVES.names())
     with pytest.raises(WpatError) as info:
-        MART().per_example(nn.Identity(), logits, logits, soft)
+        MART().per_example(nn.Identity(), Batch(logits, soft, x_adv=logits))
     assert "mixup/CutMix" in _one_line(info) and "MART" in str(info.value)
-    MART().per_example(nn.Identity(), logits, logits, y_a)  # labels still work
+    MART().per_example(nn.Identity(), Batch(logits, y_a, x_adv=logits))  # labels still work
 
 
 def test_cw_refuses_soft_targets_with_one_line():

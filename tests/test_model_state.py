@@ -1,10 +1,10 @@
-"""`wpat.model_state.kept`: the one way a model is handed back as it was found."""
+"""`wpat.helpers.model_state.kept`: the one way a model is handed back as it was found."""
 
 import pytest
 import torch
 from torch import nn
 
-from wpat.model_state import kept
+from wpat.helpers.model_state import kept
 
 
 def model():

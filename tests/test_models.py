@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 from wpat.models import MODELS, Normalize, build_model
 from wpat.models.preact_resnet import PreActBlock
 
@@ -233,8 +233,8 @@ def test_torch_compile_without_graph_breaks(name, kwargs):
 
 
 def test_mlp_layout_and_input_check():
-    from wpat.config import load_config
-    from wpat.experiment import model_from_config
+    from wpat.configuration.config import load_config
+    from wpat.training.experiment import model_from_config
 
     model = make("mlp", 1)
     assert num_params(model) == 269_834  # 784·256 + 256·256 + 256·10 + 10, BN 2·2·256

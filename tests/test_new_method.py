@@ -19,13 +19,13 @@ from torch import Tensor, nn
 import wpat
 from conftest import fashion_mnist_available
 from wpat import cli
-from wpat.errors import check, is_finite
-from wpat.model_state import kept
-from wpat.objectives import OBJECTIVES, Objective
+from wpat.helpers.errors import check, is_finite
+from wpat.helpers.model_state import kept
+from wpat.objectives import OBJECTIVES, Batch, Objective
 from wpat.perturb import PERTURBATIONS, Perturbation, WeightPerturbation, perturbed_parameters
 from wpat.perturb.base import global_norm, rescale_per_layer
-from wpat.run_dir import RunDir
-from wpat.threat import BNMode
+from wpat.checkpoints.run_dir import RunDir
+from wpat.helpers.threat import BNMode
 
 needs_data = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 
@@ -79,8 +79,8 @@ class SmoothAT(Objective):
         self.smoothing = smoothing
         BUILT.append(self)
 
-    def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(model(x_adv), y, reduction="none", label_smoothing=self.smoothing)
+    def per_example(self, model: nn.Module, batch: Batch) -> Tensor:
+        return F.cross_entropy(model(batch.x_adv), batch.y, reduction="none", label_smoothing=self.smoothing)
 
 
 @pytest.fixture(scope="module", autouse=True)

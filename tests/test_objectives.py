@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wpat.errors import WpatError
-from wpat.objectives import AT, MART, OBJECTIVES, TRADES
-from wpat.threat import BNMode
+from wpat.helpers.errors import WpatError
+from wpat.objectives import AT, MART, OBJECTIVES, TRADES, Batch
+from wpat.helpers.threat import BNMode
 
 IDENTITY = nn.Identity()
 CLEAN = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0], [-2.0, 4.0, 0.0]])
@@ -41,33 +41,33 @@ def close(actual, expected):
 
 
 def test_at_is_cross_entropy_on_the_adversarial_logits():
-    loss = AT().per_example(IDENTITY, CLEAN, ADV, Y)
+    loss = AT().per_example(IDENTITY, Batch(CLEAN, Y, x_adv=ADV))
     assert loss.shape == (4,)
     close(loss, hand_ce(ADV, Y))
 
 
 def test_trades_is_clean_ce_plus_beta_kl():
-    loss = TRADES(beta=2.5).per_example(IDENTITY, CLEAN, ADV, Y)
+    loss = TRADES(beta=2.5).per_example(IDENTITY, Batch(CLEAN, Y, x_adv=ADV))
     assert loss.shape == (4,)
     close(loss, [c + 2.5 * k for c, k in zip(hand_ce(CLEAN, Y), hand_kl(CLEAN, ADV))])
 
 
 def test_trades_with_beta_zero_is_clean_ce():
-    close(TRADES(beta=0.0).per_example(IDENTITY, CLEAN, ADV, Y), hand_ce(CLEAN, Y))
+    close(TRADES(beta=0.0).per_example(IDENTITY, Batch(CLEAN, Y, x_adv=ADV)), hand_ce(CLEAN, Y))
 
 
 def test_trades_kl_is_non_negative_and_zero_without_perturbation():
     clean, adv = 5 * torch.randn(1000, 10), 5 * torch.randn(1000, 10)
     y = torch.randint(0, 10, (1000,))
-    natural = TRADES(beta=0.0).per_example(IDENTITY, clean, adv, y)
-    kl = TRADES(beta=1.0).per_example(IDENTITY, clean, adv, y) - natural
+    natural = TRADES(beta=0.0).per_example(IDENTITY, Batch(clean, y, x_adv=adv))
+    kl = TRADES(beta=1.0).per_example(IDENTITY, Batch(clean, y, x_adv=adv)) - natural
     assert kl.min() >= -1e-5
-    torch.testing.assert_close(TRADES(beta=1.0).per_example(IDENTITY, clean, clean, y), natural)
+    torch.testing.assert_close(TRADES(beta=1.0).per_example(IDENTITY, Batch(clean, y, x_adv=clean)), natural)
 
 
 def test_mart_matches_its_formula():
     lam = 3.0
-    loss = MART(lam=lam).per_example(IDENTITY, CLEAN, ADV, Y)
+    loss = MART(lam=lam).per_example(IDENTITY, Batch(CLEAN, Y, x_adv=ADV))
     assert loss.shape == (4,)
     expected = []
     for i, t in enumerate(Y.tolist()):
@@ -80,7 +80,7 @@ def test_mart_matches_its_formula():
 
 
 def test_mart_with_lam_zero_is_its_bce():
-    loss = MART(lam=0.0).per_example(IDENTITY, CLEAN, ADV, Y)
+    loss = MART(lam=0.0).per_example(IDENTITY, Batch(CLEAN, Y, x_adv=ADV))
     p_adv = softmax_rows(ADV)
     wrong = [max(p for k, p in enumerate(row) if k != t) for row, t in zip(p_adv, Y.tolist())]
     close(loss, [c - math.log(1.0001 - w + 1e-12) for c, w in zip(hand_ce(ADV, Y), wrong)])
@@ -89,7 +89,7 @@ def test_mart_with_lam_zero_is_its_bce():
 @pytest.mark.parametrize("objective", [AT(), TRADES(), MART()], ids=["at", "trades", "mart"])
 def test_gradients_reach_the_inputs_the_formula_uses(objective):
     clean, adv = CLEAN.clone().requires_grad_(True), ADV.clone().requires_grad_(True)
-    objective.per_example(IDENTITY, clean, adv, Y).sum().backward()
+    objective.per_example(IDENTITY, Batch(clean, Y, x_adv=adv)).sum().backward()
     assert adv.grad.abs().sum() > 0
     # AT ignores the clean batch; TRADES and MART differentiate through both forwards.
     assert (clean.grad is None) == isinstance(objective, AT)
@@ -100,7 +100,7 @@ def test_per_example_leaves_the_model_mode_alone(objective):
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
     for training in (True, False):
         model.train(training)
-        objective.per_example(model, CLEAN, ADV, Y)
+        objective.per_example(model, Batch(CLEAN, Y, x_adv=ADV))
         assert model.training is training and model[1].training is training
 
 
@@ -188,7 +188,8 @@ def test_trades_step_matches_the_authors_forwards_and_bn_statistics(clean_forwar
     x_adv = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
     authors_trades_step(theirs, x, x_adv, y, beta=6.0)
     ours.train()
-    OBJECTIVES.build("trades", beta=6.0, clean_forwards=clean_forwards).per_example(ours, x, x_adv, y).mean().backward()
+    trades = OBJECTIVES.build("trades", beta=6.0, clean_forwards=clean_forwards)
+    trades.per_example(ours, Batch(x, y, x_adv=x_adv)).mean().backward()
     for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
     bn_ours, bn_theirs = ours[1], theirs[1]

@@ -17,10 +17,11 @@ import torch
 import yaml
 
 from conftest import SEED
-from wpat.checkpoint import load_checkpoint
-from wpat.config import Config, config_from_dict, dump_config, load_config
-from wpat.errors import WpatError
-from wpat.train import Trainer, train
+from wpat.checkpoints.files import load_checkpoint
+from wpat.configuration.config import Config, config_from_dict, dump_config, load_config
+from wpat.helpers.errors import WpatError
+from wpat.training.loop import train
+from wpat.training.parts import Parts, build_parts
 
 
 def optional_fields() -> dict[str, type]:
@@ -113,11 +114,11 @@ def write_cifar10(root: Path, n_per_batch: int) -> torch.Tensor:
     return torch.cat(train_images)
 
 
-def unaugmented(trainer: Trainer, images: torch.Tensor) -> bool:
+def unaugmented(parts: Parts, images: torch.Tensor) -> bool:
     """Whether every image of an epoch's batches is one of the training images as stored."""
     stored = {bytes(image.flatten().tolist()) for image in images}
-    trainer.loader.set_epoch(0)
-    for x, _ in trainer.loader:
+    parts.loader.set_epoch(0)
+    for x, _ in parts.loader:
         for image in (x * 255).round().to(torch.uint8):
             if bytes(image.flatten().tolist()) not in stored:
                 return False
@@ -132,11 +133,11 @@ def test_augment_none_on_cifar_trains_and_resumes_without_augmentation(tmp_path)
             "run.tensorboard=false", f"run.out_dir={tmp_path / 'runs'}", f"run.seed={SEED}"]
 
     default = load_config(None, [*tiny, "run.name=default"])
-    assert not unaugmented(Trainer(default, tmp_path / "unused"), images)  # CIFAR's default crops and flips
+    assert not unaugmented(build_parts(default), images)  # CIFAR's default crops and flips
 
     cfg = load_config(None, [*tiny, "data.augment=none", "run.name=plain"])
     run_dir = Path(train(cfg)["run_dir"])
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["augment"] == "none"
     stored = config_from_dict(load_checkpoint(run_dir / "last.pt")["config"])  # as `wpat train --resume` does
     assert stored.data.augment == "none"
-    assert unaugmented(Trainer(stored, run_dir, fresh=False), images)
+    assert unaugmented(build_parts(stored, fresh=False), images)

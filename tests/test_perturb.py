@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 from wpat.perturb import (AWP, RWP, LSCRangeAWP, RandomWP, add_perturbation, PERTURBATIONS,
                           perturbed, perturbed_parameters)
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import SEED, fashion_mnist_available
-from wpat.progress import Progress
+from wpat.helpers.progress import Progress
 
 
 def test_plain_lines_every_tenth_when_not_a_terminal():
@@ -62,7 +62,7 @@ def test_training_into_a_log_prints_progress_lines(tmp_path, capsys):
 
 
 def test_the_line_adds_the_whole_runs_remaining_time():
-    from wpat.progress import After
+    from wpat.helpers.progress import After
 
     stream = io.StringIO()
     # 100 steps now, 200 steps in later epochs at the same pace, 30 s of evaluations measured
@@ -78,8 +78,8 @@ def test_the_line_adds_the_whole_runs_remaining_time():
 
 
 def test_run_after_counts_later_epochs_and_evaluations():
-    from wpat.config import load_config
-    from wpat.train import run_after
+    from wpat.configuration.config import load_config
+    from wpat.training.loop import run_after
 
     cfg = load_config(None, ["schedule.epochs=5", "eval.every=2", "perturb.name=awp", "perturb.warmup=2"])
     first = run_after(0, 10, cfg, eval_seconds=None)

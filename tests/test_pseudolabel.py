@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from conftest import SEED, fashion_mnist_available
-from wpat.checkpoint import FORMAT, save_atomic
+from wpat.checkpoints.files import FORMAT, save_atomic
 from wpat import cli
-from wpat.config import dump_config, load_config
+from wpat.configuration.config import dump_config, load_config
 from wpat.data import load_dataset
 from wpat.data.extra import write_npz
-from wpat.errors import WpatError
-from wpat.experiment import model_from_config
-from wpat.metrics import correct
-from wpat.pseudolabel import pseudolabel
+from wpat.helpers.errors import WpatError
+from wpat.training.experiment import model_from_config
+from wpat.measurements.metrics import correct
+from wpat.training.pseudolabel import pseudolabel
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
 
 
 def _model(run):
-    from wpat.loading import model_from_checkpoint
+    from wpat.training.loading import model_from_checkpoint
 
     return model_from_checkpoint(run / "best.pt")[0].eval()
 

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from wpat.cli import main
-from wpat.config import load_config
-from wpat.loading import fit_state_dict, model_from_checkpoint
-from wpat.experiment import model_from_config
+from wpat.configuration.config import load_config
+from wpat.training.loading import fit_state_dict, model_from_checkpoint
+from wpat.training.experiment import model_from_config
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -110,7 +110,7 @@ def trades_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Ten
 
 
 def expected_name(key: str, n: int) -> str:
-    """wpat's name of a TRADES key (n layers per block), written independently of wpat.loading."""
+    """wpat's name of a TRADES key (n layers per block), written independently of wpat.training.loading."""
     parts = key.split(".")
     if parts[0] == "conv1":
         return "net.stem.weight"

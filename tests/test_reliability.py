@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SEED, crashing_at_call, fashion_mnist_available
-from wpat.checkpoint import load_checkpoint
+from wpat.checkpoints.files import load_checkpoint
 from wpat.cli import main
-from wpat import experiment
-from wpat.config import Config, load_config
-from wpat.errors import WpatError
+from wpat.training import experiment
+from wpat.configuration.config import Config, load_config
+from wpat.helpers.errors import WpatError
 
 needs_fmnist = pytest.mark.skipif(not fashion_mnist_available(), reason="Debian's dataset-fashion-mnist is not installed")
 
@@ -86,9 +86,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     real = AT.per_example
     calls = {"n": 0}
 
-    def poisoned(self, model, x, x_adv, y):
+    def poisoned(self, model, batch):
         calls["n"] += 1
-        losses = real(self, model, x, x_adv, y)
+        losses = real(self, model, batch)
         return losses * float("nan") if calls["n"] > 12 else losses  # 10 steps per epoch
 
     monkeypatch.setattr(AT, "per_example", poisoned)
@@ -111,7 +111,7 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
 def test_a_run_killed_before_its_first_checkpoint_is_started_again_by_its_command(tmp_path, monkeypatch, capsys):
     """config.yaml and an event file but no last.pt: --resume says so and how to start again;
     the same command starts again in the same directory, in place of the old event file."""
-    import wpat.train as training
+    import wpat.training.loop as training
 
     args = ["train", *TINY, "run.tensorboard=true", f"run.out_dir={tmp_path}", "run.name=early"]
     real_step = training.train_step
@@ -197,7 +197,7 @@ def test_fuzzed_config_values_never_raise_anything_but_a_clear_error(pairs):
 
 @needs_fmnist
 def test_resume_from_a_mid_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    import wpat.train as training
+    import wpat.training.loop as training
 
     clean = training.train(load_config(None, [*TINY, "schedule.epochs=2", f"run.out_dir={tmp_path}", "run.name=a"]))
     real_step = training.train_step
@@ -220,7 +220,7 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
     import os
     import stat
 
-    from wpat.fs import atomic_file, write_text_atomic
+    from wpat.helpers.fs import atomic_file, write_text_atomic
 
     plain = tmp_path / "plain.txt"
     plain.write_text("x")  # open(): 0o666 less the umask

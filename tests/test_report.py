@@ -10,10 +10,10 @@ import statistics
 import pytest
 
 from wpat import cli
-from wpat.analysis.report import (find_runs, group_curves, group_runs, markdown_report, paired_differences,
-                                  run_result)
-from wpat.config import dump_config, load_config
-from wpat.errors import WpatError
+from wpat.analysis.groups import find_runs, group_runs, run_result
+from wpat.analysis.report import group_curves, markdown_report, paired_differences
+from wpat.configuration.config import dump_config, load_config
+from wpat.helpers.errors import WpatError
 from wpat.sweep import RunSpec, write_manifest
 
 

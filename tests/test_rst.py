@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import SEED, crashing_at_call, fashion_mnist_available
-from wpat.checkpoint import load_checkpoint
-from wpat.config import load_config
+from wpat.checkpoints.files import load_checkpoint
+from wpat.configuration.config import load_config
 from wpat.data import load_dataset, write_npz
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
@@ -30,15 +30,15 @@ def rst(tmp_path, extra, *more):
 
 
 def test_batches_mix_at_the_fraction_and_an_epoch_counts_labeled_set_sizes(tmp_path, extra, monkeypatch):
-    import wpat.train as training
+    import wpat.training.loop as training
 
     seen = []
     real = training.train_step
 
-    def spy(model, x, y, attack, objective, perturbation, optimizer, alternations=1, l1=0.0, weights=None,
+    def spy(model, batch, attack, objective, perturbation, optimizer, alternations=1, l1=0.0, weights=None,
             score_forward=False):
-        seen.append((len(x), weights.clone()))
-        return real(model, x, y, attack, objective, perturbation, optimizer, alternations, l1, weights,
+        seen.append((len(batch.x), weights.clone()))
+        return real(model, batch, attack, objective, perturbation, optimizer, alternations, l1, weights,
                     score_forward=score_forward)
 
     monkeypatch.setattr(training, "train_step", spy)
@@ -51,7 +51,7 @@ def test_batches_mix_at_the_fraction_and_an_epoch_counts_labeled_set_sizes(tmp_p
 
 
 def test_a_few_step_rst_rwp_run_learns(tmp_path, extra):
-    from wpat.train import train
+    from wpat.training.loop import train
 
     summary = train(rst(tmp_path, extra, "run.name=learns", "model.small_cnn.width=8", "attack.steps=2"))
     last = summary["last"]
@@ -59,7 +59,7 @@ def test_a_few_step_rst_rwp_run_learns(tmp_path, extra):
 
 
 def test_a_killed_rst_run_resumes_bitwise(tmp_path, extra, monkeypatch):
-    import wpat.train as training
+    import wpat.training.loop as training
 
     common = ["run.checkpoint_every=3", "run.deterministic=true"]
     training.train(rst(tmp_path, extra, *common, "run.name=whole"))

@@ -1,10 +1,10 @@
-"""`wpat.run_dir`: a run directory's files, and the one place a run's checkpoint is found."""
+"""`wpat.checkpoints.run_dir`: a run directory's files, and the one place a run's checkpoint is found."""
 
 import pytest
 
 from wpat import cli
-from wpat.errors import WpatError
-from wpat.run_dir import RunDir, checkpoints_of, find_checkpoint
+from wpat.helpers.errors import WpatError
+from wpat.checkpoints.run_dir import RunDir, checkpoints_of, find_checkpoint
 
 
 def test_a_run_directory_names_its_files(tmp_path):

@@ -17,15 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import SEED, fashion_mnist_available
-from wpat import experiment
+from wpat.training import experiment
 from wpat.attacks import PGD
-from wpat.batchnorm import count_as, save_running_stats
-from wpat.checkpoint import load_checkpoint
-from wpat.config import load_config
-from wpat.objectives import OBJECTIVES
+from wpat.helpers.batchnorm import count_as, save_running_stats
+from wpat.checkpoints.files import load_checkpoint
+from wpat.configuration.config import load_config
+from wpat.objectives import OBJECTIVES, Batch
 from wpat.perturb import AWP, RWP
-from wpat.step import train_step
-from wpat.train import train
+from wpat.training.step import train_step
+from wpat.training.loop import train
 
 EPS, ALPHA, STEPS, GAMMA = 8 / 255, 2 / 255, 3, 0.01
 EPS20 = 1e-20
@@ -187,7 +187,7 @@ def wpat_step(model, opt, x, y, method, mixup=None, script=True):
     attack = PGD(EPS, ALPHA, STEPS, bn_mode="train", mixup_forwards=2 if script else 1)
     if mixup is not None:  # the mixed targets as wpat's loader gives them
         y = mixup[1] * F.one_hot(y, 10).float() + (1 - mixup[1]) * F.one_hot(mixup[0], 10).float()
-    _, stats = train_step(model, x, y, attack, OBJECTIVES.build("at"), make(), opt, score_forward=script)
+    _, stats = train_step(model, Batch(x, y), attack, OBJECTIVES.build("at"), make(), opt, score_forward=script)
     return int(stats.get("perturb_steps", 0))
 
 
@@ -271,12 +271,12 @@ def test_an_objective_with_other_forwards_pays_one_forward_for_the_score():
     x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 10, (16,))
     x_adv = (x + 0.01).clamp(0, 1)
     trades = OBJECTIVES.build("trades")
-    train_step(model, x, y, lambda m, a, b: x_adv, trades, None, torch.optim.SGD(model.parameters(), lr=0.1),
+    train_step(model, Batch(x, y), lambda m, a, b: x_adv, trades, None, torch.optim.SGD(model.parameters(), lr=0.1),
                score_forward=True)
     reference.train()
     with torch.no_grad():
         reference(x_adv)  # the score, then the step as without it
-    train_step(reference, x, y, lambda m, a, b: x_adv, trades, None,
+    train_step(reference, Batch(x, y), lambda m, a, b: x_adv, trades, None,
                torch.optim.SGD(reference.parameters(), lr=0.1))
     for (name, a), b in zip(reference.state_dict().items(), model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)

@@ -7,11 +7,12 @@ import pytest
 import yaml
 
 from conftest import fashion_mnist_available
-from wpat import cli, experiment
-from wpat.checkpoint import load_checkpoint
-from wpat.config import load_config
-from wpat.errors import WpatError
-from wpat.experiment import model_from_config
+from wpat import cli
+from wpat.training import experiment
+from wpat.checkpoints.files import load_checkpoint
+from wpat.configuration.config import load_config
+from wpat.helpers.errors import WpatError
+from wpat.training.experiment import model_from_config
 from wpat.sweep import (RunSpec, execute, expand, parse_grid, parse_seeds, plan, replicas,
                         run_names, setting_of, split_values)
 from wpat.sweep.runner import _check_resources
@@ -118,7 +119,7 @@ def test_plan_builds_every_run_config(tmp_path, tiny_config):
 def test_a_config_written_before_a_setting_existed_has_the_same_setting(tiny_config):
     """A run or manifest of an earlier wpat lacks the settings added since; it still matches the
     same run described today (so a sweep re-invoked after an upgrade skips or resumes it)."""
-    from wpat.sweep.grid import resolved
+    from wpat.sweep.runs import resolved
 
     today = load_config(tiny_config).to_dict()
     earlier = {section: dict(values) for section, values in today.items()}
@@ -201,18 +202,18 @@ def last_epoch(run_dir) -> int:
 
 @needs_data
 def test_a_killed_run_is_resumed_a_finished_one_skipped(tmp_path, tiny_config, capsys, monkeypatch):
-    import wpat.train
+    import wpat.training.loop
 
-    save = wpat.train.Trainer.save
+    save = wpat.training.loop.save_epoch
 
-    def killed_after_epoch_1(self, record):  # the awp run dies once its epoch 1 is saved
-        save(self, record)
-        if self.cfg.perturb.name == "awp" and self.epoch == 1:
+    def killed_after_epoch_1(parts, state, run_dir):  # the awp run dies once its epoch 1 is saved
+        save(parts, state, run_dir)
+        if parts.cfg.perturb.name == "awp" and state.epoch == 1:
             raise RuntimeError("simulated kill")
 
     args = ["sweep", tiny_config, "--grid", "perturb.name=none,awp", "--out", str(tmp_path),
             "--name", "s", "--local"]
-    monkeypatch.setattr(wpat.train.Trainer, "save", killed_after_epoch_1)
+    monkeypatch.setattr(wpat.training.loop, "save_epoch", killed_after_epoch_1)
     assert cli.main(args) == 1  # a run failed: non-zero, but the other run went on
     out = capsys.readouterr().out
     sweep = tmp_path / "s"
@@ -227,7 +228,7 @@ def test_a_killed_run_is_resumed_a_finished_one_skipped(tmp_path, tiny_config, c
         ("awp__seed-0", ["perturb.name=awp", "run.seed=0"], "failed")]
     assert manifest["base"]["data"]["train_subset"] == 128
 
-    monkeypatch.setattr(wpat.train.Trainer, "save", save)
+    monkeypatch.setattr(wpat.training.loop, "save_epoch", save)
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "none__seed-0: skipped" in out and "awp__seed-0: resumed" in out

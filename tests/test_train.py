@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from conftest import SEED, fashion_mnist_available
-from wpat.checkpoint import load_checkpoint
+from wpat.checkpoints.files import load_checkpoint
 from wpat.cli import main
-from wpat.config import load_config
-from wpat.step import train_step
-from wpat.train import resume, train
+from wpat.configuration.config import load_config
+from wpat.objectives import Batch
+from wpat.training.step import train_step
+from wpat.training.loop import resume, train
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Debian's dataset-fashion-mnist is not installed")
 
@@ -105,7 +106,7 @@ def test_train_step_leaves_weights_at_w_minus_the_update_not_w_plus_v():
         perturbed_model[1].weight += v["1.weight"]
     torch.nn.functional.cross_entropy(perturbed_model(x_adv), y).backward()
     expected = w0 - 0.5 * perturbed_model[1].weight.grad
-    train_step(model, x, y, lambda m, a, b: x_adv, OBJECTIVES.build("at"), AWP(gamma=0.5), optimizer)
+    train_step(model, Batch(x, y), lambda m, a, b: x_adv, OBJECTIVES.build("at"), AWP(gamma=0.5), optimizer)
     assert torch.allclose(model[1].weight, expected, atol=1e-6)
 
 
@@ -130,10 +131,10 @@ def test_sharing_the_forward_at_w_with_the_search_changes_nothing(perturbation):
     models[1].load_state_dict(models[0].state_dict())
     fixed_attack = lambda m, a, b: x_adv  # noqa: E731
     shared, plain = models
-    train_step(shared, x, y, fixed_attack, objective, make(), torch.optim.SGD(shared.parameters(), lr=0.1))
+    train_step(shared, Batch(x, y), fixed_attack, objective, make(), torch.optim.SGD(shared.parameters(), lr=0.1))
 
     plain.train()
-    loss_fn = lambda m: objective.per_example(m, x, x_adv, y)  # noqa: E731
+    loss_fn = lambda m: objective.per_example(m, Batch(x, y, x_adv=x_adv))  # noqa: E731
     optimizer = torch.optim.SGD(plain.parameters(), lr=0.1)
     v = make().compute(plain, loss_fn).v
     with perturbed(plain, v):

@@ -9,19 +9,22 @@ import torch.nn.functional as F
 
 
 from conftest import SEED, fashion_mnist_available
-from wpat import experiment
-from wpat.averaging import WeightAverage
-from wpat.checkpoint import load_checkpoint
+from wpat.training import experiment
+from wpat.optim.averaging import WeightAverage
+from wpat.checkpoints.files import load_checkpoint
 from wpat.cli import main
-from wpat.config import load_config
-from wpat.errors import WpatError
-from wpat.finetune import init_from
+from wpat.configuration.config import load_config
+from wpat.helpers.errors import WpatError
+from wpat.training.finetune import init_from
 from wpat.models import build_model
-from wpat.objectives import OBJECTIVES
+from wpat.objectives import OBJECTIVES, Batch
 from wpat.perturb import AWP
-from wpat.regularize import l1_penalty, parameter_groups
-from wpat.step import train_step
-from wpat.train import Trainer, resume, train
+from wpat.optim.regularize import l1_penalty, parameter_groups
+from wpat.training.step import train_step
+import wpat.training.loop
+from wpat.training.run_state import RunState
+from wpat.training.loop import fit, resume, train
+from wpat.training.parts import build_parts
 
 needs_fmnist = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 
@@ -63,7 +66,7 @@ def test_l1_is_the_hand_written_penalty_on_conv_and_linear_weights_at_w_plus_v()
     objective = OBJECTIVES.build("at")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0)
     torch.manual_seed(1)
-    train_step(model, x, y, fixed, objective, AWP(gamma=0.01), opt, l1=1e-3)
+    train_step(model, Batch(x, y), fixed, objective, AWP(gamma=0.01), opt, l1=1e-3)
     # by hand: v from the plain loss, then CE + λ Σ|w + v| at w + v
     other.train()
     v = AWP(gamma=0.01).compute(other, lambda m: F.cross_entropy(m(x), y, reduction="none")).v
@@ -122,7 +125,7 @@ def test_ema_is_the_hand_computed_average_of_w_never_of_w_plus_v():
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for t in range(4):
-        train_step(model, x, y, lambda m, a, b: x, OBJECTIVES.build("at"), AWP(gamma=0.5), opt)
+        train_step(model, Batch(x, y), lambda m, a, b: x, OBJECTIVES.build("at"), AWP(gamma=0.5), opt)
         d = min(0.9, (1 + t) / (10 + t))
         for k, w in model.state_dict().items():  # w: v has been subtracted again
             expected[k] = d * expected[k] + (1 - d) * w.float() if w.dtype.is_floating_point else w.clone()
@@ -136,11 +139,11 @@ def test_a_run_with_ema_resumes_bitwise_and_reports_its_own_checkpoints(tmp_path
     common = [*TINY, "schedule.epochs=2", "run.ema=0.9", f"run.out_dir={tmp_path}"]
     whole = train(load_config("fmnist-smallcnn-linf", [*common, "run.name=whole"]))
     cut = load_config("fmnist-smallcnn-linf", [*common, "run.name=cut", "schedule.epochs=2"])
-    trainer = Trainer(cut, tmp_path / "cut")
-    trainer.run_dir.mkdir(parents=True)
+    parts = build_parts(cut)
+    (tmp_path / "cut").mkdir(parents=True)
     real_fit_epochs = cut.schedule.epochs
     cut.schedule.epochs = 1  # stop after one epoch, then resume with the full length
-    trainer.fit()
+    fit(parts, RunState(), tmp_path / "cut")
     ckpt = load_checkpoint(tmp_path / "cut" / "last.pt")
     ckpt["config"]["schedule"]["epochs"] = real_fit_epochs
     torch.save(ckpt, tmp_path / "cut" / "last.pt")
@@ -167,12 +170,12 @@ def test_a_run_with_ema_resumes_bitwise_and_reports_its_own_checkpoints(tmp_path
 def test_early_stopping_stops_on_a_scripted_metric_and_keeps_the_best(tmp_path, monkeypatch, capsys):
     scripted = iter([0.30, 0.40, 0.35, 0.38, 0.39, 0.90])  # best at epoch 2, patience 3
 
-    def measure(self, model):
+    def measure(parts, model):
         value = next(scripted)
         return {"test_nat_acc": value, "test_pgd_acc": value, "train_nat_acc": value, "train_pgd_acc": value,
                 "robust_gap": 0.0, "val_nat_acc": value, "val_pgd_acc": value}
 
-    monkeypatch.setattr(Trainer, "measure", measure)
+    monkeypatch.setattr(wpat.training.loop, "measure", measure)
     cfg = load_config("fmnist-smallcnn-linf", [*TINY, "schedule.epochs=6", "data.val_size=64", "run.select=val",
                                                "run.patience=3", f"run.out_dir={tmp_path}", "run.name=es"])
     summary = train(cfg)
@@ -212,10 +215,10 @@ def test_pretrain_on_five_classes_then_finetune_on_the_other_five(tmp_path, caps
     start = load_checkpoint(tmp_path / "pre" / "last.pt")["model"]
     fine = load_config("fmnist-smallcnn-linf-finetune", [*TINY, "schedule.epochs=1", f"run.out_dir={tmp_path}",
                                                         "run.name=fine", f"run.init_from={tmp_path / 'pre' / 'last.pt'}"])
-    trainer = Trainer(fine, tmp_path / "fine")
-    loaded = trainer.model.state_dict()
+    parts = build_parts(fine)
+    loaded = parts.model.state_dict()
     assert all(torch.equal(loaded[k], start[k]) for k in start if "normalize" not in k)  # 5 -> 5 classes
-    assert set(trainer.splits.y_train.tolist()) == {0, 1, 2, 3, 4}  # classes 5..9 relabelled
+    assert set(parts.splits.y_train.tolist()) == {0, 1, 2, 3, 4}  # classes 5..9 relabelled
     bad = load_config("fmnist-smallcnn-linf", [*TINY, "model.small_cnn.width=8", f"run.out_dir={tmp_path}",
                                                "run.name=bad", f"run.init_from={tmp_path / 'pre' / 'last.pt'}"])
     assert main(["train", "fmnist-smallcnn-linf", *TINY, "model.small_cnn.width=8",
@@ -256,3 +259,22 @@ def test_bad_values_are_one_line(override, fragment):
     with pytest.raises(WpatError, match=fragment) as err:
         experiment.build_components(load_config("fmnist-smallcnn-linf", [override]))
     assert "\n" not in str(err.value)
+
+
+@needs_fmnist
+def test_the_weight_averages_best_epoch_is_its_own_when_the_model_improves_alone(tmp_path, monkeypatch):
+    """ema_best.pt follows the average's accuracy: a later epoch where only the raw model gets
+    better leaves it at the average's best epoch."""
+    scripted = iter([0.30, 0.50, 0.40, 0.45])  # (model, average) per epoch: the model improves in epoch 2 only
+
+    def measure(parts, model):
+        value = next(scripted)
+        return {"test_nat_acc": value, "test_pgd_acc": value, "train_nat_acc": value, "train_pgd_acc": value,
+                "robust_gap": 0.0}
+
+    monkeypatch.setattr(wpat.training.loop, "measure", measure)
+    summary = train(load_config("fmnist-smallcnn-linf", [*TINY, "schedule.epochs=2", "run.ema=0.9",
+                                                         f"run.out_dir={tmp_path}", "run.name=ema"]))
+    assert summary["best_epoch"] == 2 and summary["ema_best"]["epoch"] == 1
+    assert summary["ema_best"]["test_pgd_acc"] == 0.50
+    assert load_checkpoint(tmp_path / "ema" / "ema_best.pt")["epoch"] == 1

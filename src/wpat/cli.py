@@ -17,7 +17,7 @@ import sys
 import traceback
 
 from wpat import __version__
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 COMMANDS = {
     "train": "train a model (AT/TRADES/MART with AWP/RWP/...) from a preset or YAML config",

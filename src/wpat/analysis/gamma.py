@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wpat.analysis.landscape import adversarial_losses
-from wpat.metrics import Attack, attacked_logits
-from wpat.model_state import kept
+from wpat.measurements.metrics import Attack, attacked_logits
+from wpat.helpers.model_state import kept
 from wpat.perturb import PERTURBATIONS, held_at
-from wpat.tables import write_csv
+from wpat.helpers.tables import write_csv
 
 # The paper's range, 1e-4 ... 2, on a 1-2-5 log grid, with γ = 0 (the unperturbed model).
 DEFAULT_GAMMAS = (0.0, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0)

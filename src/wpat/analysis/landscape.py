@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wpat.metrics import Attack, attacked_logits
-from wpat.model_state import kept
+from wpat.measurements.metrics import Attack, attacked_logits
+from wpat.helpers.model_state import kept
 from wpat.perturb import add_perturbation, perturbed_parameters
 
 Direction = dict[str, Tensor]

@@ -1,8 +1,8 @@
 """Loss Stationary Condition groups through training (Yu et al., IJCAI 2022, §3 eq. 7, Fig. 1c).
 
 LSC[p, q) is the group of training adversarial examples whose loss ℓ(f_w(x'), y) lies in
-[p, q). Following the bins of RWP's Fig. 1c, the losses are counted in ``wpat.metrics.LSC_EDGES``
-by ``wpat.metrics.lsc_histogram``, as the training log counts them: [0, 0.5), [0.5, 1), ...,
+[p, q). Following the bins of RWP's Fig. 1c, the losses are counted in ``wpat.measurements.metrics.LSC_EDGES``
+by ``wpat.measurements.metrics.lsc_histogram``, as the training log counts them: [0, 0.5), [0.5, 1), ...,
 [4.5, 5), [5, ∞) (nats). With them goes the fraction below ``c_min``, the examples RWP perturbs
 on (1.7 for CIFAR-10/SVHN, 4.0 for CIFAR-100).
 
@@ -24,8 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from torch import Tensor
 
-from wpat.errors import WpatError
-from wpat.metrics import LSC_EDGES, lsc_histogram
+from wpat.helpers.errors import WpatError
+from wpat.measurements.metrics import LSC_EDGES, lsc_histogram
 
 
 @dataclass

@@ -8,6 +8,8 @@
 - :func:`plot_group_curves` -- the same averaged over seeds, with the fraction below c_min
   (``wpat report``);
 - :func:`plot_ablation` -- robust accuracy against γ, c_min or K2 (RWP Fig. 1b, 2a, 2b);
+- :func:`plot_method_curves`, :func:`plot_cost` -- the leaderboard's: test robust accuracy per
+  epoch per method, and robustness against training cost (``wpat report``);
 - :func:`plot_weight_histograms` -- per-layer weight histograms, log counts (AWP Fig. 4).
 
 Figures are built on ``matplotlib.figure.Figure`` and saved through its Agg canvas: no pyplot,
@@ -31,8 +33,8 @@ from torch import Tensor
 
 from wpat.analysis.runs import CURVE_KEYS, curve_rows
 from wpat.analysis.lsc import LSCTable
-from wpat.errors import WpatError
-from wpat.tables import write_csv
+from wpat.helpers.errors import WpatError
+from wpat.helpers.tables import write_csv
 
 MAX_PANELS = 12  # weight histograms: beyond this many layers, an evenly spaced selection
 
@@ -307,3 +309,70 @@ def plot_ablation(rows: Sequence[dict[str, Any]], key: str, path: str | Path) ->
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path, rows)
+
+
+def plot_method_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """The leaderboard's first figure: test robust accuracy per epoch of each method, mean ±
+    std over its seeds as a band (rows of :func:`wpat.analysis.report.group_curves`), one
+    panel per dataset and threat model. The CSV beside keeps the plotted series only."""
+    columns = list(dict.fromkeys(r["column"] for r in rows))
+    fig, axes = _grid(len(columns), 2, (7.5, 4.8))
+    kept = [{k: r[k] for k in ("method", "column", "epoch", "n", "test_pgd_acc_mean", "test_pgd_acc_std")}
+            for r in rows]
+    for ax, column in zip(axes, columns):
+        mine = [r for r in kept if r["column"] == column]
+        for method, color in zip(dict.fromkeys(r["method"] for r in mine), _qualitative_colors()):
+            series = [r for r in mine if r["method"] == method]
+            epoch = np.array([r["epoch"] for r in series], dtype=float)
+            mean = 100 * np.array([r["test_pgd_acc_mean"] for r in series], dtype=float)
+            std = 100 * np.array([r["test_pgd_acc_std"] for r in series], dtype=float)
+            _band(ax, epoch, mean, std, color=color, label=f"{method} (n={series[0]['n']})")
+        ax.set_title(column)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test robust accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize="small")
+    fig.suptitle("Test robust accuracy per epoch (PGD), mean ± sample std over seeds")
+    return _save(fig, path, kept)
+
+
+def plot_cost(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """The leaderboard's second figure: robust accuracy against training cost, per method
+    (rows of :func:`wpat.analysis.leaderboard.leaderboard`): forward-backward passes per step
+    relative to AT (left) and training wall time (right); last (filled) and best (hollow)
+    test PGD accuracy, and AutoAttack at last (triangle) where measured, mean ± std bars."""
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    by_passes, by_time = fig.subplots(1, 2)
+    columns = list(dict.fromkeys(r["column"] for r in rows))
+    kept = []
+    for i, r in enumerate(rows):
+        color = f"C{i % 10}"
+        label = r["method"] if len(columns) == 1 else f"{r['method']} [{r['column']}]"
+        kept.append({k: r[k] for k in ("method", "column", "cost_mean", "minutes_mean", "minutes_std",
+                                       "pgd_best_mean", "pgd_best_std", "pgd_last_mean", "pgd_last_std",
+                                       "aa_last_mean", "aa_last_std")})
+        for ax, x, xerr in ((by_passes, r["cost_mean"], None), (by_time, r["minutes_mean"], r["minutes_std"])):
+            if math.isnan(x):
+                continue
+            xerr = None if xerr is None or math.isnan(xerr) else xerr
+            for key, marker, fill in (("pgd_last", "o", None), ("pgd_best", "o", "none"), ("aa_last", "^", None)):
+                y, std = 100 * r[f"{key}_mean"], 100 * r[f"{key}_std"]
+                if math.isnan(y):
+                    continue
+                ax.errorbar(x, y, yerr=None if math.isnan(std) else std, xerr=xerr if key == "pgd_last" else None,
+                            fmt=marker, mfc=fill,
+                            color=color, capsize=3, label=label if key == "pgd_last" else None)
+            ax.annotate(r["method"], (x, 100 * r["pgd_last_mean"]), textcoords="offset points",
+                        xytext=(5, -10), fontsize="x-small", color=color)
+    styles = [Line2D([], [], color="gray", ls="", marker="o", label="PGD last"),
+              Line2D([], [], color="gray", ls="", marker="o", mfc="none", label="PGD best"),
+              Line2D([], [], color="gray", ls="", marker="^", label="AA last")]
+    for ax, xlabel in ((by_passes, "forward-backward passes per step, relative to AT"),
+                       (by_time, "training wall time (min)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test robust accuracy (%)")
+        ax.grid(alpha=0.3)
+    by_passes.legend(handles=by_passes.get_legend_handles_labels()[0] + styles, fontsize="small")
+    fig.suptitle("Robustness against training cost, mean ± sample std over seeds")
+    return _save(fig, path, kept)

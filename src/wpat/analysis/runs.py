@@ -1,6 +1,6 @@
 """Reading run directories for the analyses: histories, checkpoints, examples, weights.
 
-A run directory written by ``wpat train`` (:class:`wpat.run_dir.RunDir`) holds ``config.yaml``,
+A run directory written by ``wpat train`` (:class:`wpat.checkpoints.run_dir.RunDir`) holds ``config.yaml``,
 ``metrics.jsonl`` (one JSON object per epoch) and the checkpoints ``best.pt``, ``last.pt`` and,
 with ``run.keep_every=N``, ``epoch-NNN.pt``. The learning curves (AWP Fig. 1a, RWP Fig. 2c) are the evaluated epochs'
 accuracies; the weight histograms (AWP Fig. 4) read a checkpoint's conv/linear weights; the
@@ -17,13 +17,13 @@ from typing import Any, Iterable, Sequence
 
 from torch import Tensor, nn
 
-from wpat import experiment
+from wpat.training import experiment
 from wpat.attacks import PGD
-from wpat.checkpoint import is_wpat_checkpoint, load_checkpoint
-from wpat.config import Config
-from wpat.errors import WpatError
+from wpat.checkpoints.files import is_wpat_checkpoint, load_checkpoint
+from wpat.configuration.config import Config
+from wpat.helpers.errors import WpatError
 from wpat.perturb import perturbed_parameters
-from wpat.run_dir import RunDir
+from wpat.checkpoints.run_dir import RunDir
 
 # The per-epoch accuracies of a learning curve (fractions in [0, 1]), as train.py logs them.
 CURVE_KEYS = ("test_pgd_acc", "train_pgd_acc", "robust_gap", "test_nat_acc", "train_nat_acc")

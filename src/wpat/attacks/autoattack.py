@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from wpat.attacks.base import ATTACKS, Attack, crafting_mode
-from wpat.checkpoint import hash_tensors, save_atomic
-from wpat.errors import check, is_count, is_number
-from wpat.threat import BNMode, Norm
+from wpat.checkpoints.files import hash_tensors, save_atomic
+from wpat.helpers.errors import check, is_count, is_number
+from wpat.helpers.threat import BNMode, Norm
 
 # pyautoattack's names of the norms.
 PYAUTOATTACK_NORMS = {Norm.LINF: "Linf", Norm.L2: "L2"}

@@ -8,9 +8,9 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from wpat.model_state import kept
-from wpat.registry import Registry
-from wpat.threat import BNMode, Norm
+from wpat.helpers.model_state import kept
+from wpat.helpers.registry import Registry
+from wpat.helpers.threat import BNMode, Norm
 
 ATTACKS = Registry("attack")
 

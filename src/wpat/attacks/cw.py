@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from wpat.attacks.base import ATTACKS
 from wpat.attacks.pgd import PGD
-from wpat.threat import BNMode, Norm
+from wpat.helpers.threat import BNMode, Norm
 
 
 @ATTACKS.register("cw")

@@ -12,8 +12,8 @@ from typing import Callable, Protocol
 import torch.nn.functional as F
 from torch import Tensor
 
-from wpat.errors import WpatError
-from wpat.registry import Registry
+from wpat.helpers.errors import WpatError
+from wpat.helpers.registry import Registry
 
 ATTACK_LOSSES = Registry("attack loss")
 

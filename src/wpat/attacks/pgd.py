@@ -7,10 +7,10 @@ from torch import Tensor, nn
 
 from wpat.attacks.base import ATTACKS, Attack, Ball, ball
 from wpat.attacks.losses import ATTACK_LOSSES, is_soft
-from wpat.batchnorm import count_as, save_running_stats
-from wpat.errors import check, is_count, is_number
-from wpat.registry import Registry
-from wpat.threat import BNMode, Norm
+from wpat.helpers.batchnorm import count_as, save_running_stats
+from wpat.helpers.errors import check, is_count, is_number
+from wpat.helpers.registry import Registry
+from wpat.helpers.threat import BNMode, Norm
 
 STARTS = Registry("random start")
 
@@ -69,7 +69,7 @@ class PGD(Attack):
             when the targets are soft (mixup, CutMix) and the model is in train mode. Rice et al.'s
             attack, which the AWP and RWP AT scripts copy, computes each step's logits twice with
             mixup, so its running statistics take two updates per step; 2 reproduces them with
-            one forward (``wpat.batchnorm.count_as``).
+            one forward (``wpat.helpers.batchnorm.count_as``).
 
     Cost: ``steps`` forwards and input-only backwards per run, plus one forward for the clean
     logits if the loss reads them (``"kl"``) and one per run to score restarts.

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 
 from wpat.attacks.base import ATTACKS, Attack, ball
 from wpat.attacks.losses import ATTACK_LOSSES
-from wpat.errors import check, is_count, is_number
-from wpat.threat import BNMode, Norm
+from wpat.helpers.errors import check, is_count, is_number
+from wpat.helpers.threat import BNMode, Norm
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-9  # cleverhans' TensorAdam
 

@@ -4,7 +4,7 @@ Writes ``OUT/<name>.pt`` (OUT by default ``robustbench/`` inside the run directo
 checkpoint file, so an export stays with the run it came from), the plain state_dict (tensors only, normalization inside, inputs in
 [0, 1], to be used in eval mode) of the run's best checkpoint (``--checkpoint last`` for the
 last), and ``OUT/<name>.json``, a RobustBench ``model_info`` record filled from the run's config
-and its ``eval.json``; fields only a person can fill say ``TO FILL``. See :mod:`wpat.export`.
+and its ``eval.json``; fields only a person can fill say ``TO FILL``. See :mod:`wpat.evaluation.export`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wpat.export import TO_FILL, default_export_dir, export_robustbench  # torch-heavy
+    from wpat.evaluation.export import TO_FILL, default_export_dir, export_robustbench  # torch-heavy
 
     out = args.robustbench or default_export_dir(args.target)
     result = export_robustbench(args.target, out, checkpoint=args.checkpoint, name=args.name,

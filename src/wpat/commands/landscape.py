@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -124,9 +124,9 @@ def plot(records: list[dict[str, Any]], alphas: list[float], dim: int, path: Pat
 
 def run(args: argparse.Namespace) -> int:
     # torch and matplotlib: imported only when measuring
-    from wpat import experiment
+    from wpat.training import experiment
     from wpat.analysis import analysis_attack, examples, list_checkpoints
-    from wpat.loading import model_from_checkpoint
+    from wpat.training.loading import model_from_checkpoint
 
     check(args)
     alphas = parse_alphas(args.alphas)

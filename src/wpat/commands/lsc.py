@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 if TYPE_CHECKING:
     from wpat.analysis import LSCTable
@@ -36,11 +36,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def recompute(path: Path, n_examples: int, seed: int, device_name: str | None) -> LSCTable:
     """The LSC table measured at every checkpoint of the run in ``path``."""
-    from wpat import experiment
+    from wpat.training import experiment
     from wpat.analysis import (adversarial_losses, analysis_attack, examples, list_checkpoints,
                                lsc_from_losses)
-    from wpat.loading import model_from_checkpoint
-    from wpat.experiment import lsc_threshold
+    from wpat.training.loading import model_from_checkpoint
+    from wpat.training.experiment import lsc_threshold
 
     refs = list_checkpoints([path])
     _, cfg, _ = model_from_checkpoint(refs[0].path)  # one subset and attack for all checkpoints
@@ -59,8 +59,8 @@ def recompute(path: Path, n_examples: int, seed: int, device_name: str | None) -
 
 def run(args: argparse.Namespace) -> int:
     from wpat.analysis import lsc_table, plot_lsc
-    from wpat.experiment import lsc_threshold
-    from wpat.run_dir import RunDir
+    from wpat.training.experiment import lsc_threshold
+    from wpat.checkpoints.run_dir import RunDir
 
     run_dir = RunDir.at(args.run_dir)
     path = run_dir.path

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +44,8 @@ def labels_for(paths: list[Path], labels: list[str] | None) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     # matplotlib and torch: imported only when plotting
     from wpat.analysis import layer_weights, plot_curves, plot_weight_histograms
-    from wpat.loading import model_from_checkpoint
-    from wpat.run_dir import RunDir, find_checkpoint
+    from wpat.training.loading import model_from_checkpoint
+    from wpat.checkpoints.run_dir import RunDir, find_checkpoint
 
     paths = [RunDir.at(p).path for p in args.run_dirs]
     labels = labels_for(paths, args.labels)

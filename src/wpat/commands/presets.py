@@ -6,7 +6,8 @@ import argparse
 import shutil
 import textwrap
 
-from wpat.config import list_presets, preset_description
+
+from wpat.configuration.config import list_presets, preset_description
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.name:
-        from wpat.config import resolve_preset
+        from wpat.configuration.config import resolve_preset
 
         print(resolve_preset(args.name).read_text(), end="")
         return 0

@@ -5,7 +5,7 @@ state_dict needs ``--config``. EXTRA is an ``.npz`` with ``image`` (uint8 NHWC),
 comma-separated list of part files, or RST's pickle (read with a restricted unpickler; prefer
 ``.npz``). OUT is written as an uncompressed ``.npz`` with ``image`` and ``label``. Finished
 chunks are kept in ``OUT.parts/`` and reused when the command is run again after an
-interruption. See :mod:`wpat.pseudolabel`.
+interruption. See :mod:`wpat.training.pseudolabel`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wpat.pseudolabel import pseudolabel  # torch-heavy: imported only when labelling
+    from wpat.training.pseudolabel import pseudolabel  # torch-heavy: imported only when labelling
 
     summary = pseudolabel(args.model, args.extra, args.out, config=args.config, batch_size=args.batch_size,
                           device=args.device, chunk_size=args.chunk_size, progress=not args.no_progress)

@@ -19,7 +19,7 @@ import math
 import time
 from pathlib import Path
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 
 def parse_gammas(text: str | None) -> list[float]:
@@ -53,12 +53,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch and matplotlib: imported only when measuring
-    from wpat import experiment
+    from wpat.training import experiment
     from wpat.analysis import analysis_attack, examples
     from wpat.analysis.gamma import gamma_sensitivity, plot_gamma_sensitivity
-    from wpat.loading import model_from_checkpoint
-    from wpat.run_dir import find_checkpoint
-    from wpat.tables import markdown_table
+    from wpat.training.loading import model_from_checkpoint
+    from wpat.checkpoints.run_dir import find_checkpoint
+    from wpat.helpers.tables import markdown_table
 
     if args.directions < 1 or args.n_examples < 1 or (args.pgd_steps is not None and args.pgd_steps < 1):
         raise WpatError("--directions, --n-examples and --pgd-steps must be integers >= 1")

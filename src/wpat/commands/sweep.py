@@ -1,6 +1,10 @@
-"""``wpat sweep CONFIG [KEY=VALUE ...] --grid KEY=V1,V2 ... --seeds 0,1,2``: a grid of runs.
+"""``wpat sweep CONFIG [KEY=VALUE ...] [--methods M ...] [--grid KEY=V1,V2 ...] --seeds 0,1,2``.
 
-Every combination of the grid's values is trained once per seed, each run in its own directory
+``--methods`` makes methods one axis of the sweep (``--methods leaderboard``: AT, TRADES and
+MART, each with no perturbation, AWP and RWP; a method is a bundle of an objective, a
+perturbation and their options, or a whole preset; :mod:`wpat.sweep.methods`), so every
+method × seed is one command; ``--list-methods`` lists the bundles wpat ships. Every
+combination of the methods and the grid's values is trained once per seed, each run in its own directory
 ``OUT/NAME/<settings>`` (e.g. ``awp__gamma-0.005__seed-1``), with Ray: a local Ray instance by
 default, a cluster with ``--address``; ``--cpus-per-run`` / ``--gpus-per-run`` say what one run
 takes, so several small runs share the cores or one GPU (``--gpus-per-run 0.25``: four per GPU).
@@ -17,16 +21,24 @@ import argparse
 import importlib.util
 from pathlib import Path
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 INSTALL_HINT = ("wpat sweep runs its grid with Ray, which is not installed: pip install 'wpat[sweep]' "
                 "(or pass --local to run the runs one after another in this process)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a preset name (see `wpat presets`), a YAML file, or a first KEY=VALUE")
+    parser.add_argument("config", nargs="?",
+                        help="a preset name (see `wpat presets`), a YAML file, or a first KEY=VALUE "
+                             "(may be left out when every method is a preset)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="settings shared by every run, e.g. schedule.epochs=100 (before --grid)")
+    parser.add_argument("--methods", nargs="+", action="extend", default=[], metavar="METHOD",
+                        help="methods as one axis: names of bundles or groups (leaderboard), presets, "
+                             "OBJECTIVE[-PERTURBATION], FILE.yaml, or NAME=KEY=VALUE,... "
+                             "(see --list-methods)")
+    parser.add_argument("--list-methods", action="store_true",
+                        help="list the method bundles and groups (with those of FILE.yaml given to --methods)")
     parser.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
                         help="a setting and its values, e.g. perturb.name=awp,rwp perturb.awp.gamma=0.005,0.01")
     parser.add_argument("--seeds", metavar="SEEDS", help="run.seed values, e.g. 0,1,2 or 0-4 (default: the config's run.seed)")
@@ -85,35 +97,51 @@ def describe(result: dict, index: int, total: int) -> str:
                    f"last {pct(result['last_pgd'])}")
 
 
-def run(args: argparse.Namespace) -> int:
-    from wpat.config import load_config
-    from wpat.sweep import (parse_grid, parse_seeds, plan, replicas, run_local, run_with_ray,
-                            write_manifest)
+def sizes(n_runs: int, n_methods: int, n_seeds: int) -> str:
+    """``18 run(s) = 9 method(s) x 1 setting(s) x 2 seed(s)``."""
+    settings = n_runs // (max(n_methods, 1) * n_seeds)
+    return (f"{n_runs} run(s) = " + (f"{n_methods} method(s) x " if n_methods else "")
+            + f"{settings} setting(s) x {n_seeds} seed(s)")
 
+
+def run(args: argparse.Namespace) -> int:
+    from wpat.configuration.config import load_config
+    from wpat.sweep import (Library, list_methods, parse_grid, parse_methods, parse_seeds, plan,
+                            replicas, run_local, run_with_ray, write_manifest)
+
+    if args.list_methods:
+        print(list_methods(Library(m for m in args.methods if m.endswith((".yaml", ".yml")))))
+        return 0
     check(args)
     overrides = list(args.overrides)
-    if "=" in args.config:  # `wpat sweep key=value --grid ...` without a preset, as `wpat train`
+    if args.config is not None and "=" in args.config:  # `wpat sweep key=value --grid ...`, as `wpat train`
         overrides.insert(0, args.config)
         args.config = None
     grid = parse_grid(args.grid)
     check_threads(overrides, grid)
+    methods = parse_methods(args.methods) if args.methods else []
+    if args.config is None and not overrides and not (methods and all(m.base for m in methods)):
+        raise WpatError("give a config (a preset, see `wpat presets`, or a YAML file) for the runs "
+                        "to start from, unless every method is a preset")
     base = load_config(args.config, overrides)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else [base.run.seed]
     sweep_dir = Path(args.out or base.run.out_dir) / (args.name or f"{base.run.name}-sweep")
-    specs = plan(args.config, overrides, grid, seeds, sweep_dir, runtime_settings(args))
+    specs = plan(args.config, overrides, grid, seeds, sweep_dir, runtime_settings(args), methods)
     resources = {"mode": "local" if args.local else "ray", "address": args.address,
                  "cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run,
                  "runtime": runtime_settings(args)}
-    print(f"sweep {sweep_dir}: {len(specs)} run(s) = {len(specs) // len(seeds)} setting(s) x "
-          f"{len(seeds)} seed(s)" + (", in this process" if args.local else ", with Ray"))
+    print(f"sweep {sweep_dir}: {sizes(len(specs), len(methods), len(seeds))}"
+          + (", in this process" if args.local else ", with Ray"))
     same = replicas(specs)
     if same:
         print(f"note: {len(same)} run(s) compute the same as another (they differ only in options of "
               f"components they do not select), e.g. {same[0][0]} = {same[0][1]}")
     if args.dry_run:
+        print("\n".join(f"  method {m.name}: {m.describe()}" for m in methods))
         print("\n".join(f"  {s.name}: {' '.join(s.settings)}" for s in specs))
         return 0
-    manifest = write_manifest(sweep_dir, args.config, overrides, grid, seeds, specs, resources)
+    manifest = write_manifest(sweep_dir, args.config, overrides, grid, seeds, specs, resources,
+                              methods=methods)
     done: dict[str, dict] = {}
 
     def report(result: dict) -> None:
@@ -124,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         run_local(specs, report)
     else:
         run_with_ray(specs, report, address=args.address, cpus=args.cpus_per_run, gpus=args.gpus_per_run)
-    write_manifest(sweep_dir, args.config, overrides, grid, seeds, specs, resources, done)
+    write_manifest(sweep_dir, args.config, overrides, grid, seeds, specs, resources, done, methods)
     counts = {s: sum(r["status"] == s for r in done.values()) for s in ("trained", "resumed", "skipped", "failed")}
     failed = [name for name, r in done.items() if r["status"] == "failed"]
     print(f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items())

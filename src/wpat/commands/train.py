@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from wpat.config import load_config
-from wpat.errors import WpatError
-from wpat.tables import training_table
+from wpat.configuration.config import load_config
+from wpat.helpers.errors import WpatError
+from wpat.helpers.tables import training_table
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wpat.train import resume, train  # torch-heavy: imported only when training
+    from wpat.training.loop import resume, train  # torch-heavy: imported only when training
 
     overrides = list(args.overrides)
     if args.config and "=" in args.config:  # `wpat train key=value` without a preset

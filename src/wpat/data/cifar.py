@@ -32,7 +32,7 @@ from wpat.data.datasets import DATASETS, one_line
 from wpat.data.download import Source
 from wpat.data.locate import locate
 from wpat.data.specs import dataset_spec
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Literal
 import torch
 
 from wpat.data.specs import dataset_spec
-from wpat.errors import WpatError
-from wpat.registry import Registry
+from wpat.helpers.errors import WpatError
+from wpat.helpers.registry import Registry
 
 DATASETS = Registry("dataset")
 SPLITS = ("train", "test")

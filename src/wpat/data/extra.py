@@ -20,7 +20,7 @@ Formats (each a reader in :data:`EXTRA_FORMATS`, picked by the file's first byte
   **Prefer ``.npz``**: convert a pickle once with ``write_npz(out, *read_rst_pickle(path))``.
 
 Several files (parts) are combined in the order given. Shapes, dtypes, label ranges and lengths
-are checked when opening; every problem is one :class:`~wpat.errors.WpatError` naming the file
+are checked when opening; every problem is one :class:`~wpat.helpers.errors.WpatError` naming the file
 and what was expected. wpat writes ``.npz`` only (uncompressed ``image``/``label``).
 """
 
@@ -38,8 +38,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from wpat.data.npz import MemoryArray, NpzWriter, npz_arrays
-from wpat.errors import WpatError
-from wpat.registry import Registry
+from wpat.helpers.errors import WpatError
+from wpat.helpers.registry import Registry
 
 EXTRA_FORMATS = Registry("extra data format")
 LABEL_SCAN_ROWS = 1 << 20  # labels checked in chunks of this many entries (8 MiB as int64)

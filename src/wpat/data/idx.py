@@ -23,7 +23,7 @@ from wpat.data.datasets import DATASETS, one_line
 from wpat.data.download import Source
 from wpat.data.locate import locate
 from wpat.data.specs import dataset_spec
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 # Official locations; yann.lecun.com now refuses most downloads, so PyTorch's mirror comes first.
 MIRRORS = {

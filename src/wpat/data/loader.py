@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from wpat.data.mixing import MIXES, cutout as random_cutout
-from wpat.errors import WpatError
-from wpat.registry import Registry
+from wpat.helpers.errors import WpatError
+from wpat.helpers.registry import Registry
 
 AUGMENTATIONS = Registry("augmentation")
 CROP_PADDING = 4  # pixels of zero padding for "crop_flip"
@@ -127,6 +127,10 @@ class DeviceLoader:
             the AWP paper's mixup value is 1.4, CutMix's 1.0). Ignored with mix "none".
         num_classes: the width C of the soft targets; required with mixing, optional otherwise
             (if given, every label must lie in [0, C)).
+        views: augmented views of each batch's images (default 1). With 2, each batch is
+            ``(x, y, x2)``: ``x2`` the same images augmented again (crop, flip, rotation,
+            cutout) by draws from a stream of its own, seeded by ``(seed, epoch, 1)``, so ``x``
+            is the batch ``views=1`` yields. Not with mixing.
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class DeviceLoader:
         mix: str = "none",
         mix_alpha: float = 1.0,
         num_classes: int | None = None,
+        views: int = 1,
     ) -> None:
         if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
             raise WpatError(
@@ -178,6 +183,8 @@ class DeviceLoader:
                                 f"(the width of its soft targets)")
         if num_classes is not None:
             _check_num_classes(num_classes, y)
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1 or (views > 1 and mix != "none"):
+            raise WpatError(f"DeviceLoader: views must be an integer >= 1, and 1 with mixing, got {views!r}")
         self._augment = AUGMENTATIONS.get(augment)
         self.cutout, self.mix = int(cutout), mix
         self.mix_alpha, self.num_classes = float(mix_alpha), num_classes
@@ -188,6 +195,7 @@ class DeviceLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = seed
+        self.views = views
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -198,28 +206,38 @@ class DeviceLoader:
         n = self.x.shape[0]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         generator = torch.Generator(device=self.x.device)
         generator.manual_seed(_epoch_seed(self.seed, self.epoch))
+        # further views draw from streams of their own, so the first view is the batch views=1 gives
+        view_generators = [torch.Generator(device=self.x.device).manual_seed(_epoch_seed(self.seed, self.epoch, v))
+                           for v in range(1, self.views)]
         self.epoch += 1
         n = self.x.shape[0]
         if self.shuffle:
             order = torch.randperm(n, generator=generator, device=self.x.device)
         else:
             order = torch.arange(n, device=self.x.device)
-        return self._batches(order, generator)
+        return self._batches(order, generator, view_generators)
 
-    def _batches(
-        self, order: torch.Tensor, generator: torch.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, order: torch.Tensor, generator: torch.Generator,
+                 view_generators: list[torch.Generator]) -> Iterator[tuple[torch.Tensor, ...]]:
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = self._augment(self.x[index].to(torch.float32).div_(255), generator, self.padding)
-            if self.rotation:
-                x = random_rotation(x, generator, self.rotation)
-            if self.cutout:
-                x = random_cutout(x, generator, self.cutout)
-            yield self._mix(x, self.y[index], generator, self.num_classes, self.mix_alpha)
+            x = self._view(self.x[index], generator)
+            if not view_generators:
+                yield self._mix(x, self.y[index], generator, self.num_classes, self.mix_alpha)
+            else:
+                yield (x, self.y[index], *(self._view(self.x[index], g) for g in view_generators))
+
+    def _view(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """uint8 ``images`` as float32 in [0, 1], augmented."""
+        x = self._augment(images.to(torch.float32).div_(255), generator, self.padding)
+        if self.rotation:
+            x = random_rotation(x, generator, self.rotation)
+        if self.cutout:
+            x = random_cutout(x, generator, self.cutout)
+        return x
 
 
 def _check_cutout(cutout: object, size: torch.Size) -> None:
@@ -237,7 +255,9 @@ def _check_num_classes(num_classes: object, y: torch.Tensor) -> None:
                         f"found [{int(y.min())}, {int(y.max())}]")
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def _epoch_seed(seed: int, epoch: int, view: int = 0) -> int:
     # SeedSequence mixes the pair into a well-spread 64-bit seed, so nearby (seed, epoch)
-    # pairs give unrelated streams and no two pairs share one by simple arithmetic.
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
+    # pairs give unrelated streams and no two pairs share one by simple arithmetic. A further
+    # view's stream is keyed by its number too (the first view's key is the plain pair).
+    key = [seed, epoch] if view == 0 else [seed, epoch, view]
+    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from wpat.data.download import Source, fetch
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 SYSTEM_DIRS: dict[str, tuple[str, ...]] = {
     "fashion_mnist": ("/usr/share/datasets/fashion-mnist",),

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wpat.registry import Registry
+from wpat.helpers.registry import Registry
 
 MIXES = Registry("mix")
 

@@ -35,8 +35,8 @@ from typing import Iterable
 
 import numpy as np
 
-from wpat.errors import WpatError
-from wpat.fs import atomic_file
+from wpat.helpers.errors import WpatError
+from wpat.helpers.fs import atomic_file
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... file name length, extra field length
 _LOCAL_MAGIC = b"PK\x03\x04"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 
 @dataclass(frozen=True)

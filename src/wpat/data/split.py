@@ -6,7 +6,7 @@ import numbers
 
 import torch
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 
 def split_validation(

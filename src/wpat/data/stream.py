@@ -49,7 +49,7 @@ import torch
 
 from wpat.data.extra import ExtraData
 from wpat.data.loader import AUGMENTATIONS, PADDINGS
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 _ORDER, _WINDOW, _AUGMENT = 0, 1, 2  # tags that keep the seed streams apart
 

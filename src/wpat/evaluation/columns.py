@@ -26,15 +26,18 @@ from typing import Any, Callable, Sequence
 import pyautoattack
 
 from wpat.attacks import ATTACKS
-from wpat.errors import WpatError
-from wpat.metrics import Attack
-from wpat.registry import Registry
-from wpat.threat import BNMode, ThreatModel
+from wpat.helpers.errors import WpatError
+from wpat.measurements.metrics import Attack
+from wpat.helpers.registry import Registry
+from wpat.helpers.threat import BNMode, ThreatModel
 
 COLUMNS = Registry("evaluation attack")
 DEFAULT_ATTACKS = ("natural", "fgsm", "pgd20", "pgd100", "cw")  # spsa and aa are slow
-TABLE_ORDER = ("natural", "fgsm", "pgd20", "pgd100", "cw", "spsa", "aa")  # Table 2, left to right
+TABLE_ORDER = ("natural", "fgsm", "pgd20", "pgd100", "cw", "spsa", "aa-apgd", "aa", "aa-plus")  # Table 2, left to right
 AA_VERSION = "standard"  # the AA column's AutoAttack version (the papers')
+# AutoAttack's cheaper check: its first two attacks alone, through pyautoattack's "custom" version
+# (APGD-CE with that version's 5 restarts, APGD-T with 9 target classes), without FAB-T and Square.
+AA_APGD = ("apgd-ce", "apgd-t")
 
 
 @COLUMNS.register("natural", label="Natural", attacked=False)
@@ -86,6 +89,24 @@ def aa(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> 
     ``state_dir``. Its column counts AutoAttack's own verdict (see
     :func:`wpat.evaluation.protocol.column_correct`)."""
     return ATTACKS.build("autoattack", eps=threat.eps, norm=threat.norm, version=AA_VERSION, seed=seed,
+                         state_dir=state_dir)
+
+
+@COLUMNS.register("aa-plus", label="AA+", defines={"autoattack": "plus",
+                                                   "pyautoattack": pyautoattack.__version__})
+def aa_plus(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
+    """AutoAttack's plus version (APGD-CE and APGD-DLR with 5 restarts, FAB and FAB-T, Square,
+    APGD-T): stronger and several times slower than the standard version."""
+    return ATTACKS.build("autoattack", eps=threat.eps, norm=threat.norm, version="plus", seed=seed,
+                         state_dir=state_dir)
+
+
+@COLUMNS.register("aa-apgd", label="AA (APGD-CE, APGD-T)",
+                  defines={"autoattack": "+".join(AA_APGD), "pyautoattack": pyautoattack.__version__})
+def aa_apgd(threat: ThreatModel, *, seed: int = 0, state_dir: Path | None = None) -> Attack:
+    """A cheaper AutoAttack: its APGD-CE and APGD-T alone (no FAB-T, no Square), to set
+    against the standard version where every checkpoint cannot have it."""
+    return ATTACKS.build("autoattack", eps=threat.eps, norm=threat.norm, attacks=list(AA_APGD), seed=seed,
                          state_dir=state_dir)
 
 

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from pyautoattack import checks
 from torch import Tensor, nn
 
-from wpat.experiment import pgd
-from wpat.metrics import accuracy
-from wpat.model_state import kept
-from wpat.threat import ThreatModel
+from wpat.training.experiment import pgd
+from wpat.measurements.metrics import accuracy
+from wpat.helpers.model_state import kept
+from wpat.helpers.threat import ThreatModel
 
 # Weakest to strongest; an attack later in the chain should not leave more accuracy.
 ORDER = ("natural", "fgsm", "pgd20", "pgd100", "aa")

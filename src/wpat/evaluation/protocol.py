@@ -23,20 +23,20 @@ import torch
 from torch import Tensor, nn
 
 from wpat import __version__
-from wpat.checkpoint import weights_digest
-from wpat.config import Config
+from wpat.checkpoints.files import weights_digest
+from wpat.configuration.config import Config
 from wpat.data import load_dataset
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 from wpat.evaluation.columns import (DEFAULT_ATTACKS, build_column, check_attack_names, column_settings,
                                      label, labels)
 from wpat.evaluation.masking import model_checks, ordering_warnings
-from wpat.evaluation.report import FORMAT, prepare_out_dir, with_ordering
-from wpat.experiment import eval_threat, resolve_device, select_classes
-from wpat.loading import model_from_checkpoint
-from wpat.metrics import Attack, correct, model_device, to_unit_float
-from wpat.progress import Progress
-from wpat.run_dir import checkpoints_of
-from wpat.threat import ThreatModel
+from wpat.evaluation.results import FORMAT, prepare_out_dir, with_ordering
+from wpat.training.experiment import eval_threat, resolve_device, select_classes
+from wpat.training.loading import model_from_checkpoint
+from wpat.measurements.metrics import Attack, correct, model_device, to_unit_float
+from wpat.helpers.progress import Progress
+from wpat.checkpoints.run_dir import checkpoints_of
+from wpat.helpers.threat import ThreatModel
 
 
 def first_test_examples(cfg: Config, n: int = 0) -> tuple[Tensor, Tensor]:
@@ -53,7 +53,7 @@ def column_correct(model: nn.Module, x: Tensor, y: Tensor, attack: Attack | None
     An attack with its own verdict, ``attack.predictions(model, x, y, log=...)`` (AutoAttack:
     the predictions pyautoattack's ``run_standard_evaluation`` returns), is counted by that
     verdict rather than by a second forward of the model on its examples; any other attack by
-    the eval-mode model's argmax on its examples (:func:`wpat.metrics.correct`). Batches of
+    the eval-mode model's argmax on its examples (:func:`wpat.measurements.metrics.correct`). Batches of
     ``batch_size`` either way, so a resumable attack loses at most the batch in progress.
 
     With ``desc``, progress is reported under it; for an attack with its own verdict, which
@@ -118,6 +118,19 @@ def evaluate_model(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel,
     return result
 
 
+def _read_all(path: str | os.PathLike, config: str | Config | None, n_examples: int) -> tuple[dict, dict]:
+    """Every checkpoint of ``path`` (name -> path, model, config, info) and the test examples of
+    each dataset they use ((name, root) -> (x, y)). All are read before any folder is made or any
+    attack runs, so a bad last.pt or a missing dataset is reported at once, not after hours spent
+    on best.pt."""
+    loaded = {name: (p, *model_from_checkpoint(p, config)) for name, p in checkpoints_of(path).items()}
+    test_sets = {}
+    for _, _, cfg, _ in loaded.values():
+        if (cfg.data.name, cfg.data.root) not in test_sets:
+            test_sets[cfg.data.name, cfg.data.root] = first_test_examples(cfg, n_examples)
+    return loaded, test_sets
+
+
 def evaluate_checkpoint(path: str | os.PathLike, attacks: Sequence[str] = DEFAULT_ATTACKS, *,
                         n_examples: int = 0, batch_size: int = 500, device: str = "auto",
                         seed: int = 0, config: str | Config | None = None,
@@ -127,8 +140,8 @@ def evaluate_checkpoint(path: str | os.PathLike, attacks: Sequence[str] = DEFAUL
 
     Every checkpoint is attacked on the first ``n_examples`` (0: all) test examples of its
     dataset, in fp32 and eval mode, each attack seeded with ``seed``, in the threat model of
-    :func:`wpat.experiment.eval_threat`. ``config`` is required for a foreign checkpoint (see
-    :func:`wpat.loading.model_from_checkpoint`); ``out_dir`` (created) keeps AutoAttack's
+    :func:`wpat.training.experiment.eval_threat`. ``config`` is required for a foreign checkpoint (see
+    :func:`wpat.training.loading.model_from_checkpoint`); ``out_dir`` (created) keeps AutoAttack's
     finished batches for resuming (``out_dir/autoattack/<checkpoint>``). Returns the report
     that :func:`wpat.evaluation.report.write_report` writes: settings plus
     ``"checkpoints": {label: result}``.
@@ -141,13 +154,7 @@ def evaluate_checkpoint(path: str | os.PathLike, attacks: Sequence[str] = DEFAUL
     device_ = resolve_device(device)
     report: dict[str, Any] = {"format": FORMAT, "target": str(path), "wpat_version": __version__,
                               "attacks": attacks, "labels": labels(attacks), "checkpoints": {}}
-    # Every checkpoint and test set is read before any folder is made or any attack runs, so a
-    # bad last.pt or a missing dataset is reported at once, not after hours spent on best.pt.
-    loaded = {name: (p, *model_from_checkpoint(p, config)) for name, p in checkpoints_of(path).items()}
-    test_sets = {}
-    for _, _, cfg, _ in loaded.values():
-        if (cfg.data.name, cfg.data.root) not in test_sets:
-            test_sets[cfg.data.name, cfg.data.root] = first_test_examples(cfg, n_examples)
+    loaded, test_sets = _read_all(path, config, n_examples)
     if out_dir is not None:
         prepare_out_dir(out_dir)
     evaluated: list[tuple[str, Config, dict[str, Any]]] = []

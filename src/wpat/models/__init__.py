@@ -13,11 +13,11 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 from wpat.models.normalize import Normalize
 from wpat.models.registry import MODELS
-from wpat.registry import import_package
+from wpat.helpers.registry import import_package
 
 import_package(__name__, __path__)  # each architecture file registers itself in MODELS
 

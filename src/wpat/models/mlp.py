@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 from wpat.models.registry import MODELS
 
 

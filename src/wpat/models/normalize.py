@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 
 
 class Normalize(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from wpat.errors import WpatError
+from wpat.helpers.errors import WpatError
 from wpat.models.preact_resnet import PreActResNet
 from wpat.models.registry import MODELS
 

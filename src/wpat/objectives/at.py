@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from wpat.attacks.losses import cross_entropy_per_example
-from wpat.objectives.base import OBJECTIVES, Objective
-from wpat.threat import BNMode
+from wpat.objectives.base import OBJECTIVES, Batch, Objective
+from wpat.helpers.threat import BNMode
 
 
 @OBJECTIVES.register("at")
@@ -34,5 +34,5 @@ class AT(Objective):
     attack_bn_mode = BNMode.TRAIN
     single_adversarial_forward = True
 
-    def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
-        return cross_entropy_per_example(model(x_adv), y)
+    def per_example(self, model: nn.Module, batch: Batch) -> Tensor:
+        return cross_entropy_per_example(model(batch.x_adv), batch.y)

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wpat.attacks.losses import is_soft
-from wpat.errors import WpatError, check, is_finite
-from wpat.objectives.base import OBJECTIVES, Objective
-from wpat.threat import BNMode
+from wpat.helpers.errors import WpatError, check, is_finite
+from wpat.objectives.base import OBJECTIVES, Batch, Objective
+from wpat.helpers.threat import BNMode
 
 
 @OBJECTIVES.register("mart")
@@ -48,7 +48,8 @@ class MART(Objective):
         check(is_finite(lam) and lam >= 0, "MART lam", lam, "a finite number >= 0")
         self.lam = lam
 
-    def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
+    def per_example(self, model: nn.Module, batch: Batch) -> Tensor:
+        x, x_adv, y = batch.x, batch.x_adv, batch.y
         if is_soft(y):
             raise WpatError(f"MART is not defined for mixup/CutMix: its loss needs the true class's "
                             f"probability and margin, which soft targets {list(y.shape)} do not give "

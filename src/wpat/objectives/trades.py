@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from wpat.attacks.losses import cross_entropy_per_example, kl_divergence
-from wpat.errors import check, is_count, is_finite
-from wpat.objectives.base import OBJECTIVES, Objective
-from wpat.threat import BNMode
+from wpat.helpers.errors import check, is_count, is_finite
+from wpat.objectives.base import OBJECTIVES, Batch, Objective
+from wpat.helpers.threat import BNMode
 
 
 @OBJECTIVES.register("trades")
@@ -54,11 +54,11 @@ class TRADES(Objective):
         self.beta = beta
         self.clean_forwards = clean_forwards
 
-    def per_example(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
-        logits_adv = model(x_adv)
-        logits_clean = model(x)
+    def per_example(self, model: nn.Module, batch: Batch) -> Tensor:
+        logits_adv = model(batch.x_adv)
+        logits_clean = model(batch.x)
         if self.clean_forwards == 2 and model.training:
             with torch.no_grad():  # the authors' third forward: its BN statistics update only
-                model(x)
-        natural = cross_entropy_per_example(logits_clean, y)
+                model(batch.x)
+        natural = cross_entropy_per_example(logits_clean, batch.y)
         return natural + self.beta * kl_divergence(logits_clean, logits_adv)

@@ -19,7 +19,7 @@ from wpat.perturb.base import (PERTURBATIONS, Perturbation, WeightPerturbation, 
 from wpat.perturb.lsc import LSCRangeAWP
 from wpat.perturb.random_direction import RandomWP
 from wpat.perturb.rwp import RWP
-from wpat.registry import import_package
+from wpat.helpers.registry import import_package
 
 import_package(__name__, __path__)
 

@@ -26,9 +26,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from wpat import distributed
-from wpat.errors import check, is_count
-from wpat.model_state import kept
+from wpat.helpers import distributed
+from wpat.helpers.errors import check, is_count
+from wpat.helpers.model_state import kept
 from wpat.perturb.base import (LossFn, Perturbation, WeightPerturbation, check_size, global_norm,
                                move_to, per_example, perturbed_parameters)
 

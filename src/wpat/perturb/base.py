@@ -26,9 +26,9 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from wpat.errors import WpatError, check, check_choice, is_finite
-from wpat.model_state import kept, weights_moved
-from wpat.registry import Registry
+from wpat.helpers.errors import WpatError, check, check_choice, is_finite
+from wpat.helpers.model_state import kept, weights_moved
+from wpat.helpers.registry import Registry
 
 # The authors' codes use this in the rescaling denominator; it makes a zero direction give v = 0.
 EPS = 1e-20

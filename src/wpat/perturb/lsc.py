@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from wpat.perturb.awp import AWP
-from wpat.errors import check, is_number
+from wpat.helpers.errors import check, is_number
 from wpat.perturb.base import PERTURBATIONS
 
 

@@ -7,7 +7,7 @@ from typing import Sequence
 from torch import Tensor
 
 from wpat.perturb.ascent import MaskedAscent
-from wpat.errors import check, is_number
+from wpat.helpers.errors import check, is_number
 from wpat.perturb.base import PERTURBATIONS, rescale_global
 
 

@@ -15,9 +15,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from wpat.config import Config, run_over
-from wpat.errors import WpatError
-from wpat.sweep.grid import RunSpec, resolved, setting_of
+from wpat.configuration.config import Config, run_over
+from wpat.helpers.errors import WpatError
+from wpat.sweep.runs import RunSpec, resolved, setting_of
 
 Result = dict[str, Any]
 
@@ -43,10 +43,10 @@ def _from_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Any]:
 
 def _run(spec: RunSpec) -> tuple[str, dict[str, Any]]:
     """Train, resume or skip ``spec``'s run; returns its status and outcome."""
-    from wpat.checkpoint import is_wpat_checkpoint, load_checkpoint
-    from wpat.config import config_from_dict
-    from wpat.run_dir import RunDir
-    from wpat.train import resume, train
+    from wpat.checkpoints.files import is_wpat_checkpoint, load_checkpoint
+    from wpat.configuration.config import config_from_dict
+    from wpat.checkpoints.run_dir import RunDir
+    from wpat.training.loop import resume, train
 
     cfg = config_from_dict(spec.config)
     last = RunDir(Path(spec.run_dir)).checkpoint_path("last")
