@@ -228,6 +228,28 @@ def test_curves_plot_keeps_the_evaluated_epochs_of_each_run(tmp_path):
     assert_picture_with_data(png, 3 + 2)
 
 
+def test_a_one_epoch_run_is_drawn_as_points_on_whole_epoch_ticks(tmp_path, monkeypatch):
+    from wpat.analysis import plots
+
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, rows: (figures.append(fig), save(fig, path, rows))[1])
+    plot_curves({"AT": history_records(1)}, tmp_path / "curves.png")
+    plot_lsc(LSCTable(epochs=[1], counts=np.ones((1, 11)), frac_below=[0.3], c_min=1.7), tmp_path / "lsc.png")
+    stats = {f"{split}_{kind}_acc_{s}": 0.5 for split in ("test", "train") for kind in ("pgd", "nat")
+             for s in ("mean", "std")}
+    plots.plot_group_curves([{"method": "AT", "column": "best", "n": 3, "epoch": 1, "lsc_frac_below_mean": 0.3,
+                              "lsc_frac_below_std": 0.1, **stats}], tmp_path / "group.png")
+    axes = [ax for fig in figures for ax in fig.axes if ax.get_xlabel() == "epoch"]
+    assert len(axes) == 3 + 1 + 3
+    for ax in axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        single = [line for line in ax.get_lines() if len(line.get_xdata()) == 1]
+        assert single and all(line.get_marker() not in ("None", "", None) for line in single)
+
+
 def test_weight_histograms_plot_share_bins_across_runs(tmp_path):
     model, *_ = make_problem()
     at = {name: p.detach() for name, p in model.named_parameters() if name in WEIGHTS}

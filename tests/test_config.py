@@ -4,7 +4,8 @@ import pytest
 
 from wpat.training import experiment
 from wpat.attacks import ATTACK_LOSSES, ATTACKS
-from wpat.configuration.config import Config, config_from_dict, list_presets, load_config
+from wpat.cli import main
+from wpat.configuration.config import PRESET_DIR, Config, config_from_dict, list_presets, load_config
 from wpat.configuration.values import parse_number
 from wpat.helpers.errors import WpatError
 from wpat.models import MODELS
@@ -86,15 +87,43 @@ def test_bad_values_name_the_key_and_what_is_allowed(override, fragment):
     assert "\n" not in str(err.value)
 
 
-def test_unknown_preset_lists_presets(tmp_path):
-    with pytest.raises(WpatError, match="cifar10-preactresnet18-linf"):
-        load_config("no-such-preset")
+def test_an_unknown_preset_is_one_short_line_that_points_to_the_list(tmp_path):
+    with pytest.raises(WpatError) as err:
+        load_config("fmnist-smallcnn-linf-rs")
+    message = str(err.value)
+    assert "`wpat presets` lists the" in message and "did you mean fmnist-smallcnn-linf-rst" in message
+    assert "\n" not in message and len(message) < 250 and "cifar10" not in message
     with pytest.raises(WpatError, match="not found"):
         load_config(str(tmp_path / "missing.yaml"))
     broken = tmp_path / "broken.yaml"
     broken.write_text("data: [unclosed")
     with pytest.raises(WpatError, match="broken.yaml"):
         load_config(str(broken))
+
+
+def test_presets_lists_whole_descriptions_in_one_column(capsys, monkeypatch):
+    """Each preset's first comment line is a whole description (the next line does not go on
+    with its sentence) and is shown whole, wrapped in one column, however long the names."""
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["presets"]) == 0
+    shown, column = {}, set()
+    for line in capsys.readouterr().out.splitlines():
+        if not line.startswith(" "):
+            name, text = line.split(" ", 1)
+            column.add(len(line) - len(text.lstrip()))
+            shown[name] = text.strip()
+        else:
+            column.add(len(line) - len(line.lstrip()))
+            shown[name] += " " + line.strip()
+        assert len(line) <= 100
+    assert len(column) == 1 and sorted(shown) == list_presets()
+    for name in list_presets():
+        comments = [line.lstrip("#").strip() for line in (PRESET_DIR / f"{name}.yaml").read_text().splitlines()
+                    if line.startswith("#")][:2]
+        assert shown[name] == comments[0], name
+        assert len(comments) < 2 or not comments[1][:1].islower(), name  # no sentence going on
+    assert shown["fmnist-smallcnn-linf-rst"].endswith("give data.extra=PATH")
+    assert shown["fmnist-mlp-linf-overfit"].endswith("AT, AT-AWP and AT-RWP over seeds")
 
 
 def test_yaml_base_and_overrides_compose(tmp_path):
@@ -221,3 +250,60 @@ def test_the_logged_loss_threshold_has_its_own_setting(source, overrides, thresh
 def test_the_logged_loss_threshold_is_checked():
     with pytest.raises(WpatError, match="run.lsc_threshold: -1.0 is invalid"):
         load_config(None, ["run.lsc_threshold=-1"])
+
+
+# ---------------------------------------------------------------------- values that would change nothing
+
+
+@pytest.mark.parametrize("overrides, key, fix", [
+    (["data.extra=extra.npz"], "data.extra", "expected data.extra_fraction > 0"),
+    (["data.extra_weight=0.5"], "data.extra_weight", "expected 1 while data.extra_fraction is 0"),
+    (["optim.l2=5e-3"], "optim.weight_decay", "expected 0 with optim.l2=0.005"),
+    (["optim.lr_groups=first"], "optim.lr_groups", "expected all unless optim.l2 > 0"),
+    (["perturb.warmup=3"], "perturb.warmup", "expected fewer plain epochs than schedule.epochs=3"),
+    (["run.keep_every=4"], "run.keep_every", "expected at most schedule.epochs=3"),
+    (["data.val_size=100", "run.select=val", "run.patience=2"], "run.patience", "expected at most 1, or 0 for off"),
+    (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov", "optim.momentum > 0"),
+])
+def test_a_value_that_would_change_nothing_is_refused_naming_the_value_to_set(overrides, key, fix):
+    """The main job's preset (3 epochs, RWP, no extra data, weight decay 5e-4) with one value
+    that something else switches off."""
+    with pytest.raises(WpatError) as err:
+        load_config("fmnist-smallcnn-linf", overrides)
+    message = str(err.value)
+    assert message.startswith(f"{key}: ") and " is invalid; " in message and fix in message and "\n" not in message
+
+
+def test_the_command_refuses_it_in_one_line_and_writes_nothing(tmp_path, capsys):
+    tiny = ["model.small_cnn.width=4", "data.train_subset=128", "data.test_subset=32", "data.batch_size=64",
+            "eval.n_train=32", "attack.steps=1", "eval.steps=1", "perturb.rwp.steps=2", "schedule.epochs=1",
+            "run.progress=false", "run.tensorboard=false", f"run.out_dir={tmp_path}"]
+    assert main(["train", "fmnist-smallcnn-linf", *tiny, f"data.extra={tmp_path / 'extra.npz'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wpat: error: data.extra: ") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extra_data_named_on_a_preset_without_an_extra_share_is_never_silently_ignored(tmp_path):
+    truncated = tmp_path / "extra.npz"
+    truncated.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(WpatError, match="data.extra: .* is invalid; expected data.extra_fraction > 0"):
+        load_config("fmnist-smallcnn-linf", [f"data.extra={truncated}"])
+    cfg = load_config("fmnist-smallcnn-linf", [f"data.extra={truncated}", "data.extra_fraction=0.5"])
+    assert cfg.data.extra == str(truncated)  # with a share, the file is used (and checked when opened)
+
+
+def test_settings_of_a_behaviour_that_is_not_selected_stay_allowed():
+    """As a component's options are: a preset states them for the variants it may switch to."""
+    cfg = load_config("svhn-preactresnet18-linf", ["perturb.name=none", "data.mix_alpha=1.4",
+                                                   "perturb.alternations=2", "schedule.name=constant"])
+    assert (cfg.perturb.warmup, cfg.data.padding, cfg.data.mix) == (5, "reflect", "none")
+
+
+def test_a_stored_config_is_not_refused_for_values_without_effect():
+    """Runs trained before a check existed stay evaluable and resumable."""
+    tree = load_config("fmnist-smallcnn-linf").to_dict()
+    tree["data"]["extra"] = "extra.npz"
+    tree["run"]["keep_every"] = 10
+    cfg = config_from_dict(tree)
+    assert cfg.data.extra == "extra.npz" and cfg.run.keep_every == 10

@@ -24,6 +24,17 @@ from wpat.training.step import train_step
 WORLD = 2
 
 
+def failure(done) -> str:
+    """What a failed launch printed: the processes' own messages come first, torchrun's report last."""
+    return done.stderr[:3000] + "\n...\n" + done.stderr[-1500:]
+
+
+def torchrun(*args):
+    """A two-process ``torchrun`` command. ``--standalone`` lets the operating system pick a free
+    rendezvous port, so runs of the suite side by side never meet on a fixed one."""
+    return [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", str(WORLD), *args]
+
+
 def problem():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 5))
@@ -98,14 +109,13 @@ def test_two_ranks_compute_what_one_process_computes_on_the_global_batch(tmp_pat
 
 @pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 def test_torchrun_trains_writes_once_and_resumes_at_another_rank_count(tmp_path):
-    torchrun = Path(sys.executable).with_name("torchrun")
     common = ["fmnist-smallcnn-linf", "model.small_cnn.width=4", "data.train_subset=256", "data.test_subset=64",
               "data.batch_size=64", "eval.n_train=32", "attack.steps=1", "eval.steps=1", "perturb.rwp.steps=2",
               "run.threads=1", f"run.out_dir={tmp_path}", "run.name=ddp", "run.progress=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "wpat", "train",
-                           *common, "schedule.epochs=1"], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run(torchrun("-m", "wpat", "train", *common, "schedule.epochs=1"),
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, failure(done)
     assert done.stdout.count("| best") == 1  # one table, from rank 0
     run = tmp_path / "ddp"
     assert {"best.pt", "last.pt", "metrics.jsonl", "config.yaml"} <= {p.name for p in run.iterdir()}
@@ -124,23 +134,21 @@ def test_torchrun_trains_writes_once_and_resumes_at_another_rank_count(tmp_path)
 @pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
 @pytest.mark.parametrize("case", ["indivisible", "mismatch"])
 def test_bad_rank_setups_end_with_one_message_from_rank_0(tmp_path, case):
-    torchrun = Path(sys.executable).with_name("torchrun")
     common = ["fmnist-smallcnn-linf", "model.small_cnn.width=4", "data.train_subset=256", "data.test_subset=64",
               "eval.n_train=32", "attack.steps=1", "run.threads=1", f"run.out_dir={tmp_path}", "run.name=bad"]
     if case == "indivisible":
         extra = ["data.batch_size=63"]
-        launcher = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29541", "-m", "wpat", "train"]
+        launcher = torchrun("-m", "wpat", "train")
         done = subprocess.run([*launcher, *common, *extra], capture_output=True, text=True, timeout=300)
         expected = "does not divide"
     else:  # each rank reads its own override through the environment
         script = ("import os, sys; from wpat.cli import main; "
                   "sys.exit(main(sys.argv[1:] + [f\"attack.steps={1 + int(os.environ['RANK'])}\"]))")
-        launcher = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29542", "--no-python",
-                    sys.executable, "-c", script, "train"]
+        launcher = torchrun("--no-python", sys.executable, "-c", script, "train")
         done = subprocess.run([*launcher, *common, "data.batch_size=64"], capture_output=True, text=True, timeout=300)
         expected = "different configs"
     errors = [line for line in done.stderr.splitlines() if line.startswith("wpat: error:")]
-    assert done.returncode != 0 and len(errors) == 1 and expected in errors[0], done.stderr[-1500:]
+    assert done.returncode != 0 and len(errors) == 1 and expected in errors[0], failure(done)
     assert not (tmp_path / "bad").exists()
 
 
@@ -148,27 +156,45 @@ def test_bad_rank_setups_end_with_one_message_from_rank_0(tmp_path, case):
 def test_a_stopped_two_rank_run_resumes_to_the_same_result(tmp_path):
     """2 ranks for 2 epochs in one go, and 2 ranks stopped after epoch 1 then resumed with 2
     ranks, end with bitwise the same weights (each rank's generators are in last.pt)."""
-    torchrun = Path(sys.executable).with_name("torchrun")
     common = ["fmnist-smallcnn-linf", "model.small_cnn.width=4", "data.train_subset=256", "data.test_subset=64",
               "data.batch_size=64", "eval.n_train=32", "attack.steps=1", "eval.steps=1", "perturb.rwp.steps=2",
               "run.threads=1", f"run.out_dir={tmp_path}", "run.progress=false", "run.deterministic=true",
               "schedule.name=constant"]  # the same rates whatever schedule.epochs says
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def torchrun_wpat(port, *args):
-        done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m", "wpat",
-                               "train", *args], capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+    def torchrun_wpat(*args):
+        done = subprocess.run(torchrun("-m", "wpat", "train", *args), capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0, failure(done)
 
-    torchrun_wpat(29551, *common, "schedule.epochs=2", "run.name=whole")
-    torchrun_wpat(29552, *common, "schedule.epochs=1", "run.name=cut")
+    torchrun_wpat(*common, "schedule.epochs=2", "run.name=whole")
+    torchrun_wpat(*common, "schedule.epochs=1", "run.name=cut")
     ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     ckpt["config"]["schedule"]["epochs"] = 2  # the same run, stopped after its first epoch
     torch.save(ckpt, tmp_path / "cut" / "last.pt")
-    torchrun_wpat(29553, "--resume", str(tmp_path / "cut"))
+    torchrun_wpat("--resume", str(tmp_path / "cut"))
     a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed")
+def test_every_rank_leaves_the_process_group_when_its_run_ends(tmp_path):
+    """A process that exits with its gloo group alive can abort in Python's shutdown (rank 1:
+    SIGABRT, "terminate called without an active exception") and fail a finished run: the
+    command leaves the group it joined, on every rank, before returning."""
+    script = ("import torch.distributed as dist, sys; from wpat.cli import main; code = main(sys.argv[1:]); "
+              "print('rank', dist.get_rank() if dist.is_initialized() else '-', 'joined' if dist.is_initialized() "
+              "else 'left', 'exit', code, flush=True)")
+    done = subprocess.run(torchrun("--no-python", sys.executable, "-c", script, "train", "fmnist-smallcnn-linf",
+                                   "model.small_cnn.width=4", "data.train_subset=128", "data.test_subset=32",
+                                   "data.batch_size=64", "eval.n_train=32", "attack.steps=1", "eval.steps=1",
+                                   "perturb.rwp.steps=2", "run.threads=1", "schedule.epochs=1", "run.progress=false",
+                                   f"run.out_dir={tmp_path}", "run.name=r"),
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("rank ")]
+    assert lines == ["rank - left exit 0"] * WORLD, done.stdout[-1500:] + failure(done)
+    assert done.returncode == 0
 
 
 def trainer_worker(rank, init_file, out_dir, out):
@@ -180,7 +206,9 @@ def trainer_worker(rank, init_file, out_dir, out):
     cfg = load_config("fmnist-smallcnn-linf", ["model.small_cnn.width=4", "data.train_subset=128",
                                                "data.test_subset=32", "data.batch_size=64", "run.threads=1",
                                                f"run.out_dir={out_dir}"])
-    model = build_parts(cfg).model
+    with distributed.session():  # a group the caller joined stays joined
+        model = build_parts(cfg).model
+    assert dist.is_initialized()
     weights = torch.cat([t.flatten().float() for t in model.state_dict().values()])
     gathered = distributed.gather(weights)
     if rank == 0:

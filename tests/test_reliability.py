@@ -3,10 +3,12 @@
 import math
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +105,52 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
     code = main(["train", *TINY, f"run.out_dir={tmp_path}", "run.name=r"])
     assert code == 2 and "--resume" in capsys.readouterr().err
     assert (run / "last.pt").read_bytes() == b"precious"
+
+
+@needs_fmnist
+def test_a_run_killed_before_its_first_checkpoint_is_started_again_by_its_command(tmp_path, monkeypatch, capsys):
+    """config.yaml and an event file but no last.pt: --resume says so and how to start again;
+    the same command starts again in the same directory, in place of the old event file."""
+    import wpat.training.loop as training
+
+    args = ["train", *TINY, "run.tensorboard=true", f"run.out_dir={tmp_path}", "run.name=early"]
+    real_step = training.train_step
+    monkeypatch.setattr(training, "train_step", crashing_at_call(real_step, 2))  # before step 3's checkpoint
+    assert main(args) == 130
+    run = tmp_path / "early"
+    old_events = list(run.glob("events.out.tfevents.*"))
+    assert (run / "config.yaml").is_file() and not (run / "last.pt").exists() and len(old_events) == 1
+    capsys.readouterr()
+
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "never reached a checkpoint" in err and err.count("\n") == 1, err
+    command = shlex.split(err.split("`")[1])
+    assert command[:2] == ["wpat", "train"]
+    again = load_config(command[2], command[3:])  # the command it gives starts this run, here
+    assert Path(again.run.out_dir) / again.run.name == run
+    assert again.to_dict() == load_config(None, args[1:]).to_dict()
+
+    monkeypatch.setattr(training, "train_step", real_step)
+    assert main(args) == 0
+    assert "starting again a run that never reached a checkpoint" in capsys.readouterr().out
+    events = list(run.glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events != old_events
+    assert load_checkpoint(run / "last.pt")["epoch"] == 4
+
+
+def test_results_without_a_last_checkpoint_are_never_overwritten(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"precious")
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    assert main(["train", *TINY, f"run.out_dir={tmp_path}", "run.name=r"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run's results (best.pt, metrics.jsonl) but no last.pt" in err
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "never reached" not in capsys.readouterr().err  # it did: its last.pt went away since
+    assert (run / "best.pt").read_bytes() == b"precious" and sorted(p.name for p in run.iterdir()) == [
+        "best.pt", "metrics.jsonl"]
 
 
 def test_unwritable_run_dir_is_a_clear_error(tmp_path, capsys):

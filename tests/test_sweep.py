@@ -260,7 +260,7 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="
 
 @needs_data
 @needs_ray
-def test_a_two_run_sweep_with_ray_on_this_machine(tmp_path, tiny_config, capsys):
+def test_a_two_run_sweep_with_ray_on_this_machine_computes_what_local_computes(tmp_path, tiny_config, capsys):
     args = ["sweep", tiny_config, "schedule.epochs=1", "--grid", "perturb.name=none,awp",
             "--out", str(tmp_path), "--name", "ray", "--cpus-per-run", "1"]
     assert cli.main(args) == 0
@@ -271,3 +271,23 @@ def test_a_two_run_sweep_with_ray_on_this_machine(tmp_path, tiny_config, capsys)
         assert last_epoch(run_dir) == 1 and (run_dir / "metrics.jsonl").is_file()
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert cfg["run"]["threads"] == 1 and cfg["run"]["name"] == name
+    # One grid point again, in this process: the thread count the runner uses is in the run's
+    # config, the same by default, and so are the numbers.
+    assert cli.main(["sweep", tiny_config, "schedule.epochs=1", "--grid", "perturb.name=awp", "--out", str(tmp_path),
+                     "--name", "local", "--local"]) == 0
+    runs = {runner: tmp_path / runner / "awp__seed-0" for runner in ("ray", "local")}
+    configs = {r: yaml.safe_load((d / "config.yaml").read_text()) for r, d in runs.items()}
+    assert configs["local"]["run"].pop("out_dir") != configs["ray"]["run"].pop("out_dir")
+    assert configs["local"] == configs["ray"] and configs["local"]["run"]["threads"] == 1
+
+    def numbers(run_dir):
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
+
+    assert numbers(runs["local"]) == numbers(runs["ray"])
+
+
+def test_a_thread_count_given_to_a_sweep_points_to_threads_per_run(tmp_path, tiny_config, capsys):
+    assert cli.main(["sweep", tiny_config, "run.threads=4", "--grid", "perturb.name=none,awp",
+                     "--out", str(tmp_path), "--local"]) == 2
+    assert "run.threads: a sweep sets each run's thread count with --threads-per-run" in capsys.readouterr().err

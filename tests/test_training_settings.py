@@ -95,7 +95,7 @@ def script_group_rates(lr_max: float, rates: list[float]) -> list[float]:
 def test_the_l2_scripts_schedule_only_the_first_parameter_group(tmp_path, lr_groups):
     """optim.lr_groups=first (the -l2reg presets) leaves BN parameters and biases at optim.lr for
     the whole run, as the scripts do; all (the default) schedules both groups."""
-    cfg = load_config("fmnist-smallcnn-linf", [*TINY, "perturb.name=none", "optim.l2=5e-3",
+    cfg = load_config("fmnist-smallcnn-linf", [*TINY, "perturb.name=none", "optim.l2=5e-3", "optim.weight_decay=0",
                                                f"optim.lr_groups={lr_groups}", "schedule.name=piecewise",
                                                "schedule.epochs=2", "schedule.piecewise.milestones=[0.25]",
                                                f"run.out_dir={tmp_path}"])
@@ -224,6 +224,20 @@ def test_pretrain_on_five_classes_then_finetune_on_the_other_five(tmp_path, caps
     assert main(["train", "fmnist-smallcnn-linf", *TINY, "model.small_cnn.width=8",
                  f"run.out_dir={tmp_path}", "run.name=bad", f"run.init_from={tmp_path / 'pre' / 'last.pt'}"]) == 2
     assert "not weights of this architecture" in capsys.readouterr().err and bad.run.init_from
+
+
+@needs_fmnist
+@pytest.mark.parametrize("overrides, fix", [
+    (["run.checkpoint_every=4"], "expected fewer than the 4 steps of an epoch"),  # 256 images, batches of 64
+    (["run.sync_bn=true"], "expected false in one process"),  # not a torchrun launch
+    (["attack.script_forwards=true", "objective.name=trades"], "here: eval"),  # TRADES attacks in eval mode
+])
+def test_run_values_this_data_or_launch_would_ignore_are_refused_before_anything_is_written(overrides, fix, tmp_path,
+                                                                                            capsys):
+    assert main(["train", "fmnist-smallcnn-linf", *TINY, *overrides, f"run.out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"wpat: error: {overrides[0].split('=')[0]}: ") and fix in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------- bad values

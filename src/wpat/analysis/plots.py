@@ -68,6 +68,23 @@ def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, list]:
     return fig, list(axes[:n])
 
 
+def _epoch_axis(ax, epochs: Sequence[float]) -> None:
+    """Whole epochs on the x axis. A locator alone ticks fractions over a span of under two
+    epochs (a one-epoch run), so such a span is widened to one epoch on either side."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(epochs) and max(epochs) - min(epochs) < 2:
+        ax.set_xlim(min(epochs) - 1, max(epochs) + 1)
+
+
+def _points(n: int, hollow: bool = False) -> dict[str, Any]:
+    """The style that keeps a one-point series visible (a line through one point draws
+    nothing): a marker, hollow for a dashed (training) series."""
+    if n != 1:
+        return {}
+    return {"marker": "o", "ms": 5, **({"mfc": "none"} if hollow else {})}
+
+
 def _spread(n: int, limit: int) -> list[int]:
     """All of ``range(n)``, or ``limit`` evenly spaced indices including the first and last."""
     return np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)).tolist()
@@ -143,11 +160,10 @@ def plot_lsc(table: LSCTable, path: str | Path) -> Path:
     fig.colorbar(image, ax=heat, label="fraction of the epoch's examples")
     line.plot(table.epochs, table.frac_below, "o-", ms=3)
     line.set_ylim(0, 1)
-    line.set_xlabel("epoch")
+    _epoch_axis(line, table.epochs)
     line.set_ylabel(f"fraction with loss < c_min = {table.c_min:g}")
     line.set_title("Examples below c_min")
     line.grid(alpha=0.3)
-    line.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path, table.rows())
 
 
@@ -156,30 +172,32 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str 
     dashed, test solid, ★ at the best test epoch), robust gap, natural accuracy."""
     fig = Figure(figsize=(15, 4.5), layout="constrained")
     robust, gap, natural = fig.subplots(1, 3)
-    rows = []
+    rows, shown = [], []
     for (label, history), color in zip(histories.items(), _qualitative_colors()):
         table = curve_rows(history)
         rows += [{"run": label, **r} for r in table]
         epochs = [r["epoch"] for r in table]
         col = {k: np.array([100 * r[k] for r in table]) for k in CURVE_KEYS}
-        robust.plot(epochs, col["test_pgd_acc"], color=color, label=label)
-        robust.plot(epochs, col["train_pgd_acc"], color=color, ls="--")
+        points = _points(len(epochs))
+        robust.plot(epochs, col["test_pgd_acc"], color=color, label=label, **points)
+        robust.plot(epochs, col["train_pgd_acc"], color=color, ls="--", **_points(len(epochs), hollow=True))
         if epochs:
             best = int(np.nanargmax(col["test_pgd_acc"]))
             robust.plot(epochs[best], col["test_pgd_acc"][best], "*", color=color, ms=12)
-        gap.plot(epochs, col["robust_gap"], color=color, label=label)
-        natural.plot(epochs, col["test_nat_acc"], color=color, label=label)
-        natural.plot(epochs, col["train_nat_acc"], color=color, ls="--")
-    styles = [Line2D([], [], color="gray", ls="-", label="test"),
-              Line2D([], [], color="gray", ls="--", label="train"),
+        gap.plot(epochs, col["robust_gap"], color=color, label=label, **points)
+        natural.plot(epochs, col["test_nat_acc"], color=color, label=label, **points)
+        natural.plot(epochs, col["train_nat_acc"], color=color, ls="--", **_points(len(epochs), hollow=True))
+        shown += epochs
+    one = len(set(shown)) == 1
+    styles = [Line2D([], [], color="gray", ls="-", label="test", **_points(int(one))),
+              Line2D([], [], color="gray", ls="--", label="train", **_points(int(one), hollow=True)),
               Line2D([], [], color="gray", ls="", marker="*", ms=10, label="best test")]
     for ax, title in ((robust, "Robust accuracy (PGD)"), (gap, "Robust generalization gap"),
                       (natural, "Natural accuracy")):
         ax.set_title(title)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax, shown)
         ax.set_ylabel("train − test robust accuracy (%)" if ax is gap else "accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     robust.legend(handles=robust.get_legend_handles_labels()[0] + styles, fontsize="small")
     gap.legend(fontsize="small")
     return _save(fig, path, rows)
@@ -215,11 +233,15 @@ def plot_weight_histograms(weights: Mapping[str, Mapping[str, Tensor]], path: st
     return _save(fig, path, rows)
 
 
-def _band(ax, x: np.ndarray, mean: np.ndarray, std: np.ndarray, **style: Any) -> None:
-    """``mean`` drawn as a line, ± ``std`` as a light band (none where std is NaN)."""
+def _band(ax, x: np.ndarray, mean: np.ndarray, std: np.ndarray, hollow: bool = False, **style: Any) -> None:
+    """``mean`` drawn as a line, ± ``std`` as a light band (none where std is NaN); a single
+    point as a marker with an error bar, where a band would have no width."""
     keep = ~np.isnan(mean)
-    ax.plot(x[keep], mean[keep], **style)
+    ax.plot(x[keep], mean[keep], **style, **_points(int(keep.sum()), hollow))
     spread = np.nan_to_num(std[keep])
+    if keep.sum() == 1:
+        ax.errorbar(x[keep], mean[keep], yerr=spread, fmt="none", color=style.get("color"), capsize=3)
+        return
     ax.fill_between(x[keep], mean[keep] - spread, mean[keep] + spread, color=style.get("color"),
                     alpha=0.15, lw=0)
 
@@ -231,6 +253,7 @@ def plot_group_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pa
     fig = Figure(figsize=(15, 4.5), layout="constrained")
     robust, natural, below = fig.subplots(1, 3)
     series = list(dict.fromkeys((r["method"], r["column"]) for r in rows))
+    epochs = [r["epoch"] for r in rows]
     columns = {column for _, column in series}
     for (method, column), color in zip(series, _qualitative_colors()):
         mine = [r for r in rows if (r["method"], r["column"]) == (method, column)]
@@ -245,19 +268,19 @@ def plot_group_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pa
             _band(ax, epoch, col(f"test_{prefix}_acc_mean"), col(f"test_{prefix}_acc_std"),
                   color=color, label=label)
             _band(ax, epoch, col(f"train_{prefix}_acc_mean"), col(f"train_{prefix}_acc_std"),
-                  color=color, ls="--")
+                  color=color, ls="--", hollow=True)
         _band(below, epoch, col("lsc_frac_below_mean", 1.0), col("lsc_frac_below_std", 1.0),
               color=color, label=label)
-    styles = [Line2D([], [], color="gray", ls="-", label="test"),
-              Line2D([], [], color="gray", ls="--", label="train")]
+    one = int(len(set(epochs)) == 1)
+    styles = [Line2D([], [], color="gray", ls="-", label="test", **_points(one)),
+              Line2D([], [], color="gray", ls="--", label="train", **_points(one, hollow=True))]
     for ax, title, ylabel in ((robust, "Robust accuracy (PGD)", "accuracy (%)"),
                               (natural, "Natural accuracy", "accuracy (%)"),
                               (below, "Training adversarial examples below c_min", "fraction")):
         ax.set_title(title)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax, epochs)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     below.set_ylim(0, 1)
     robust.legend(handles=robust.get_legend_handles_labels()[0] + styles, fontsize="small")
     below.legend(fontsize="small")

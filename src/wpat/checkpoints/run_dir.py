@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,27 @@ class RunDir:
     def kept_checkpoints(self) -> list[Path]:
         """The ``epoch-NNN.pt`` of ``run.keep_every``, in epoch order."""
         return sorted(self.path.glob("epoch-*.pt"))
+
+    def results(self) -> list[Path]:
+        """What a run writes at the end of an epoch before its ``last.pt``: the other checkpoints,
+        the kept ``epoch-NNN.pt`` and the metrics."""
+        metrics = [p for p in (self.metrics_path, self.metrics_path.with_suffix(".csv")) if p.exists()]
+        others = [p for kind, p in self.checkpoints().items() if kind != "last"]
+        return [*others, *self.kept_checkpoints(), *metrics]
+
+    def event_files(self) -> list[Path]:
+        """The TensorBoard event files (a run opens one whenever it starts or resumes)."""
+        return sorted(self.path.glob("events.out.tfevents.*"))
+
+    def never_checkpointed(self) -> bool:
+        """Whether this holds only the start of a run that stopped before its first checkpoint
+        (killed in its first epoch): its config.yaml, no last.pt and no epoch's results."""
+        return self.config_path.is_file() and "last" not in self.checkpoints() and not self.results()
+
+    def restart_command(self) -> str:
+        """The command that starts this directory's run again, into this directory."""
+        return (f"wpat train {shlex.quote(str(self.config_path))} run.out_dir={shlex.quote(str(self.path.parent))} "
+                f"run.name={shlex.quote(self.path.name)}")
 
     def config(self) -> Config:
         """The run's resolved config (its ``config.yaml``)."""

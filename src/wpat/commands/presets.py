@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import textwrap
 
 
-from wpat.configuration.config import PRESET_DIR, list_presets
+from wpat.configuration.config import list_presets, preset_description
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -18,8 +20,12 @@ def run(args: argparse.Namespace) -> int:
 
         print(resolve_preset(args.name).read_text(), end="")
         return 0
-    for name in list_presets():
-        text = (PRESET_DIR / f"{name}.yaml").read_text()
-        first = text.splitlines()[0].lstrip("# ") if text.startswith("#") else ""
-        print(f"{name:<28} {first}")
+    names = list_presets()
+    indent = max(map(len, names)) + 2  # one column for the descriptions, however long a name is
+    width = max(shutil.get_terminal_size((100, 24)).columns - indent, 40)
+    for name in names:
+        lines = textwrap.wrap(preset_description(name), width, break_on_hyphens=False) or [""]
+        print(f"{name:<{indent}}{lines[0]}".rstrip())
+        for line in lines[1:]:
+            print(" " * indent + line)
     return 0

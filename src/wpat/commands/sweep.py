@@ -50,8 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-run", type=float, default=0.0, metavar="F",
                         help="Ray GPUs per run, a fraction to share one (default 0)")
     parser.add_argument("--threads-per-run", type=int, metavar="N",
-                        help="torch threads per run, run.threads (default: --cpus-per-run, rounded; "
-                             "with --local, the config's)")
+                        help="torch threads per run, written into each run's run.threads (default: "
+                             "--cpus-per-run, rounded; the same with --local and with Ray)")
     parser.add_argument("--dry-run", action="store_true", help="check and list the runs, run nothing")
 
 
@@ -68,12 +68,19 @@ def check(args: argparse.Namespace) -> None:
 
 
 def runtime_settings(args: argparse.Namespace) -> list[str]:
-    """Settings that change how each run executes, not what it computes."""
-    threads = args.threads_per_run
-    if threads is None and not args.local:
-        threads = max(1, round(args.cpus_per_run))
-    settings = [f"run.threads={threads}"] if threads else []
-    return settings + ([] if args.local else ["run.progress=false"])  # parallel bars would interleave
+    """Settings of how each run executes, written into its config. The thread count is one of
+    them: a run's last digits depend on it (the order of floating-point sums), so every run of
+    a sweep gets the same explicit count under Ray and with ``--local``, and a run gives the
+    same numbers whichever runner trains it."""
+    threads = args.threads_per_run or max(1, round(args.cpus_per_run))
+    return [f"run.threads={threads}"] + ([] if args.local else ["run.progress=false"])  # parallel bars would interleave
+
+
+def check_threads(overrides: list[str], grid: dict) -> None:
+    """run.threads is set by --threads-per-run for every run: a value given to the sweep would be replaced."""
+    if "run.threads" in grid or any(o.split("=", 1)[0].strip() == "run.threads" for o in overrides):
+        raise WpatError("run.threads: a sweep sets each run's thread count with --threads-per-run "
+                        "(default: --cpus-per-run, rounded); give that instead")
 
 
 def describe(result: dict, index: int, total: int) -> str:
@@ -111,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.insert(0, args.config)
         args.config = None
     grid = parse_grid(args.grid)
+    check_threads(overrides, grid)
     methods = parse_methods(args.methods) if args.methods else []
     if args.config is None and not overrides and not (methods and all(m.base for m in methods)):
         raise WpatError("give a config (a preset, see `wpat presets`, or a YAML file) for the runs "

@@ -20,6 +20,7 @@ epochs; a rotation is in degrees.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any, Union
 
 import yaml
 
-from wpat.configuration.values import flatten, set_key, validate
+from wpat.configuration.values import check_effect, flatten, set_key, validate
 from wpat.helpers.errors import WpatError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -247,7 +248,11 @@ def resolve_preset(name_or_path: str) -> Path:
         return path
     preset = PRESET_DIR / f"{name_or_path}.yaml"
     if not preset.is_file():
-        raise WpatError(f"unknown preset {name_or_path!r}; presets: {', '.join(list_presets())}")
+        close = difflib.get_close_matches(name_or_path, list_presets(), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join([', '.join(close[:-1]), close[-1]] if len(close) > 1 else close)}? " \
+            if close else ""
+        raise WpatError(f"unknown preset {name_or_path!r}; {hint}`wpat presets` lists the "
+                        f"{len(list_presets())} presets, or give a YAML file")
     return preset
 
 
@@ -282,6 +287,12 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def preset_description(name: str) -> str:
+    """A preset's description: its first comment line (the lines after it say more)."""
+    first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[:1]
+    return first[0].lstrip("#").strip() if first and first[0].startswith("#") else ""
+
+
 def load_config(source: Union[str, None] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     """Build a validated config from a preset name or YAML path plus ``key=value`` overrides."""
     cfg = Config()
@@ -299,6 +310,7 @@ def load_config(source: Union[str, None] = None, overrides: tuple[str, ...] | li
     if cfg.run.name is None:
         cfg.run.name = "run"
     validate(cfg)
+    check_effect(cfg)
     return cfg
 
 

@@ -195,6 +195,9 @@ def validate(cfg: Any) -> None:
     check(is_finite(o.l1) and o.l1 >= 0, "optim.l1", o.l1, "a number ≥ 0 (0 = off)")
     check(is_finite(o.l2) and o.l2 >= 0, "optim.l2", o.l2, "a number ≥ 0 (0 = off)")
     check_choice("optim.lr_groups", o.lr_groups, ["all", "first"])
+    if o.nesterov:
+        check(o.momentum > 0, "optim.nesterov", o.nesterov, "false unless optim.momentum > 0 (Nesterov "
+              "momentum needs momentum)")
     check(s.epochs >= 1, "schedule.epochs", s.epochs, "an integer ≥ 1")
     check_choice("schedule.first_epoch", s.first_epoch, [0, 1])
     check_choice("schedule.update", s.update, ["step_start", "step_end", "epoch"])
@@ -218,3 +221,37 @@ def validate(cfg: Any) -> None:
         check(d.val_size > 0, "run.select", r.select, "'test' unless data.val_size > 0")
     check(bool(r.name) and "/" not in r.name and r.name not in (".", ".."), "run.name", r.name,
           "a non-empty name without '/'")
+
+
+def check_effect(cfg: Any) -> None:
+    """Refuse a value that would be recorded in the run's config.yaml and then change nothing,
+    because another value switches off what it feeds; the message says what to set.
+
+    Checked for a new config (``wpat.configuration.config.load_config``), not for a stored one, which trained
+    as it was. Settings of a behaviour that is not selected are allowed, as a component's
+    options are (a preset states them for the variants it may switch to): ``data.mix_alpha``
+    with ``data.mix=none``, ``data.padding`` without crops, ``perturb.warmup`` and
+    ``perturb.alternations`` with ``perturb.name=none``, ``schedule.update`` and
+    ``schedule.first_epoch`` with a constant schedule. docs/design.md lists every case.
+    """
+    d, o, p, r, epochs = cfg.data, cfg.optim, cfg.perturb, cfg.run, cfg.schedule.epochs
+    check(d.extra is None or d.extra_fraction > 0, "data.extra", d.extra,
+          "data.extra_fraction > 0 to read it (the share of each batch drawn from it; RST: 0.5), or no data.extra")
+    check(d.extra_weight == 1 or d.extra_fraction > 0, "data.extra_weight", d.extra_weight,
+          "1 while data.extra_fraction is 0 (no extra example to weigh), or data.extra_fraction > 0 with "
+          "data.extra=PATH")
+    check(o.weight_decay == 0 or o.l2 == 0, "optim.weight_decay", o.weight_decay,
+          f"0 with optim.l2={o.l2:g}, which replaces it (the conv and linear weights decay with optim.l2, "
+          f"the rest not at all)")
+    check(o.lr_groups == "all" or o.l2 > 0, "optim.lr_groups", o.lr_groups,
+          "all unless optim.l2 > 0 (only L2 puts BatchNorm parameters and biases in a group of their own)")
+    check(p.name == "none" or p.warmup < epochs, "perturb.warmup", p.warmup,
+          f"fewer plain epochs than schedule.epochs={epochs}, or perturb.name=none (perturb.name={p.name} "
+          f"would never run)")
+    check(r.keep_every <= epochs, "run.keep_every", r.keep_every,
+          f"at most schedule.epochs={epochs} (no epoch-NNN.pt would be kept), or 0 for none")
+    # The earliest early stop: the best epoch is 1, the stop comes after epoch 1 + patience,
+    # and it must come before the last epoch.
+    check(not r.patience or 1 + r.patience < epochs, "run.patience", r.patience,
+          (f"at most {epochs - 2}, or 0 for off" if epochs > 2 else "0 (off)")
+          + f" (a stop must come before the last of schedule.epochs={epochs}, and the best epoch is at least 1)")

@@ -22,12 +22,15 @@ and every function here is then the identity. Backends: NCCL on GPUs, gloo on CP
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from wpat.helpers.errors import WpatError
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,32 @@ def init(device: torch.device) -> World:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return current()
+
+
+@contextmanager
+def session() -> Iterator[None]:
+    """The span of one run: a process group joined inside it (by :func:`init`) is destroyed on
+    the way out, after the run ends or fails with a :class:`WpatError`.
+
+    A process that exits with its group alive can abort while Python shuts down (SIGABRT,
+    "terminate called without an active exception"): gloo's worker threads still hold work
+    whose tensors need the interpreter that is being torn down. torchrun then reports the run
+    as failed although it finished. After any other exception (an interrupt, a crash in a
+    collective) the group is left to the process's exit, as destroying it while a peer waits in
+    a collective could hang. A group the caller had joined before is the caller's to destroy.
+    """
+    joined_before = dist.is_available() and dist.is_initialized()
+
+    def leave() -> None:
+        if not joined_before and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    try:
+        yield
+    except WpatError:  # a user error, raised outside any collective
+        leave()
+        raise
+    leave()
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from wpat.helpers import distributed
 from wpat.training.batching import compose_batch
 from wpat.checkpoints.files import is_wpat_checkpoint, load_checkpoint, save_atomic
+from wpat.checkpoints.run_dir import RunDir
 from wpat.configuration.config import Config, config_from_dict, dump_config, run_over, stopped_early
 from wpat.helpers.errors import WpatError
 from wpat.helpers.fs import writable_dir
@@ -39,22 +40,44 @@ from wpat.training.step import perturbation_active, schedule_time, train_step
 from wpat.training.parts import Parts, build_parts
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    """Train a new run described by ``cfg``; returns the best/last summary."""
-    run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    if (run_dir / "last.pt").exists():
-        raise WpatError(f"{run_dir} already holds a run; resume it with `wpat train --resume {run_dir}` "
+def stale_events(run: RunDir) -> list[Path]:
+    """The event files a new run in ``run`` replaces: those of a start that never reached a
+    checkpoint (they hold no epoch). A directory holding a run, or a run's results, is refused."""
+    if "last" in run.checkpoints():
+        raise WpatError(f"{run.path} already holds a run; resume it with `wpat train --resume {run.path}` "
                         f"or choose another run.name=...")
-    parts = build_parts(cfg)  # reads the data first: a missing dataset leaves no empty run dir
-    if parts.world.main:
-        writable_dir(run_dir, "run.out_dir")
-        dump_config(cfg, run_dir / "config.yaml")
-    return fit(parts, RunState(), run_dir)
+    results = run.results()
+    if results:
+        raise WpatError(f"{run.path} holds a run's results ({', '.join(p.name for p in results)}) but no "
+                        f"last.pt to resume from; move them away or choose another run.name=...")
+    return run.event_files()
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train a new run described by ``cfg``; returns the best/last summary. A directory holding
+    only the start of a run that never reached a checkpoint (killed in its first epoch) is
+    started again, its event files replaced."""
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    stale = stale_events(RunDir(run_dir))
+    with distributed.session():
+        parts = build_parts(cfg)  # reads the data first: a missing dataset leaves no empty run dir
+        if parts.world.main:
+            writable_dir(run_dir, "run.out_dir")
+            if stale:
+                print(f"{run_dir}: starting again a run that never reached a checkpoint "
+                      f"(its {len(stale)} event file(s) removed)")
+            for path in stale:
+                path.unlink(missing_ok=True)
+            dump_config(cfg, run_dir / "config.yaml")
+        return fit(parts, RunState(), run_dir)
 
 
 def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its ``last.pt``; the result equals an uninterrupted run."""
     run_dir = Path(run_dir)
+    if run_dir.is_dir() and RunDir(run_dir).never_checkpointed():
+        raise WpatError(f"{run_dir}: the run never reached a checkpoint (it stopped in its first epoch), "
+                        f"so there is nothing to resume; start it again with `{RunDir(run_dir).restart_command()}`")
     path = run_dir / "last.pt" if run_dir.is_dir() else run_dir
     ckpt = load_checkpoint(path)
     if not is_wpat_checkpoint(ckpt) or ckpt.get("kind") != "last":
@@ -62,8 +85,9 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> dict[str
     cfg = config_from_dict(ckpt["config"])
     if progress is not None:
         cfg.run.progress = progress
-    parts = build_parts(cfg, fresh=False)
-    return fit(parts, restore(parts, ckpt), path.parent)
+    with distributed.session():
+        parts = build_parts(cfg, fresh=False)
+        return fit(parts, restore(parts, ckpt), path.parent)
 
 
 def fit(parts: Parts, state: RunState, run_dir: Path) -> dict[str, Any]:

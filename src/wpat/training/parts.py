@@ -28,7 +28,7 @@ from wpat.checkpoints.files import is_wpat_checkpoint, load_checkpoint, weights_
 from wpat.configuration.config import Config, component_options
 from wpat.data import AUGMENTATIONS, DeviceLoader, ExtraStream, dataset_spec, open_extra
 from wpat.helpers.distributed import World
-from wpat.helpers.errors import WpatError
+from wpat.helpers.errors import WpatError, check
 from wpat.training.experiment import Splits
 from wpat.training.finetune import init_from
 from wpat.training.loading import model_from_checkpoint
@@ -237,6 +237,20 @@ def batchnorm_batches(cfg: Config, loader: DeviceLoader) -> BatchSource:
     return batches
 
 
+def check_run_effect(cfg: Config, steps: int, processes: int, attack_bn: BNMode | None) -> None:
+    """Refuse the run values that this data, launch and training attack would leave without
+    effect (those the config alone decides are refused by ``load_config``; docs/design.md)."""
+    every = cfg.run.checkpoint_every
+    check(every < steps, "run.checkpoint_every", every,
+          f"fewer than the {steps} steps of an epoch (last.pt is written at every epoch's end), or 0")
+    check(not cfg.run.sync_bn or processes > 1, "run.sync_bn", cfg.run.sync_bn,
+          "false in one process (it shares BatchNorm statistics between the processes of a torchrun launch)")
+    check(not cfg.attack.script_forwards or attack_bn is BNMode.TRAIN, "attack.script_forwards",
+          cfg.attack.script_forwards, f"false when the training attack does not run in train mode (here: "
+          f"{attack_bn.value if attack_bn else 'the model’s own'}; the scripts' extra forwards update BatchNorm "
+          f"statistics in train mode only)")
+
+
 def build_parts(cfg: Config, fresh: bool = True) -> Parts:
     """Every part of a run of ``cfg``; ``fresh=False`` for a run about to load its ``last.pt``
     (no ``run.init_from`` weights then)."""
@@ -255,10 +269,12 @@ def build_parts(cfg: Config, fresh: bool = True) -> Parts:
     # it shares the parameters, so checkpoints and evaluation use the plain module.
     forward_model = torch.compile(model) if cfg.run.compile else model
     loader = build_loader(cfg, splits, device, cfg.data.batch_size - n_extra, views_needed(objective))
+    steps = steps_per_epoch(cfg, splits, loader, extra)
+    if fresh:  # a resumed run keeps the values it started with
+        check_run_effect(cfg, steps, world.size, components.attack.bn_mode)
     ema = build_average(cfg.run, model, batchnorm_batches(cfg, loader) if cfg.run.average == "swa" else None)
     average = ema.model if ema is not None and "average" in objective.requirements() else None
     n = min(cfg.eval.n_train, len(splits.x_train))
-    steps = steps_per_epoch(cfg, splits, loader, extra)
     return Parts(
         cfg=cfg, device=device, world=world, model=model, forward_model=forward_model, objective=objective,
         supplies=Supplies(average=average, teachers=teachers, clock=loader_clock(loader, cfg.schedule.epochs, steps)),
