@@ -33,6 +33,8 @@ from wpat.perturb import WeightPerturbation, held_at, perturbed
 from wpat.regularize import l1_penalty
 
 
+# One function on purpose (about 50 lines of code): it is docs/design.md's "One training step",
+# steps 2 to 5, in their order, and the BatchNorm bookkeeping must see all of them.
 def train_step(model: nn.Module, batch: Batch, attack: Callable[..., Tensor], objective: Objective,
                perturbation: WeightPerturbation | None, optimizer: torch.optim.Optimizer,
                alternations: int = 1, l1: float = 0.0, weights: Tensor | None = None,

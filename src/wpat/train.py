@@ -52,24 +52,6 @@ def train(cfg: Config) -> dict[str, Any]:
     return fit(parts, RunState(), run_dir)
 
 
-def evaluates(epoch: int, cfg: Config) -> bool:
-    """Whether the run evaluates after (1-based) ``epoch``: every ``eval.every`` and the last."""
-    return epoch % cfg.eval.every == 0 or epoch == cfg.schedule.epochs
-
-
-def run_after(epoch: int, steps_per_epoch: int, cfg: Config, eval_seconds: float | None) -> After:
-    """What the run does after (0-based) ``epoch``'s steps, for its ETA: the later epochs' steps,
-    its evaluations (this epoch's included) as long as the last one measured. A minimum while
-    an evaluation is due but none was measured yet, or while the weight perturbation is still to
-    start (its epochs are slower than this one)."""
-    later = range(epoch + 1, cfg.schedule.epochs)
-    n_evals = sum(evaluates(e + 1, cfg) for e in (epoch, *later))
-    slower_later = cfg.perturb.name != "none" and not perturbation_active(epoch, cfg) and \
-        any(perturbation_active(e, cfg) for e in later)
-    return After(units=steps_per_epoch * len(later), seconds=n_evals * (eval_seconds or 0.0),
-                 lower_bound=(n_evals > 0 and eval_seconds is None) or slower_later)
-
-
 def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its ``last.pt``; the result equals an uninterrupted run."""
     run_dir = Path(run_dir)
