@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import SEED, crashing_at_call, fashion_mnist_available
+from conftest import BNNet, SEED, crashing_at_call, fashion_mnist_available
 from wpat.training import experiment
 from wpat.checkpoints.files import load_checkpoint
 from wpat.cli import main
@@ -33,15 +33,8 @@ TINY = ["fmnist-mlp-linf-overfit-consistency", "model.mlp.hidden=16", "data.trai
         "schedule.epochs=2", "run.progress=false", "run.tensorboard=false", f"run.seed={SEED}"]
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.bn = nn.BatchNorm2d(6)
-        self.linear = nn.Linear(6, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(F.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+def Net() -> BNNet:
+    return BNNet()
 
 
 # ---------------------------------------------------------------------- the authors' code
