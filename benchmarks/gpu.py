@@ -170,7 +170,6 @@ METHODS = [
     # The same v as "all below", without the early exit's host sync (docs/design.md).
     Method("AT-RWP, all below, early_exit=false",
            ("perturb.name=rwp", "perturb.rwp.c_min=inf", "perturb.rwp.early_exit=false"), only=PROFILED),
-    # TRADES attacks in eval mode, where the AT scripts' extra forwards have no effect
     Method("TRADES (β = 6)", ("objective.name=trades", "perturb.name=none", "attack.script_forwards=false")),
 ]
 AT, AWP, RWP_NONE = METHODS[1], METHODS[2], METHODS[4]
@@ -188,8 +187,7 @@ CHECKS = [  # correctness: label, overrides
 # in float64, AT-AWP's 20 %, AT-RWP's (10 ascent steps) 62 %.
 CHECK_SETTING = ["model.name=small_cnn", "model.small_cnn.width=4", "model.mean=[0.3,0.3,0.3]",
                  "model.std=[0.3,0.3,0.3]", "attack.eps=0.1", "attack.alpha=0.05", "attack.steps=3",
-                 "attack.bn_mode=eval", "attack.script_forwards=false", "optim.momentum=0", "optim.weight_decay=0",
-                 "perturb.rwp.steps=2"]
+                 "attack.bn_mode=eval", "attack.script_forwards=false", "optim.momentum=0", "optim.weight_decay=0", "perturb.rwp.steps=2"]
 CHECK_BATCH, FP32_STEPS = 32, 2
 # fp32: each tensor within FP32_MARGIN times the CPU fp32 steps' own error on it, at least FP32_FLOOR
 FP32_MARGIN, FP32_FLOOR = 10.0, 1e-4

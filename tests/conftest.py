@@ -2,6 +2,8 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 # The suite runs on a 2-core machine; tiny models are fastest single-threaded and tests
 # running side by side must not fight over cores. WPAT_TEST_THREADS and WPAT_TEST_SEED run the
@@ -49,3 +51,19 @@ def crashing_at_call(step_fn, n):
         return step_fn(*args, **kwargs)
 
     return crash
+
+
+class BNNet(nn.Module):
+    """A conv + BatchNorm + linear network small enough for renditions of one training step;
+    ``last_scale`` multiplies the initial linear weights (sharper logits, larger losses)."""
+
+    def __init__(self, last_scale: float = 1.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.linear = nn.Linear(6, 10)
+        with torch.no_grad():
+            self.linear.weight.mul_(last_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import SEED, crashing_at_call, fashion_mnist_available
+from conftest import BNNet, SEED, crashing_at_call, fashion_mnist_available
 from wpat.training import experiment
 from wpat.attacks import PGD
 from wpat.optim.averaging import WeightAverage
@@ -43,17 +43,8 @@ def train(tmp_path, *overrides: str) -> int:
 # ---------------------------------------------------------------------- the script
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.bn = nn.BatchNorm2d(6)
-        self.linear = nn.Linear(6, 10)
-        with torch.no_grad():
-            self.linear.weight.mul_(3)
-
-    def forward(self, x):
-        return self.linear(F.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+def Net() -> BNNet:
+    return BNNet(last_scale=3)
 
 
 def clamp(X, lower_limit, upper_limit):

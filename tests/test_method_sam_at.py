@@ -22,10 +22,12 @@ from torch import nn
 
 from conftest import SEED, fashion_mnist_available
 from test_method_sam import assert_same_model, problem, sgd
-from wpat.attacks import PGD
+from wpat.attacks import PGD, recording_weight_gradients
+from wpat.attacks.base import weight_gradient_recording
 from wpat.cli import main
 from wpat.helpers.errors import WpatError
 from wpat.objectives import OBJECTIVES, Batch
+from wpat.perturb.sam import SAM
 from wpat.perturb.sam_at import SAMAT
 from wpat.training.step import train_step
 
@@ -119,16 +121,28 @@ def test_an_attack_that_records_no_weight_gradients_is_an_error():
         train_step(model, Batch(x, y), lambda m, x_, y_: x_adv, OBJECTIVES.build("at"), SAMAT(), sgd(model))
 
 
-def test_the_recording_leaves_grad_empty_and_is_off_for_other_perturbations():
-    """PGD fills no .grad, with or without the recording; a plain AT step's attack records nothing."""
+def test_only_a_perturbation_that_declares_it_records_the_attack():
+    model, x, x_adv, y = problem()
+    seen = []
+
+    def spy(m, x_, y_):
+        seen.append(weight_gradient_recording())
+        return x_adv
+
+    objective = OBJECTIVES.build("at")
+    for perturbation in (None, SAM(), SAMAT(ascent_grad="final")):
+        train_step(model, Batch(x, y), spy, objective, perturbation, sgd(model))
+    assert seen == [None, None, None]
+
+
+def test_the_recording_leaves_grad_empty():
+    """PGD fills no .grad with the recording either: the sums go to the recording."""
     model, x, _, y = problem()
     attack = PGD(EPS, ALPHA, STEPS, bn_mode="train")
-    from wpat.attacks import recording_weight_gradients
     with recording_weight_gradients(model) as recorded:
         attack(model, x, y)
-    assert recorded.iterations == STEPS and set(recorded.sums) == {n for n, p in model.named_parameters()
-                                                                   if p.requires_grad and n != "spare.weight"
-                                                                   and n != "spare.bias"}
+    assert recorded.iterations == STEPS
+    assert set(recorded.sums) == {"conv.weight", "conv.bias", "bn.weight", "bn.bias", "fc.weight", "fc.bias"}
     assert all(p.grad is None for p in model.parameters())
 
 

@@ -290,8 +290,11 @@ def test_every_batch_knows_where_the_run_is_and_the_objectives_state_survives_a_
     import wpat.training.loop as training
 
     register("toy-counting", Counting)
-    cfg = lambda name: load_config(TINY[0], [*TINY[1:], "objective.name=toy-counting", "schedule.epochs=2",  # noqa: E731
-                                             "run.checkpoint_every=1", f"run.out_dir={tmp_path}", f"run.name={name}"])
+
+    def cfg(name: str):
+        return load_config(TINY[0], [*TINY[1:], "objective.name=toy-counting", "schedule.epochs=2",
+                                     "run.checkpoint_every=1", f"run.out_dir={tmp_path}", f"run.name={name}"])
+
     training.train(cfg("whole"))
     assert [(b.phase.epoch, b.phase.step) for b in seen] == [(e, i) for e in range(2) for i in range(4)]
     assert {(b.phase.epochs, b.phase.steps) for b in seen} == {(2, 4)}

@@ -73,7 +73,8 @@ class KD(Objective):
             check(is_finite(value) and value >= 0, f"KD {key}", value, "a finite number >= 0")
         self.standard_teacher, self.robust_teacher = standard_teacher, robust_teacher
         self.temperature = float(temperature)
-        self.ce_weight, self.standard_weight, self.robust_weight = float(ce_weight), float(standard_weight), float(robust_weight)
+        self.ce_weight = float(ce_weight)
+        self.standard_weight, self.robust_weight = float(standard_weight), float(robust_weight)
 
     @property
     def teachers(self) -> dict[str, str | None]:
