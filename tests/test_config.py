@@ -262,6 +262,8 @@ def test_the_logged_loss_threshold_is_checked():
     (["optim.lr_groups=first"], "optim.lr_groups", "expected all unless optim.l2 > 0"),
     (["perturb.warmup=3"], "perturb.warmup", "expected fewer plain epochs than schedule.epochs=3"),
     (["run.keep_every=4"], "run.keep_every", "expected at most schedule.epochs=3"),
+    (["attack.later_from=3", "attack.later_steps=20"], "attack.later_from", "expected an epoch before schedule.epochs=3"),
+    (["run.average=swa", "run.swa_start=3"], "run.swa_start", "expected an epoch before schedule.epochs=3"),
     (["data.val_size=100", "run.select=val", "run.patience=2"], "run.patience", "expected at most 1, or 0 for off"),
     (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov", "optim.momentum > 0"),
 ])

@@ -248,6 +248,12 @@ def check_effect(cfg: Any) -> None:
     check(p.name == "none" or p.warmup < epochs, "perturb.warmup", p.warmup,
           f"fewer plain epochs than schedule.epochs={epochs}, or perturb.name=none (perturb.name={p.name} "
           f"would never run)")
+    check(cfg.attack.later_from is None or cfg.attack.later_from < epochs, "attack.later_from",
+          cfg.attack.later_from, f"an epoch before schedule.epochs={epochs} (counted from 0; the later attack "
+          f"would never train), or null")
+    check(r.average != "swa" or r.swa_start < epochs, "run.swa_start", r.swa_start,
+          f"an epoch before schedule.epochs={epochs} (counted from 0) with run.average=swa (no epoch would be "
+          f"averaged)")
     check(r.keep_every <= epochs, "run.keep_every", r.keep_every,
           f"at most schedule.epochs={epochs} (no epoch-NNN.pt would be kept), or 0 for none")
     # The earliest early stop: the best epoch is 1, the stop comes after epoch 1 + patience,
