@@ -236,3 +236,31 @@ def test_a_bad_option_is_one_line_and_writes_nothing(runs, tmp_path, capsys, opt
     err = capsys.readouterr().err.strip()
     assert says in err and "\n" not in err
     assert not out.exists()
+
+
+def test_every_shipped_objective_and_perturbation_states_its_cost():
+    from wpat.objectives import OBJECTIVES
+    from wpat.perturb import PERTURBATIONS
+
+    assert [n for n in OBJECTIVES.names() if "cost" not in OBJECTIVES.info(n)] == []
+    assert [n for n in PERTURBATIONS.names() if "cost" not in PERTURBATIONS.info(n)] == []
+
+
+@pytest.mark.parametrize("overrides, passes", [
+    (["perturb.name=sam"], 10 + 1 + 1),  # the attack, one ascent evaluation, the update
+    (["perturb.name=sam", "perturb.sam.recraft=true"], 2 * 10 + 1 + 1),  # crafted again at w + v
+    (["perturb.name=asam"], 10 + 1 + 1),
+    (["perturb.name=sam-at"], 10 + 1 + 1),
+    (["objective.name=kd"], 10 + 1 + 2 * FORWARD),  # the two teachers' forwards of x'
+    (["objective.name=rebat"], 10 + 1 + FORWARD),  # the average's forward of x'
+    (["objective.name=consistency"], 2 * 10 + 2),  # AT on both views
+    (["objective.name=consistency", "objective.consistency.base=trades", "objective.trades.clean_forwards=1"],
+     2 * (10 + FORWARD) + 2 * 2),
+    (["objective.name=mlcat-ls"], 10 + 1),
+    (["objective.name=dkl", "attack.steps=5"], 5 + FORWARD + 2),
+    (["perturb.name=mlcat-wp"], 10 + 3 + 1),  # its logged steps
+])
+def test_the_new_methods_cost_what_their_steps_run(overrides, passes):
+    setting = setting_of(load_config(None, ["attack.steps=10", *overrides]).to_dict())
+    history = [{"perturb_active": True, "perturb_steps": 3.0}]
+    assert step_passes(setting, history) == pytest.approx(passes)

@@ -171,7 +171,7 @@ def test_dry_run_lists_the_methods_and_their_runs(tmp_path, tiny_config, capsys)
     assert "mart-rwp__seed-1: method=mart-rwp run.seed=1" in out
     assert cli.main(["sweep", "--list-methods"]) == 0
     listed = capsys.readouterr().out
-    assert "trades-awp [leaderboard]: TRADES with AWP" in listed and "groups: leaderboard: at, at-awp" in listed
+    assert "trades-awp [leaderboard]: TRADES with AWP" in listed and "leaderboard: at, at-awp" in listed
 
 
 # ---------------------------------------------------------------------- reporting

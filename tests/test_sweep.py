@@ -291,3 +291,17 @@ def test_a_thread_count_given_to_a_sweep_points_to_threads_per_run(tmp_path, tin
     assert cli.main(["sweep", tiny_config, "run.threads=4", "--grid", "perturb.name=none,awp",
                      "--out", str(tmp_path), "--local"]) == 2
     assert "run.threads: a sweep sets each run's thread count with --threads-per-run" in capsys.readouterr().err
+
+
+def test_a_wrapped_objectives_own_options_are_part_of_the_runs_setting():
+    from wpat.configuration.config import load_config
+    from wpat.sweep.runs import setting_of
+
+    def setting(clean_forwards):
+        return setting_of(load_config(None, ["objective.name=consistency", "objective.consistency.base=trades",
+                                             f"objective.trades.clean_forwards={clean_forwards}"]).to_dict())
+
+    assert setting(1)["objective.trades.clean_forwards"] == 1
+    assert setting(1) != setting(2)  # not replicas of each other
+    plain = setting_of(load_config(None, ["objective.name=at", "objective.trades.clean_forwards=1"]).to_dict())
+    assert not any(key.startswith("objective.trades.") for key in plain)

@@ -7,9 +7,10 @@ from torch import Tensor, nn
 from wpat.attacks.losses import cross_entropy_per_example
 from wpat.objectives.base import OBJECTIVES, Batch, Objective
 from wpat.helpers.threat import BNMode
+from wpat.helpers.passes import ObjectiveCost
 
 
-@OBJECTIVES.register("at")
+@OBJECTIVES.register("at", cost=lambda options, base: ObjectiveCost(1))
 class AT(Objective):
     """Standard adversarial training: ℓ_i = CE(f(x'_i), y_i).
 

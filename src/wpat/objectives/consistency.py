@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from wpat.helpers.errors import WpatError, check, check_choice, is_finite
 from wpat.objectives.base import OBJECTIVES, Batch, Objective, Wrapper
 from wpat.helpers.threat import BNMode
+from wpat.helpers.passes import ObjectiveCost
 
 
 def js_divergence(logits_1: Tensor, logits_2: Tensor, temperature: float) -> Tensor:
@@ -28,7 +29,7 @@ def js_divergence(logits_1: Tensor, logits_2: Tensor, temperature: float) -> Ten
     return 0.5 * (kl_1 + kl_2)
 
 
-@OBJECTIVES.register("consistency")
+@OBJECTIVES.register("consistency", cost=lambda options, base: base(options["base"]).times(2))  # the base on both views
 class Consistency(Wrapper):
     """Consistency regularization: the base objective on two augmentations of each image,
     both attacked, plus a Jensen-Shannon divergence between the two adversarial predictions.

@@ -14,6 +14,7 @@ from wpat.attacks.losses import cross_entropy_per_example, require_labels
 from wpat.helpers.errors import WpatError, check, is_finite
 from wpat.objectives.base import OBJECTIVES, Batch, Objective, Phase
 from wpat.helpers.threat import BNMode
+from wpat.helpers.passes import ObjectiveCost
 
 
 def dkl_divergence(logits_adv: Tensor, logits_clean: Tensor, class_weights: Tensor, alpha: float, beta: float,
@@ -52,7 +53,7 @@ def class_prior(sums: Tensor, previous: Tensor | None) -> Tensor:
     return torch.where(rows > 0, sums / rows.clamp_min(torch.finfo(sums.dtype).tiny), fallback.to(sums))
 
 
-@OBJECTIVES.register("dkl")
+@OBJECTIVES.register("dkl", cost=lambda options, base: ObjectiveCost(2, attack_forwards=1))  # as TRADES with one clean forward
 class DKL(Objective):
     """DKL: TRADES' KL replaced by the decoupled KL with class-wise global weights (the paper's
     IKL/GKL adversarial training).

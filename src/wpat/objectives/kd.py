@@ -12,6 +12,7 @@ from wpat.attacks.losses import cross_entropy_per_example
 from wpat.helpers.errors import check, is_finite
 from wpat.objectives.base import OBJECTIVES, Batch, Objective
 from wpat.helpers.threat import BNMode
+from wpat.helpers.passes import ObjectiveCost
 
 
 def distillation(logits: Tensor, teacher: Tensor, temperature: float) -> Tensor:
@@ -23,7 +24,7 @@ def distillation(logits: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     return -(target * F.log_softmax(logits.float() / t, dim=1)).sum(dim=1) * t * t
 
 
-@OBJECTIVES.register("kd")
+@OBJECTIVES.register("kd", cost=lambda options, base: ObjectiveCost(1, forwards=2))  # + both teachers' forwards
 class KD(Objective):
     """Adversarial training distilled from a standard and a robust teacher (KD of KD+SWA).
 

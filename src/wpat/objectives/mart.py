@@ -10,9 +10,10 @@ from wpat.attacks.losses import is_soft
 from wpat.helpers.errors import WpatError, check, is_finite
 from wpat.objectives.base import OBJECTIVES, Batch, Objective
 from wpat.helpers.threat import BNMode
+from wpat.helpers.passes import ObjectiveCost
 
 
-@OBJECTIVES.register("mart")
+@OBJECTIVES.register("mart", cost=lambda options, base: ObjectiveCost(2))  # adversarial and clean
 class MART(Objective):
     """MART: a boosted cross-entropy plus a KL weighted by how misclassified the clean input is.
 

@@ -9,9 +9,10 @@ from torch import Tensor
 
 from wpat.helpers.errors import check, is_finite
 from wpat.objectives.base import OBJECTIVES, Objective, Wrapper
+from wpat.helpers.passes import ObjectiveCost
 
 
-@OBJECTIVES.register("mlcat-ls")
+@OBJECTIVES.register("mlcat-ls", cost=lambda options, base: base(options["base"]))  # the base's loss, rescaled
 class MLCATLossScaling(Wrapper):
     """Minimum-loss-constrained adversarial training, loss-scaling realization (MLCAT_LS).
 

@@ -11,9 +11,11 @@ from wpat.attacks.losses import cross_entropy_per_example, kl_divergence
 from wpat.helpers.errors import check, is_finite
 from wpat.objectives.base import OBJECTIVES, Batch, Objective
 from wpat.helpers.threat import BNMode
+from wpat.helpers.passes import ObjectiveCost
 
 
-@OBJECTIVES.register("rebat")
+# AT plus the average's forward of x' (counted over the whole run; it runs from run.ema_start)
+@OBJECTIVES.register("rebat", cost=lambda options, base: ObjectiveCost(1, forwards=1))
 class ReBAT(Objective):
     """AT plus the BoAT regularizer towards the weight average (ReBAT).
 

@@ -9,9 +9,13 @@ from wpat.attacks.losses import cross_entropy_per_example, kl_divergence
 from wpat.helpers.errors import check, is_count, is_finite
 from wpat.objectives.base import OBJECTIVES, Batch, Objective
 from wpat.helpers.threat import BNMode
+from wpat.helpers.passes import ObjectiveCost
 
 
-@OBJECTIVES.register("trades")
+# the adversarial and the clean forward-backward, a statistics-only third clean forward with
+# clean_forwards 2, and the clean forward that gives the attack's KL its target
+@OBJECTIVES.register("trades", cost=lambda options, base: ObjectiveCost(
+    2, forwards=int(options["clean_forwards"]) - 1, attack_forwards=1))
 class TRADES(Objective):
     """TRADES: natural cross-entropy plus β times the KL between clean and adversarial outputs.
 

@@ -8,9 +8,10 @@ from torch import Tensor
 
 from wpat.perturb.ascent import MaskedAscent
 from wpat.perturb.base import PERTURBATIONS, rescale_per_layer
+from wpat.helpers.passes import PerturbationCost
 
 
-@PERTURBATIONS.register("awp")
+@PERTURBATIONS.register("awp", cost=lambda options: PerturbationCost(options["steps"]))
 class AWP(MaskedAscent):
     """Adversarial weight perturbation (Wu, Xia, Wang, *Adversarial Weight Perturbation Helps
     Robust Generalization*, NeurIPS 2020, §4 eq. 10, Appendix D).

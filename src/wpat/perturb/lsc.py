@@ -7,9 +7,10 @@ from torch import Tensor
 from wpat.perturb.awp import AWP
 from wpat.helpers.errors import check, is_number
 from wpat.perturb.base import PERTURBATIONS
+from wpat.helpers.passes import PerturbationCost
 
 
-@PERTURBATIONS.register("awp-lsc")
+@PERTURBATIONS.register("awp-lsc", cost=lambda options: PerturbationCost(options["steps"]))
 class LSCRangeAWP(AWP):
     """AWP on one loss-stationary group (Yu et al., IJCAI 2022, §3 eq. 7, Fig. 1c).
 

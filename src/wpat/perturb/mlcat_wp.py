@@ -5,9 +5,10 @@ from __future__ import annotations
 from wpat.helpers.errors import check, is_number
 from wpat.perturb.base import PERTURBATIONS
 from wpat.perturb.rwp import RWP
+from wpat.helpers.passes import PerturbationCost
 
 
-@PERTURBATIONS.register("mlcat-wp")
+@PERTURBATIONS.register("mlcat-wp", cost=lambda options: PerturbationCost(None))  # its steps are logged
 class MLCATWeight(RWP):
     """Minimum-loss-constrained adversarial training, weight-perturbation realization (MLCAT_WP).
 

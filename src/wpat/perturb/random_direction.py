@@ -7,9 +7,10 @@ from torch import Tensor, nn
 
 from wpat.perturb.base import (PERTURBATIONS, LossFn, Perturbation, WeightPerturbation, check_size,
                                global_norm, perturbed_parameters, rescale_per_layer)
+from wpat.helpers.passes import PerturbationCost
 
 
-@PERTURBATIONS.register("random")
+@PERTURBATIONS.register("random", cost=lambda options: PerturbationCost(0))  # no search
 class RandomWP(WeightPerturbation):
     """A random direction of AWP's size (Wu, Xia, Wang, NeurIPS 2020, §5.3, Fig. 3a).
 

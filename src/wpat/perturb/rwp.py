@@ -9,9 +9,10 @@ from torch import Tensor
 from wpat.perturb.ascent import MaskedAscent
 from wpat.helpers.errors import check, is_number
 from wpat.perturb.base import PERTURBATIONS, rescale_global
+from wpat.helpers.passes import PerturbationCost
 
 
-@PERTURBATIONS.register("rwp")
+@PERTURBATIONS.register("rwp", cost=lambda options: PerturbationCost(None))  # its steps are logged
 class RWP(MaskedAscent):
     """Robust weight perturbation (Yu et al., *Robust Weight Perturbation for Adversarial
     Training*, IJCAI 2022, §4 eq. 8, Algorithm 1).

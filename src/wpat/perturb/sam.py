@@ -15,13 +15,14 @@ from wpat.helpers.errors import WpatError, check, check_choice, is_finite
 from wpat.helpers.model_state import kept
 from wpat.perturb.base import (PERTURBATIONS, LossFn, Perturbation, WeightPerturbation, global_norm,
                                per_example, perturbed_parameters)
+from wpat.helpers.passes import PerturbationCost
 
 # Which parameters move: every trainable one that gets a gradient (BatchNorm affine parameters
 # and biases included, as every SAM code), or only the conv/linear weights AWP and RWP move.
 PARAMETER_SETS = ("all", "weights")
 
 
-@PERTURBATIONS.register("sam")
+@PERTURBATIONS.register("sam", cost=lambda options: PerturbationCost(1, recrafts=int(options["recraft"])))
 class SAM(WeightPerturbation):
     """Sharpness-aware minimization of the adversarial loss (Foret, Kleiner, Mobahi, Neyshabur,
     *Sharpness-Aware Minimization for Efficiently Improving Generalization*, ICLR 2021, §2: the
@@ -130,7 +131,7 @@ class SAM(WeightPerturbation):
         return [g_p * scale for g_p in g], norm
 
 
-@PERTURBATIONS.register("asam")
+@PERTURBATIONS.register("asam", cost=lambda options: PerturbationCost(1, recrafts=int(options["recraft"])))
 class ASAM(SAM):
     """Adaptive SAM (Kwon, Kim, Park, Choi, *ASAM: Adaptive Sharpness-Aware Minimization for
     Scale-Invariant Learning of Deep Neural Networks*, ICML 2021: its ε̂ for the L2 ball), a

@@ -7,13 +7,14 @@ from typing import Any
 from wpat.helpers.errors import check_choice
 from wpat.perturb.base import PERTURBATIONS
 from wpat.perturb.sam import SAM
+from wpat.helpers.passes import PerturbationCost
 
 # Where SAM-AT's ascent gradient comes from: the code's (PGD's weight gradients left in .grad and
 # the final loss's), or the final loss's only (SAM on the adversarial loss as its paper writes it).
 ASCENT_GRADIENTS = ("attack_path", "final")
 
 
-@PERTURBATIONS.register("sam-at")
+@PERTURBATIONS.register("sam-at", cost=lambda options: PerturbationCost(1))
 class SAMAT(SAM):
     """SAM with adversarial training as ``weizeming/SAM_AT`` runs it (``train.py --adv --opt SAM``,
     ``utils.py``, davda54's ``sam.py``): Wei, Zhu, Zhang, *Sharpness-Aware Minimization Alone can

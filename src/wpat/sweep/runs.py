@@ -39,12 +39,15 @@ def method_of(settings: Sequence[str]) -> str | None:
 def setting_of(tree: Mapping[str, Any]) -> dict[str, Any]:
     """What a run computes: its resolved config tree (``Config.to_dict()``) as ``section.key``
     entries, without :data:`IGNORED_KEYS` and without the options of components it does not
-    select (``perturb.rwp.*`` of an AWP run never reaches it)."""
+    select (``perturb.rwp.*`` of an AWP run never reaches it). A selected wrapper's base is
+    selected too (``objective.trades.*`` of consistency on TRADES)."""
     flat = {}
     for section, values in tree.items():
+        selected = values.get("name")
+        base = values.get(selected, {}).get("base") if isinstance(values.get(selected), dict) else None
         for key, value in values.items():
             if isinstance(value, dict):
-                if key == values.get("name"):
+                if key in (selected, base):
                     flat.update({f"{section}.{key}.{o}": v for o, v in value.items()})
             elif f"{section}.{key}" not in IGNORED_KEYS:
                 flat[f"{section}.{key}"] = value
