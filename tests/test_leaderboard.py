@@ -264,3 +264,29 @@ def test_the_new_methods_cost_what_their_steps_run(overrides, passes):
     setting = setting_of(load_config(None, ["attack.steps=10", *overrides]).to_dict())
     history = [{"perturb_active": True, "perturb_steps": 3.0}]
     assert step_passes(setting, history) == pytest.approx(passes)
+
+
+def test_a_run_that_keeps_a_weight_average_adds_the_averages_row(tmp_path):
+    """KD+SWA, ReBAT and DKL report their averaged model: its accuracies, logged beside the
+    model's at each evaluated epoch (ema_*), make a row of their own, paired with AT by seed."""
+    paths = [make_run(tmp_path, f"at-{s}", ["perturb.name=none"], s, AT[s]) for s in (0, 1)]
+    average = {0: (0.41, 0.53, 0.52), 1: (0.43, 0.51, 0.55)}  # seed 1: best at the last epoch
+    for seed in (0, 1):
+        path = make_run(tmp_path, f"swa-{seed}", ["perturb.name=none", "run.average=swa", "run.swa_start=1"],
+                        seed, AT[seed])
+        records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+        for record, robust in zip(records, average[seed]):
+            record.update(ema_test_pgd_acc=robust, ema_test_nat_acc=0.6)
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_eval(path, 0.30, 0.30)  # AutoAttack of best.pt/last.pt: the model's, not the average's
+        paths.append(path)
+    baseline = "AT (average=ema, swa_start=0)"  # without a sweep manifest, rows are named by their settings
+    rows = {r["method"]: r for r in board_of(paths, baseline=baseline).rows}
+    plain, averaged = rows["AT (average=swa, swa_start=1)"], rows["AT (average=swa, swa_start=1) (average)"]
+    assert len(rows) == 3
+    assert plain["pgd_last_mean"] == pytest.approx(rows[baseline]["pgd_last_mean"])  # the model trains as AT
+    assert averaged["pgd_best_mean"] == pytest.approx((0.53 + 0.55) / 2)
+    assert averaged["pgd_last_mean"] == pytest.approx((0.52 + 0.55) / 2)
+    assert averaged["pgd_drop_mean"] == pytest.approx((0.01 + 0.0) / 2)
+    assert averaged["delta_pgd_last_mean"] == pytest.approx(((0.52 - 0.45) + (0.55 - 0.47)) / 2)
+    assert math.isnan(averaged["aa_last_mean"]) and plain["aa_last_mean"] == pytest.approx(0.30)

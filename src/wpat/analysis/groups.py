@@ -59,6 +59,10 @@ class RunResult:
     last_robust: float
     best_natural: float
     last_natural: float
+    # the run's weight average (run.ema, run.average=swa) measured beside it, if it has one: its
+    # best epoch by the same metric, its last; model "average" (the run's own model: "raw")
+    average: RunResult | None = None
+    model: str = "raw"
 
     @property
     def robust_drop(self) -> float:
@@ -131,12 +135,18 @@ def run_result(path: str | Path) -> RunResult:
     if not evaluated:
         raise WpatError(f"{path}: no evaluated epoch in metrics.jsonl")
     key = "val_pgd_acc" if cfg.run.select == "val" else "test_pgd_acc"
-    best = max((r for r in evaluated if key in r), key=lambda r: r[key], default=evaluated[-1])  # first max
-    last = evaluated[-1]
-    finished = run_over(cfg, last["epoch"], best["epoch"])
-    return RunResult(Path(path), cfg.run.seed, setting_of(cfg.to_dict()), best["epoch"], last["epoch"],
-                     cfg.schedule.epochs, finished, best["test_pgd_acc"], last["test_pgd_acc"],
-                     best["test_nat_acc"], last["test_nat_acc"])
+    setting = setting_of(cfg.to_dict())
+
+    def result(prefix: str, records: list[dict[str, Any]], average: RunResult | None = None) -> RunResult:
+        best = max((r for r in records if prefix + key in r), key=lambda r: r[prefix + key], default=records[-1])  # first max
+        last = records[-1]
+        return RunResult(Path(path), cfg.run.seed, setting, best["epoch"], last["epoch"], cfg.schedule.epochs,
+                         run_over(cfg, evaluated[-1]["epoch"], best["epoch"]), best[prefix + "test_pgd_acc"],
+                         last[prefix + "test_pgd_acc"], best[prefix + "test_nat_acc"], last[prefix + "test_nat_acc"],
+                         average, "average" if prefix else "raw")
+
+    averaged = [r for r in evaluated if "ema_test_pgd_acc" in r]
+    return result("", evaluated, result("ema_", averaged) if averaged else None)
 
 
 # ---------------------------------------------------------------------- grouping and labels

@@ -21,7 +21,11 @@ std over its seeds of:
 - ``passes``: forward-backward passes per step (:mod:`wpat.analysis.cost`), and ``cost``: the
   same relative to AT with the same attack.
 
-and, against the baseline row of its table (``at`` or ``AT`` by default), per accuracy the
+A run that keeps a weight average (``run.ema``, ``run.average=swa``) adds the row ``METHOD
+(average)``: the same metrics of the average, which training measures beside the model at every
+evaluated epoch (:func:`with_averages`).
+
+And, against the baseline row of its table (``at`` or ``AT`` by default), per accuracy the
 per-seed difference over the seeds both rows have, mean ± sample std, and ``agree``: the number
 of those seeds whose difference has the sign of the mean. Rows are sorted by one metric, the
 better end first (higher accuracy; lower best − last, time and cost); ``method`` sorts by name.
@@ -31,6 +35,7 @@ Accuracies are fractions in the CSV and percent (points) in the Markdown
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -105,7 +110,7 @@ def autoattack_of(result: RunResult, column: str = AA_COLUMN) -> tuple[dict[str,
     from wpat.evaluation.results import read_report
 
     report = read_report(RunDir(result.path).path / "eval.json")
-    if report is None:
+    if report is None or result.model != "raw":  # wpat eval measures best.pt and last.pt
         return {}, None, []
     found, settings, notes = {}, [], []
     held = {a for e in report["checkpoints"].values() for a in e.get("accuracy", {})}
@@ -196,6 +201,7 @@ def leaderboard(groups: Sequence[Group], baseline: str | None = None, sort: str 
     differences are taken against (default ``at``/``AT`` where a table has one). A
     ``baseline`` given but in no table, or an unknown ``sort``, is a one-line error."""
     sort = check_sort(sort)
+    groups = with_averages(groups)
     labels = {g.label.lower() for g in groups}
     if baseline is not None and baseline.lower() not in labels:
         raise WpatError(f"--baseline {baseline}: no such row; rows: {', '.join(g.label for g in groups)}")
@@ -228,6 +234,20 @@ def leaderboard(groups: Sequence[Group], baseline: str | None = None, sort: str 
             block.append(row)
         rows += _sorted(block, sort)
     return Leaderboard(rows, sort, baseline, "PGD-" + "/".join(map(str, steps)), list(dict.fromkeys(notes)))
+
+
+def with_averages(groups: Sequence[Group]) -> list[Group]:
+    """``groups`` and, after each whose runs keep a weight average (ReBAT, KD+SWA, DKL: the
+    model their papers report), a row ``LABEL (average)`` of the averages, measured under the
+    same attack at every evaluated epoch (best by the same metric; AutoAttack is not taken: it
+    measures best.pt and last.pt)."""
+    out: list[Group] = []
+    for g in groups:
+        out.append(g)
+        averages = [r.average for r in g.runs if r.average is not None]
+        if averages and len(averages) == len(g.runs):
+            out.append(dataclasses.replace(g, runs=averages, repeats=[], label=f"{g.label} (average)"))
+    return out
 
 
 def _sorted(rows: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
