@@ -339,3 +339,20 @@ def test_mismatch_names_both_architectures():
     message = str(err.value)
     assert "100 output classes" in message and "preact_resnet18" in message
     assert "small_cnn for fashion_mnist" in message and "\n" not in message
+
+
+def test_two_autoattack_versions_each_show_their_version_and_the_shared_package():
+    """AA standard and aa-apgd on the same checkpoint: the version differs by column, the package
+    is shared; neither may read "not recorded"."""
+    from wpat.evaluation.report import settings_lines
+
+    def settings(version):
+        return {"dataset": "fashion_mnist", "n_examples": 1000, "norm": "linf", "eps": 0.1, "step": 0.0125,
+                "seed": 0, "batch_size": 500, "autoattack": version, "pyautoattack": "0.2.0"}
+
+    entry = {"kind": "best", "epoch": 40, "accuracy": {"aa": 0.479, "aa-apgd": 0.48},
+             "settings": {"aa": settings("standard"), "aa-apgd": settings("apgd-ce+apgd-t")}}
+    report = {"attacks": ["aa-apgd", "aa"], "labels": {}, "checkpoints": {"best": entry}}
+    text = "\n".join(settings_lines(report))
+    assert "not recorded" not in text
+    assert "pyautoattack 0.2.0" in text and "AutoAttack standard" in text and "AutoAttack apgd-ce+apgd-t" in text

@@ -45,10 +45,13 @@ def describe_settings(settings: Mapping[str, Any]) -> str:
     if "batch_size" in s:
         batch = s.pop("batch_size")
         parts.append(f"batches of {batch}" if batch is not None else "batch size not recorded")
-    if "autoattack" in s or "pyautoattack" in s:
-        version, package = s.pop("autoattack", None), s.pop("pyautoattack", None)
-        parts.append(f"AutoAttack {version or 'version not recorded'} "
-                     f"(pyautoattack {package or 'version not recorded'})")
+    # the two may be apart: the version differs between columns while the package is shared
+    version = f"AutoAttack {s.pop('autoattack') or 'version not recorded'}" if "autoattack" in s else ""
+    package = f"pyautoattack {s.pop('pyautoattack') or 'version not recorded'}" if "pyautoattack" in s else ""
+    if version and package:
+        parts.append(f"{version} ({package})")
+    elif version or package:
+        parts.append(version or package)
     parts += [f"{k} {v}" for k, v in s.items()]
     return ", ".join(parts)
 
