@@ -240,3 +240,22 @@ def test_every_method_times_seeds_is_one_command_then_eval_and_report(tmp_path, 
     assert cli.main(["report", str(sweep)]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^\| awp +\| 1 +\|", printed, re.M) and re.search(r"^\| at +\| 1 +\|.*baseline", printed, re.M)
+
+
+def test_the_remedies_on_the_cpu_setting_differ_from_at_only_by_their_method(tmp_path):
+    """Each fmnist-remedies bundle swept on fmnist-mlp-linf-overfit trains the setting's model on
+    its data under its attack; at-crop-flip is the `at` bundle plus the augmentation (a bundle
+    that named no perturbation once inherited the setting's RWP)."""
+    from wpat.sweep.arguments import parse_methods
+    from wpat.sweep.grid import plan
+
+    methods = [m for m in parse_methods(["at", "fmnist-remedies"]) if m.name != "kd-swa"]  # no teachers here
+    specs = plan("fmnist-mlp-linf-overfit", [], {}, seeds=[0], sweep_dir=tmp_path, methods=methods)
+    found = {s.name.split("__")[0]: s.config for s in specs}
+    at, crop_flip = found["at"], found["at-crop-flip"]
+    assert crop_flip["perturb"]["name"] == "none" and crop_flip["objective"]["name"] == "at"
+    assert crop_flip["data"]["augment"] == "crop_flip"
+    assert {k: v for k, v in crop_flip.items() if k not in ("data", "run")} == \
+           {k: v for k, v in at.items() if k not in ("data", "run")}
+    for name, cfg in found.items():
+        assert (cfg["model"]["name"], cfg["data"]["train_subset"], cfg["attack"]["eps"]) == ("mlp", 500, 0.1), name
