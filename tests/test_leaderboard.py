@@ -268,7 +268,8 @@ def test_the_new_methods_cost_what_their_steps_run(overrides, passes):
 
 def test_a_run_that_keeps_a_weight_average_adds_the_averages_row(tmp_path):
     """KD+SWA, ReBAT and DKL report their averaged model: its accuracies, logged beside the
-    model's at each evaluated epoch (ema_*), make a row of their own, paired with AT by seed."""
+    model's at each evaluated epoch (ema_*), make a row of their own, paired with AT by seed, with
+    AutoAttack from ema_best.pt and ema_last.pt."""
     paths = [make_run(tmp_path, f"at-{s}", ["perturb.name=none"], s, AT[s]) for s in (0, 1)]
     average = {0: (0.41, 0.53, 0.52), 1: (0.43, 0.51, 0.55)}  # seed 1: best at the last epoch
     for seed in (0, 1):
@@ -279,6 +280,12 @@ def test_a_run_that_keeps_a_weight_average_adds_the_averages_row(tmp_path):
             record.update(ema_test_pgd_acc=robust, ema_test_nat_acc=0.6)
         (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         write_eval(path, 0.30, 0.30)  # AutoAttack of best.pt/last.pt: the model's, not the average's
+        report = json.loads((path / "eval.json").read_text())
+        for kind, epoch, accuracy in (("ema_best", 2 if seed == 0 else 3, 0.50 + seed / 100), ("ema_last", 3, 0.49)):
+            entry = json.loads(json.dumps(report["checkpoints"]["best"]))
+            entry.update(kind=kind, epoch=epoch, accuracy={"aa": accuracy})
+            report["checkpoints"][kind] = entry
+        (path / "eval.json").write_text(json.dumps(report))
         paths.append(path)
     baseline = "AT (average=ema, swa_start=0)"  # without a sweep manifest, rows are named by their settings
     rows = {r["method"]: r for r in board_of(paths, baseline=baseline).rows}
@@ -289,4 +296,5 @@ def test_a_run_that_keeps_a_weight_average_adds_the_averages_row(tmp_path):
     assert averaged["pgd_last_mean"] == pytest.approx((0.52 + 0.55) / 2)
     assert averaged["pgd_drop_mean"] == pytest.approx((0.01 + 0.0) / 2)
     assert averaged["delta_pgd_last_mean"] == pytest.approx(((0.52 - 0.45) + (0.55 - 0.47)) / 2)
-    assert math.isnan(averaged["aa_last_mean"]) and plain["aa_last_mean"] == pytest.approx(0.30)
+    assert plain["aa_last_mean"] == pytest.approx(0.30)  # the model's best.pt and last.pt
+    assert (averaged["aa_best_mean"], averaged["aa_last_mean"]) == pytest.approx((0.505, 0.49))  # ema_*.pt

@@ -110,14 +110,15 @@ def autoattack_of(result: RunResult, column: str = AA_COLUMN) -> tuple[dict[str,
     from wpat.evaluation.results import read_report
 
     report = read_report(RunDir(result.path).path / "eval.json")
-    if report is None or result.model != "raw":  # wpat eval measures best.pt and last.pt
+    if report is None:
         return {}, None, []
+    prefix = "ema_" if result.model == "average" else ""  # the average's ema_best.pt, ema_last.pt
     found, settings, notes = {}, [], []
     held = {a for e in report["checkpoints"].values() for a in e.get("accuracy", {})}
-    if column not in held:
+    if column not in held and not prefix:
         notes += [f"eval.json holds {other}, not {column}: --aa {other} shows it"
                   for other in sorted(held) if other.startswith("aa")]
-    for kind, epoch in (("best", result.best_epoch), ("last", result.last_epoch)):
+    for kind, epoch in ((prefix + "best", result.best_epoch), (prefix + "last", result.last_epoch)):
         entry = report["checkpoints"].get(kind)
         if entry is None or entry.get("superseded") or column not in entry.get("accuracy", {}):
             continue
@@ -125,7 +126,7 @@ def autoattack_of(result: RunResult, column: str = AA_COLUMN) -> tuple[dict[str,
             notes.append(f"{result.path}: {column} of {kind}.pt is of epoch {entry.get('epoch')}, the run's "
                          f"{kind} is epoch {epoch} now; left out (evaluate it again)")
             continue
-        found[kind] = entry["accuracy"][column]
+        found[kind.removeprefix(prefix)] = entry["accuracy"][column]
         settings.append(_aa_setting(entry.get("settings", {}).get(column, {}), column))
     if len(set(settings)) > 1:
         notes.append(f"{result.path}: {column} of best.pt and last.pt measured under different settings "
@@ -239,8 +240,8 @@ def leaderboard(groups: Sequence[Group], baseline: str | None = None, sort: str 
 def with_averages(groups: Sequence[Group]) -> list[Group]:
     """``groups`` and, after each whose runs keep a weight average (ReBAT, KD+SWA, DKL: the
     model their papers report), a row ``LABEL (average)`` of the averages, measured under the
-    same attack at every evaluated epoch (best by the same metric; AutoAttack is not taken: it
-    measures best.pt and last.pt)."""
+    same attack at every evaluated epoch (best by the same metric), with AutoAttack from
+    ``ema_best.pt`` and ``ema_last.pt``, which ``wpat eval`` measures beside the model's."""
     out: list[Group] = []
     for g in groups:
         out.append(g)
