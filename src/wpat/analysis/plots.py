@@ -53,9 +53,10 @@ def _sequential_colors(n: int) -> list:
     return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.85, max(n, 1))][:n]
 
 
-def _qualitative_colors() -> Iterator:
-    """One distinct colour per run, repeating after ten."""
-    return itertools.cycle(colormaps["tab10"].colors)
+def _qualitative_colors(n: int = 10) -> Iterator:
+    """One distinct colour for each of ``n`` lines: tab10's up to ten, tab20's up to twenty (a
+    leaderboard's 19 methods), repeating after that."""
+    return itertools.cycle(colormaps["tab10" if n <= 10 else "tab20"].colors)
 
 
 def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, list]:
@@ -255,7 +256,7 @@ def plot_group_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pa
     series = list(dict.fromkeys((r["method"], r["column"]) for r in rows))
     epochs = [r["epoch"] for r in rows]
     columns = {column for _, column in series}
-    for (method, column), color in zip(series, _qualitative_colors()):
+    for (method, column), color in zip(series, _qualitative_colors(len(series))):
         mine = [r for r in rows if (r["method"], r["column"]) == (method, column)]
         label = method if len(columns) == 1 else f"{method} [{column}]"
         label += f" (n={mine[0]['n']})"
@@ -321,7 +322,8 @@ def plot_method_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> P
             for r in rows]
     for ax, column in zip(axes, columns):
         mine = [r for r in kept if r["column"] == column]
-        for method, color in zip(dict.fromkeys(r["method"] for r in mine), _qualitative_colors()):
+        methods = list(dict.fromkeys(r["method"] for r in mine))
+        for method, color in zip(methods, _qualitative_colors(len(methods))):
             series = [r for r in mine if r["method"] == method]
             epoch = np.array([r["epoch"] for r in series], dtype=float)
             mean = 100 * np.array([r["test_pgd_acc_mean"] for r in series], dtype=float)
@@ -332,7 +334,8 @@ def plot_method_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> P
         ax.set_ylabel("test robust accuracy (%)")
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize="small")
+        outside = {"loc": "center left", "bbox_to_anchor": (1.0, 0.5)} if len(methods) > 8 else {}
+        ax.legend(fontsize="small", **outside)  # many methods: beside the curves, not over them
     fig.suptitle("Test robust accuracy per epoch (PGD), mean ± sample std over seeds")
     return _save(fig, path, kept)
 
