@@ -349,8 +349,7 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     by_passes, by_time = fig.subplots(1, 2)
     columns = list(dict.fromkeys(r["column"] for r in rows))
     kept = []
-    for i, r in enumerate(rows):
-        color = f"C{i % 10}"
+    for r, color in zip(rows, _qualitative_colors(len(rows))):
         label = r["method"] if len(columns) == 1 else f"{r['method']} [{r['column']}]"
         kept.append({k: r[k] for k in ("method", "column", "cost_mean", "minutes_mean", "minutes_std",
                                        "pgd_best_mean", "pgd_best_std", "pgd_last_mean", "pgd_last_std",
@@ -376,6 +375,7 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test robust accuracy (%)")
         ax.grid(alpha=0.3)
-    by_passes.legend(handles=by_passes.get_legend_handles_labels()[0] + styles, fontsize="small")
+    outside = {"loc": "center left", "bbox_to_anchor": (1.0, 0.5)} if len(rows) > 8 else {}
+    by_time.legend(handles=by_passes.get_legend_handles_labels()[0] + styles, fontsize="small", **outside)
     fig.suptitle("Robustness against training cost, mean ± sample std over seeds")
     return _save(fig, path, kept)
