@@ -30,6 +30,7 @@ import yaml
 
 from wpat.configuration.values import check_effect, flatten, set_key, validate
 from wpat.helpers.errors import WpatError
+from wpat.helpers.fs import read_yaml_mapping
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -265,13 +266,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """
     if path.resolve() in seen:
         raise WpatError(f"{path}: 'base' entries form a cycle")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise WpatError(f"{path}: not a readable YAML config ({err.__class__.__name__})") from None
-    if not isinstance(tree, dict):
-        raise WpatError(f"{path}: expected a mapping of sections (data:, model:, ...)")
-    tree = dict(tree)
+    tree = dict(read_yaml_mapping(path, "YAML config", "expected a mapping of sections (data:, model:, ...)"))
     flat: dict[str, Any] = {}
     base = tree.pop("base", None)
     if base is not None:

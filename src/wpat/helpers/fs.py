@@ -6,7 +6,9 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
+
+import yaml
 
 from wpat.helpers.errors import WpatError
 
@@ -88,3 +90,16 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def read_yaml_mapping(path: Path, kind: str, expected: str) -> dict[str, Any]:
+    """The mapping a YAML file holds (an empty file: ``{}``). A file that cannot be read or
+    parsed is "not a readable ``kind``", one that holds something else is refused with
+    ``expected``: each one line, as :class:`WpatError`."""
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise WpatError(f"{path}: not a readable {kind} ({err.__class__.__name__})") from None
+    if not isinstance(tree, dict):
+        raise WpatError(f"{path}: {expected}")
+    return tree

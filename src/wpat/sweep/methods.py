@@ -50,11 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import yaml
 
 from wpat.configuration.config import PRESET_DIR, Config, list_presets
 from wpat.configuration.values import flatten
 from wpat.helpers.errors import WpatError
+from wpat.helpers.fs import read_yaml_mapping
 
 LIBRARY_DIR = PRESET_DIR / "methods"
 METHOD_KEY = "method"  # the pseudo grid key of the methods axis in run settings and the manifest
@@ -150,12 +150,7 @@ def _bundle(name: str, body: Any, where: str) -> tuple[dict[str, Any], list[str]
 def read_method_file(path: str | Path) -> dict[str, tuple[dict[str, Any], list[str]]]:
     """The bundles of a method file by name, in file order (not yet resolved)."""
     path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise WpatError(f"{path}: not a readable method file ({err.__class__.__name__})") from None
-    if not isinstance(tree, dict):
-        raise WpatError(f"{path}: a method file maps method names to bundles (objective:, perturb:, ...)")
+    tree = read_yaml_mapping(path, "method file", "a method file maps method names to bundles (objective:, perturb:, ...)")
     return {check_name(str(name), str(path)): _bundle(str(name), body, str(path)) for name, body in tree.items()}
 
 
