@@ -171,7 +171,7 @@ def test_dry_run_lists_the_methods_and_their_runs(tmp_path, tiny_config, capsys)
     assert "mart-rwp__seed-1: method=mart-rwp run.seed=1" in out
     assert cli.main(["sweep", "--list-methods"]) == 0
     listed = capsys.readouterr().out
-    assert "trades-awp [leaderboard]: TRADES with AWP" in listed and "leaderboard: at, at-awp" in listed
+    assert "trades-awp [leaderboard, leaderboard-cnn]: TRADES with AWP" in listed and "leaderboard: at, at-awp" in listed
 
 
 # ---------------------------------------------------------------------- reporting
@@ -259,3 +259,20 @@ def test_the_remedies_on_the_cpu_setting_differ_from_at_only_by_their_method(tmp
            {k: v for k, v in at.items() if k not in ("data", "run")}
     for name, cfg in found.items():
         assert (cfg["model"]["name"], cfg["data"]["train_subset"], cfg["attack"]["eps"]) == ("mlp", 500, 0.1), name
+
+
+def test_the_convolutional_leaderboard_keeps_its_setting_and_starts_swa_after_the_first_decay(tmp_path):
+    """`leaderboard-cnn` on fmnist-smallcnn-linf-overfit trains the width-8 CNN on 100 images
+    for every method, and KD+SWA's average starts 5 epochs after that setting's first decay
+    (docs/leaderboard.md, Part 2), not at the MLP setting's epoch."""
+    methods = {m.name: m for m in parse_methods(["leaderboard-cnn"])}
+    assert set(methods) == {"at", "at-awp", "at-rwp", "trades-awp", "kd-swa-cnn"}
+    kd_swa = methods.pop("kd-swa-cnn")  # its teachers are trained first (planning checks they exist)
+    specs = plan("fmnist-smallcnn-linf-overfit", [], {}, seeds=[0], sweep_dir=tmp_path, methods=list(methods.values()))
+    for spec in specs:
+        cfg = spec.config
+        assert (cfg["model"]["name"], cfg["model"]["small_cnn"]["width"]) == ("small_cnn", 8), spec.name
+        assert (cfg["data"]["train_subset"], cfg["data"]["batch_size"], cfg["attack"]["eps"]) == (100, 10, 0.1)
+    kd = load_config("fmnist-smallcnn-linf-overfit", list(kd_swa.settings))
+    first_decay = kd.schedule.options["piecewise"]["milestones"][0] * kd.schedule.epochs
+    assert (kd.objective.name, kd.run.average, kd.run.swa_start) == ("kd", "swa", first_decay + 5)
