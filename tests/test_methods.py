@@ -4,6 +4,7 @@ SWEEP_DIR` evaluates them and resumes."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -276,3 +277,28 @@ def test_the_convolutional_leaderboard_keeps_its_setting_and_starts_swa_after_th
     kd = load_config("fmnist-smallcnn-linf-overfit", list(kd_swa.settings))
     first_decay = kd.schedule.options["piecewise"]["milestones"][0] * kd.schedule.epochs
     assert (kd.objective.name, kd.run.average, kd.run.swa_start) == ("kd", "swa", first_decay + 5)
+
+
+def teacher_commands(text: str) -> list[list[str]]:
+    """The `wpat train` commands of a text (comment marks and line continuations removed) that
+    write into a `*-teachers` directory, as argument lists after `wpat train`."""
+    lines = [line.lstrip("# ").rstrip() for line in text.splitlines()]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    commands = [line.split("wpat train", 1)[1].split("#")[0].split() for line in joined.splitlines()
+                if "wpat train" in line and "-teachers" in line]
+    return [[word for word in command if not word.startswith("--")] for command in commands]
+
+
+def test_the_leaderboard_teachers_are_plain_at_as_the_authors_teachers():
+    """KD+SWA's robust teacher is plain AT and its standard teacher natural training (the
+    authors' main_adv.py and main_std.py). The commands that train them for the leaderboard,
+    in the method files and docs/leaderboard.md, once trained the setting's AT-RWP instead."""
+    root = Path(__file__).resolve().parent.parent
+    sources = [root / "docs" / "leaderboard.md", *sorted((root / "src" / "wpat" / "configs" / "methods").glob("*.yaml"))]
+    commands = [command for source in sources for command in teacher_commands(source.read_text())]
+    assert len(commands) >= 6, commands  # two per setting, in the docs and in the method files
+    for config, *overrides in commands:
+        cfg = load_config(config, [o for o in overrides if not o.startswith("run.")])
+        assert (cfg.objective.name, cfg.perturb.name) == ("at", "none"), (config, overrides)
+        robust = "run.name=robust" in overrides
+        assert (cfg.attack.eps >= 0.1) == robust, (config, overrides)
