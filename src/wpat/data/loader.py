@@ -100,6 +100,44 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
+def _check_loader_arguments(x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int, drop_last: bool,
+                            padding: str, rotation: float, cutout: int, mix: str, mix_alpha: float,
+                            num_classes: int | None, views: int) -> None:
+    """Refuse :class:`DeviceLoader` arguments it cannot honour, with one line naming the argument."""
+    if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
+        raise WpatError(
+            f"DeviceLoader: expected uint8 images [N,C,H,W], found {x_uint8.dtype} {list(x_uint8.shape)}"
+        )
+    if y.shape != (x_uint8.shape[0],) or y.dtype.is_floating_point:
+        raise WpatError(
+            f"DeviceLoader: expected {x_uint8.shape[0]} integer labels, found {y.dtype} {list(y.shape)}"
+        )
+    if batch_size < 1:
+        raise WpatError(f"DeviceLoader: batch_size must be >= 1, got {batch_size}")
+    if drop_last and batch_size > x_uint8.shape[0]:
+        raise WpatError(
+            f"DeviceLoader: batch_size {batch_size} exceeds the {x_uint8.shape[0]} examples "
+            f"and drop_last=True would yield no batch"
+        )
+    if padding not in PADDINGS:
+        raise WpatError(f"DeviceLoader: padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    if not 0 <= rotation <= 180:
+        raise WpatError(f"DeviceLoader: rotation must be in [0, 180] degrees, got {rotation!r}")
+    _check_cutout(cutout, x_uint8.shape[2:])
+    if mix != "none":
+        if (isinstance(mix_alpha, bool) or not isinstance(mix_alpha, (int, float))
+                or not 0 < mix_alpha < math.inf):
+            raise WpatError(f"DeviceLoader: mix_alpha must be a finite number > 0 (the Beta(α, α) "
+                            f"parameter), got {mix_alpha!r}")
+        if num_classes is None:
+            raise WpatError(f"DeviceLoader: mix={mix!r} needs num_classes "
+                            f"(the width of its soft targets)")
+    if num_classes is not None:
+        _check_num_classes(num_classes, y)
+    if isinstance(views, bool) or not isinstance(views, int) or views < 1 or (views > 1 and mix != "none"):
+        raise WpatError(f"DeviceLoader: views must be an integer >= 1, and 1 with mixing, got {views!r}")
+
+
 class DeviceLoader:
     """Iterate ``(x float32 [B,C,H,W] in [0,1], y)`` batches on ``device``.
 
@@ -152,39 +190,9 @@ class DeviceLoader:
         num_classes: int | None = None,
         views: int = 1,
     ) -> None:
-        if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
-            raise WpatError(
-                f"DeviceLoader: expected uint8 images [N,C,H,W], found {x_uint8.dtype} {list(x_uint8.shape)}"
-            )
-        if y.shape != (x_uint8.shape[0],) or y.dtype.is_floating_point:
-            raise WpatError(
-                f"DeviceLoader: expected {x_uint8.shape[0]} integer labels, found {y.dtype} {list(y.shape)}"
-            )
-        if batch_size < 1:
-            raise WpatError(f"DeviceLoader: batch_size must be >= 1, got {batch_size}")
-        if drop_last and batch_size > x_uint8.shape[0]:
-            raise WpatError(
-                f"DeviceLoader: batch_size {batch_size} exceeds the {x_uint8.shape[0]} examples "
-                f"and drop_last=True would yield no batch"
-            )
-        if padding not in PADDINGS:
-            raise WpatError(f"DeviceLoader: padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
-        if not 0 <= rotation <= 180:
-            raise WpatError(f"DeviceLoader: rotation must be in [0, 180] degrees, got {rotation!r}")
-        _check_cutout(cutout, x_uint8.shape[2:])
-        self._mix = MIXES.get(mix)
-        if mix != "none":
-            if (isinstance(mix_alpha, bool) or not isinstance(mix_alpha, (int, float))
-                    or not 0 < mix_alpha < math.inf):
-                raise WpatError(f"DeviceLoader: mix_alpha must be a finite number > 0 (the Beta(α, α) "
-                                f"parameter), got {mix_alpha!r}")
-            if num_classes is None:
-                raise WpatError(f"DeviceLoader: mix={mix!r} needs num_classes "
-                                f"(the width of its soft targets)")
-        if num_classes is not None:
-            _check_num_classes(num_classes, y)
-        if isinstance(views, bool) or not isinstance(views, int) or views < 1 or (views > 1 and mix != "none"):
-            raise WpatError(f"DeviceLoader: views must be an integer >= 1, and 1 with mixing, got {views!r}")
+        self._mix = MIXES.get(mix)  # an unknown name first, before the options that depend on it
+        _check_loader_arguments(x_uint8, y, batch_size, drop_last, padding, rotation, cutout, mix,
+                                mix_alpha, num_classes, views)
         self._augment = AUGMENTATIONS.get(augment)
         self.cutout, self.mix = int(cutout), mix
         self.mix_alpha, self.num_classes = float(mix_alpha), num_classes
