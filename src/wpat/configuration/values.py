@@ -139,10 +139,19 @@ def flatten(tree: Any, where: str) -> dict[str, Any]:
 def validate(cfg: Any) -> None:
     """Check every value this layer owns. Component names and options are checked where the
     components are built (``wpat.training.experiment.build_components``), by their own registries."""
-    d, m, a, e, p, s, r = cfg.data, cfg.model, cfg.attack, cfg.eval, cfg.perturb, cfg.schedule, cfg.run
-    for key, value in (("data.name", d.name), ("model.name", m.name), ("objective.name", cfg.objective.name),
+    d, p, s = cfg.data, cfg.perturb, cfg.schedule
+    for key, value in (("data.name", d.name), ("model.name", cfg.model.name), ("objective.name", cfg.objective.name),
                        ("perturb.name", p.name), ("schedule.name", s.name)):
         check(bool(value), key, value, "a name")
+    _validate_data(d)
+    _validate_model(cfg.model)
+    _validate_attack(cfg.attack)
+    _validate_eval(cfg.eval)
+    _validate_training(p, cfg.optim, s)
+    _validate_run(cfg.run, d)
+
+
+def _validate_data(d: Any) -> None:
     check(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer ≥ 1")
     for key in ("train_subset", "test_subset", "val_size"):
         check(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "an integer ≥ 0 (0 = all / none)")
@@ -156,11 +165,17 @@ def validate(cfg: Any) -> None:
         check(all(float(c).is_integer() and c >= 0 for c in d.classes) and len(set(d.classes)) == len(d.classes)
               and len(d.classes) >= 2, "data.classes", d.classes, "a list of at least 2 distinct class numbers")
     check(is_finite(d.rotation) and 0 <= d.rotation <= 180, "data.rotation", d.rotation, "degrees in [0, 180]")
+
+
+def _validate_model(m: Any) -> None:
     if (m.mean is None) != (m.std is None):
         raise WpatError("model.mean and model.std: give both (per-channel lists) or neither (the dataset's)")
     if m.std is not None:
         check(len(m.mean) == len(m.std) and all(x > 0 for x in m.std), "model.std", m.std,
               "positive numbers, one per channel like model.mean")
+
+
+def _validate_attack(a: Any) -> None:
     Norm.parse(a.norm, "attack.norm")
     check(is_finite(a.eps) and a.eps > 0, "attack.eps", a.eps, "a number > 0 (pixel units, e.g. 8/255)")
     check(is_finite(a.alpha) and a.alpha > 0, "attack.alpha", a.alpha, "a number > 0 (pixel units, e.g. 2/255)")
@@ -180,15 +195,20 @@ def validate(cfg: Any) -> None:
                 check(is_finite(later[key]) and later[key] > 0, key, later[key], "a number > 0 (pixel units), or null")
         if a.later_steps is not None:
             check(a.later_steps >= 1, "attack.later_steps", a.later_steps, "an integer ≥ 1, or null")
+
+
+def _validate_eval(e: Any) -> None:
     check(e.steps >= 1, "eval.steps", e.steps, "an integer ≥ 1")
     if e.alpha is not None:
         check(is_finite(e.alpha) and e.alpha > 0, "eval.alpha", e.alpha, "a number > 0")
     check(e.n_train >= 0, "eval.n_train", e.n_train, "an integer ≥ 0")
     check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "an integer ≥ 1")
     check(e.every >= 1, "eval.every", e.every, "an integer ≥ 1")
+
+
+def _validate_training(p: Any, o: Any, s: Any) -> None:
     check(p.warmup >= 0, "perturb.warmup", p.warmup, "an integer ≥ 0 (epochs)")
     check(p.alternations >= 1, "perturb.alternations", p.alternations, "an integer ≥ 1")
-    o = cfg.optim
     check(is_finite(o.lr) and o.lr > 0, "optim.lr", o.lr, "a number > 0")
     check(is_finite(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")
     check(is_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number ≥ 0")
@@ -201,6 +221,9 @@ def validate(cfg: Any) -> None:
     check(s.epochs >= 1, "schedule.epochs", s.epochs, "an integer ≥ 1")
     check_choice("schedule.first_epoch", s.first_epoch, [0, 1])
     check_choice("schedule.update", s.update, ["step_start", "step_end", "epoch"])
+
+
+def _validate_run(r: Any, d: Any) -> None:
     check(r.seed >= 0, "run.seed", r.seed, "an integer ≥ 0")
     check(r.threads >= 0, "run.threads", r.threads, "an integer ≥ 0 (0 = torch's default)")
     check(r.checkpoint_every >= 0, "run.checkpoint_every", r.checkpoint_every, "an integer ≥ 0 (steps; 0 = epoch ends)")
