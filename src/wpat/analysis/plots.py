@@ -59,6 +59,11 @@ def _qualitative_colors(n: int = 10) -> Iterator:
     return itertools.cycle(colormaps["tab10" if n <= 10 else "tab20"].colors)
 
 
+def _legend_place(n: int) -> dict[str, Any]:
+    """Legend placement for ``n`` entries: beside the axes past eight, where it would cover the curves."""
+    return {"loc": "center left", "bbox_to_anchor": (1.0, 0.5)} if n > 8 else {}
+
+
 def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, list]:
     ncols = min(n, ncols)
     nrows = math.ceil(n / ncols)
@@ -334,8 +339,7 @@ def plot_method_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> P
         ax.set_ylabel("test robust accuracy (%)")
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        outside = {"loc": "center left", "bbox_to_anchor": (1.0, 0.5)} if len(methods) > 8 else {}
-        ax.legend(fontsize="small", **outside)  # many methods: beside the curves, not over them
+        ax.legend(fontsize="small", **_legend_place(len(methods)))
     fig.suptitle("Test robust accuracy per epoch (PGD), mean ± sample std over seeds")
     return _save(fig, path, kept)
 
@@ -375,7 +379,7 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test robust accuracy (%)")
         ax.grid(alpha=0.3)
-    outside = {"loc": "center left", "bbox_to_anchor": (1.0, 0.5)} if len(rows) > 8 else {}
-    by_time.legend(handles=by_passes.get_legend_handles_labels()[0] + styles, fontsize="small", **outside)
+    by_time.legend(handles=by_passes.get_legend_handles_labels()[0] + styles, fontsize="small",
+                   **_legend_place(len(rows)))
     fig.suptitle("Robustness against training cost, mean ± sample std over seeds")
     return _save(fig, path, kept)

@@ -266,7 +266,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """
     if path.resolve() in seen:
         raise WpatError(f"{path}: 'base' entries form a cycle")
-    tree = dict(read_yaml_mapping(path, "YAML config", "expected a mapping of sections (data:, model:, ...)"))
+    tree = read_yaml_mapping(path, "YAML config", "expected a mapping of sections (data:, model:, ...)")
     flat: dict[str, Any] = {}
     base = tree.pop("base", None)
     if base is not None:

@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-
 from wpat.configuration.config import PRESET_DIR, Config, list_presets
 from wpat.configuration.values import flatten
 from wpat.helpers.errors import WpatError
@@ -150,7 +149,8 @@ def _bundle(name: str, body: Any, where: str) -> tuple[dict[str, Any], list[str]
 def read_method_file(path: str | Path) -> dict[str, tuple[dict[str, Any], list[str]]]:
     """The bundles of a method file by name, in file order (not yet resolved)."""
     path = Path(path)
-    tree = read_yaml_mapping(path, "method file", "a method file maps method names to bundles (objective:, perturb:, ...)")
+    tree = read_yaml_mapping(path, "method file",
+                             "a method file maps method names to bundles (objective:, perturb:, ...)")
     return {check_name(str(name), str(path)): _bundle(str(name), body, str(path)) for name, body in tree.items()}
 
 
