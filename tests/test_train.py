@@ -153,3 +153,30 @@ def test_bf16_autocast_trains_with_fp32_weights_and_evaluation(tmp_path):
     assert torch.isfinite(torch.tensor(summary["last"]["train_loss"])) and summary["last"]["perturb_steps"] >= 0
     weights = load_checkpoint(tmp_path / cfg.run.name / "last.pt")["model"]
     assert all(t.dtype in (torch.float32, torch.int64) for t in weights.values())
+
+
+def test_an_own_evaluation_generator_keeps_the_evaluation_out_of_the_training(tmp_path):
+    """With `eval.own_rng`, evaluating after every epoch or only after the last trains the same
+    weights and measures the last epoch the same; with the global generator (the authors' scripts)
+    the per-epoch evaluation's PGD random starts shift the training attack's draws."""
+    tiny = [*SMALL, "model.small_cnn.width=4", "data.train_subset=128", "data.test_subset=32", "eval.n_train=32",
+            "attack.steps=2", "eval.steps=2", "schedule.epochs=2", f"run.out_dir={tmp_path}"]
+
+    def trained(own_rng: bool, every: int) -> tuple[dict, float]:
+        name = f"own{int(own_rng)}-every{every}"
+        summary = train(load_config("fmnist-smallcnn-linf", [*tiny, f"eval.own_rng={own_rng}",
+                                                             f"eval.every={every}", f"run.name={name}"]))
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        weights = load_checkpoint(tmp_path / name / "last.pt")["model"]
+        assert [("test_pgd_acc" in r) for r in rows] == [every == 1, True], summary
+        return weights, rows[-1]["test_pgd_acc"]
+
+    def same(a: dict, b: dict) -> bool:
+        return all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+    own_each, own_each_acc = trained(True, 1)
+    own_last, own_last_acc = trained(True, 2)
+    assert same(own_each, own_last) and own_each_acc == own_last_acc
+    shared_each, _ = trained(False, 1)
+    shared_last, _ = trained(False, 2)
+    assert not same(shared_each, shared_last)

@@ -112,6 +112,8 @@ class EvalConfig:
     n_train: int = 1000  # training examples for train robust accuracy (fixed subset)
     batch_size: int = 500
     every: int = 1  # evaluate every N epochs (the last epoch is always evaluated)
+    own_rng: bool = False  # True: PGD's random starts from a generator seeded by (run.seed, epoch), so
+    #                        eval settings leave training's draws alone; False: the global one (the authors')
 
 
 @dataclass

@@ -101,7 +101,7 @@ def fit(parts: Parts, state: RunState, run_dir: Path) -> dict[str, Any]:
             record = train_epoch(parts, state, run_dir, eval_seconds)
             if evaluates(state.epoch + 1, cfg):
                 eval_started = time.perf_counter()
-                record.update(evaluate(parts))
+                record.update(evaluate(parts, state.epoch + 1))
                 eval_seconds = time.perf_counter() - eval_started
             state = next_state(cfg, state, record)
             save_epoch(parts, state, run_dir)
@@ -196,8 +196,19 @@ def run_after(epoch: int, steps_per_epoch: int, cfg: Config, eval_seconds: float
                  lower_bound=(n_evals > 0 and eval_seconds is None) or slower_later)
 
 
-def evaluate(parts: Parts) -> dict[str, float]:
-    """The model's accuracies, and the weight average's next to them under the same attack."""
+def evaluate(parts: Parts, epoch: int) -> dict[str, float]:
+    """The model's accuracies after (1-based) ``epoch``, and the weight average's next to them
+    under the same attack. With ``eval.own_rng`` the attack's random starts come from a generator
+    seeded by the run's seed and the epoch, and the global generators are left as they were, so
+    how often and on how many images a run evaluates does not change what it trains."""
+    if not parts.cfg.eval.own_rng:  # the authors' scripts draw from the training's generator
+        return measure_all(parts)
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(parts.cfg.run.seed * 1_000_003 + epoch)
+        return measure_all(parts)
+
+
+def measure_all(parts: Parts) -> dict[str, float]:
     metrics = measure(parts, parts.model)
     if parts.ema is not None:
         metrics.update({f"ema_{k}": v for k, v in measure(parts, parts.ema.model).items()})
