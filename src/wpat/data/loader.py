@@ -34,12 +34,12 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from wpat.data.mixing import MIXES, cutout as random_cutout
 from wpat.helpers.errors import WpatError
 from wpat.helpers.registry import Registry
+from wpat.helpers.seeds import derived_seed
 
 AUGMENTATIONS = Registry("augmentation")
 CROP_PADDING = 4  # pixels of zero padding for "crop_flip"
@@ -269,8 +269,5 @@ def _check_num_classes(num_classes: object, y: torch.Tensor) -> None:
 
 
 def _epoch_seed(seed: int, epoch: int, view: int = 0) -> int:
-    # SeedSequence mixes the pair into a well-spread 64-bit seed, so nearby (seed, epoch)
-    # pairs give unrelated streams and no two pairs share one by simple arithmetic. A further
-    # view's stream is keyed by its number too (the first view's key is the plain pair).
-    key = [seed, epoch] if view == 0 else [seed, epoch, view]
-    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0])
+    # A further view's stream is keyed by its number too (the first view's key is the plain pair).
+    return derived_seed(seed, epoch) if view == 0 else derived_seed(seed, epoch, view)

@@ -12,6 +12,7 @@ accuracy, or validation accuracy with ``run.select=val``).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -19,7 +20,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -33,11 +34,17 @@ from wpat.helpers.errors import WpatError
 from wpat.helpers.fs import writable_dir
 from wpat.measurements.metrics import correct
 from wpat.helpers.progress import After, Progress
+from wpat.helpers.seeds import derived_seed
 from wpat.optim.regularize import scheduled_groups
 from wpat.training.run_log import EpochStats, EventLog, format_epoch, write_metrics
 from wpat.training.run_state import RunState, restore, resumable, weights_only
 from wpat.training.step import perturbation_active, schedule_time, train_step
 from wpat.training.parts import Parts, build_parts
+
+
+# The evaluation's stream key beside the run seed and the epoch ("eval" in ASCII), apart from the
+# data loader's keys (seed, epoch) and (seed, epoch, view) for views 1, 2, ...
+EVALUATION_STREAM = 0x6576616C
 
 
 def stale_events(run: RunDir) -> list[Path]:
@@ -201,18 +208,23 @@ def evaluate(parts: Parts, epoch: int) -> dict[str, float]:
     under the same attack. With ``eval.own_rng`` the attack's random starts come from a generator
     seeded by the run's seed and the epoch, and the global generators are left as they were, so
     how often and on how many images a run evaluates does not change what it trains."""
-    if not parts.cfg.eval.own_rng:  # the authors' scripts draw from the training's generator
-        return measure_all(parts)
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-        torch.manual_seed(parts.cfg.run.seed * 1_000_003 + epoch)
-        return measure_all(parts)
-
-
-def measure_all(parts: Parts) -> dict[str, float]:
-    metrics = measure(parts, parts.model)
-    if parts.ema is not None:
-        metrics.update({f"ema_{k}": v for k, v in measure(parts, parts.ema.model).items()})
+    with _evaluation_rng(parts.cfg, epoch):
+        metrics = measure(parts, parts.model)
+        if parts.ema is not None:
+            metrics.update({f"ema_{k}": v for k, v in measure(parts, parts.ema.model).items()})
     return metrics
+
+
+@contextlib.contextmanager
+def _evaluation_rng(cfg: Config, epoch: int) -> Iterator[None]:
+    """Where the evaluation after ``epoch`` draws: the global generators, as the authors' scripts,
+    or with ``eval.own_rng`` a stream of its own, the global generators restored afterwards."""
+    if not cfg.eval.own_rng:
+        yield
+        return
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        torch.manual_seed(derived_seed(cfg.run.seed, epoch, EVALUATION_STREAM))
+        yield
 
 
 def measure(parts: Parts, model: nn.Module) -> dict[str, float]:
